@@ -1,0 +1,24 @@
+//! # walspool-backends
+//!
+//! Storage backends and integrations for [walspool](https://docs.rs/walspool):
+//!
+//! * [`LocalDisk`]: one directory per WAL, segment files `{base_seq:020}.wal` (mode
+//!   0600) in a directory of mode 0700, locked against a second writer.
+//!
+//! ```
+//! use walspool_backends::LocalDisk;
+//! use walspool_wal::{Options, Wal};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let wal = Wal::open(LocalDisk::open(dir.path())?, Options::default())?;
+//! let seq = futures::executor::block_on(wal.append(&"hello"))?;
+//! assert_eq!(seq, 1);
+//! futures::executor::block_on(wal.close())?;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod local;
+
+pub use local::LocalDisk;

@@ -1,0 +1,321 @@
+//! `LocalDisk`: segments as files in one directory.
+
+use std::collections::HashMap;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use walspool_wal::format::{parse_segment_file_name, segment_file_name};
+use walspool_wal::{Error, SegmentId, SegmentInfo, Storage};
+
+/// Name of the lock file in a WAL directory.
+pub const LOCK_FILE: &str = "LOCK";
+/// Name of the metadata subdirectory (consumer checkpoints, counters, the WAL id).
+pub const META_DIR: &str = "meta";
+
+/// A WAL directory on the local file system.
+///
+/// Layout: `{base_seq:020}.wal` segment files, `meta/` (one file per key, replaced
+/// atomically with write + fsync + rename + directory fsync), `stats.json` (the stats
+/// file, replaced atomically every interval) and `LOCK`, held with an exclusive
+/// `flock` for as long as the writer lives. Files are created mode 0600 and the
+/// directory 0700: WAL records are often audit data.
+#[derive(Debug)]
+pub struct LocalDisk {
+    dir: PathBuf,
+    _lock: Option<File>,
+    files: Mutex<HashMap<SegmentId, Arc<File>>>,
+    read_only: bool,
+}
+
+fn io_err(op: &'static str, path: &Path, e: io::Error) -> Error {
+    Error::Io {
+        op,
+        path: path.display().to_string(),
+        source: e,
+    }
+}
+
+impl LocalDisk {
+    /// Opens (creating if needed) a WAL directory for writing and takes its lock.
+    /// A second writer gets [`Error::Locked`].
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, Error> {
+        let dir = dir.as_ref().to_path_buf();
+        match fs::metadata(&dir) {
+            Ok(m) if !m.is_dir() => {
+                return Err(Error::Config(format!(
+                    "{} exists and is not a directory",
+                    dir.display()
+                )))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&dir)
+                    .map_err(|e| io_err("create WAL directory", &dir, e))?;
+            }
+            Err(e) => return Err(io_err("stat WAL directory", &dir, e)),
+        }
+        let meta = dir.join(META_DIR);
+        if !meta.is_dir() {
+            DirBuilder::new()
+                .mode(0o700)
+                .create(&meta)
+                .or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
+                .map_err(|e| io_err("create meta directory", &meta, e))?;
+        }
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|e| io_err("open lock file", &lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(Error::Locked {
+                    path: lock_path.display().to_string(),
+                })
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", &lock_path, e)),
+        }
+        // Record the holder's pid, for operators.
+        let _ = lock.set_len(0);
+        let _ = (&lock).write_all(format!("{}\n", std::process::id()).as_bytes());
+        Ok(LocalDisk {
+            dir,
+            _lock: Some(lock),
+            files: Mutex::new(HashMap::new()),
+            read_only: false,
+        })
+    }
+
+    /// Opens a WAL directory for reading only, without the lock: for tools (the
+    /// monitor, `dump`, `verify`) that look at a WAL another process may be writing.
+    /// Every write fails.
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Self, Error> {
+        let dir = dir.as_ref().to_path_buf();
+        let m = fs::metadata(&dir).map_err(|e| io_err("open WAL directory", &dir, e))?;
+        if !m.is_dir() {
+            return Err(Error::Config(format!("{} is not a directory", dir.display())));
+        }
+        Ok(LocalDisk {
+            dir,
+            _lock: None,
+            files: Mutex::new(HashMap::new()),
+            read_only: true,
+        })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Path of a segment file.
+    pub fn segment_path(&self, id: SegmentId) -> PathBuf {
+        self.dir.join(segment_file_name(id))
+    }
+
+    fn check_writable(&self) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "storage was opened read-only",
+            ));
+        }
+        Ok(())
+    }
+
+    fn file(&self, id: SegmentId) -> io::Result<Arc<File>> {
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = files.get(&id) {
+            return Ok(f.clone());
+        }
+        let f = OpenOptions::new()
+            .read(true)
+            .write(!self.read_only)
+            .open(self.segment_path(id))?;
+        let f = Arc::new(f);
+        files.insert(id, f.clone());
+        Ok(f)
+    }
+
+    fn sync_dir(path: &Path) -> io::Result<()> {
+        File::open(path)?.sync_all()
+    }
+
+    fn meta_path(&self, key: &str) -> io::Result<PathBuf> {
+        if key.is_empty()
+            || key.starts_with('.')
+            || !key
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("invalid metadata key {key:?}"),
+            ));
+        }
+        Ok(self.dir.join(META_DIR).join(key))
+    }
+
+    fn write_atomic(dir: &Path, path: &Path, value: &[u8], durable: bool) -> io::Result<()> {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".tmp{}", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(value)?;
+            if durable {
+                f.sync_all()?;
+            }
+        }
+        fs::rename(&tmp, path)?;
+        if durable {
+            Self::sync_dir(dir)?;
+        }
+        Ok(())
+    }
+}
+
+impl Storage for LocalDisk {
+    fn list_segments(&self) -> io::Result<Vec<SegmentInfo>> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(&self.dir)? {
+            let e = e?;
+            let name = e.file_name();
+            let Some(id) = name.to_str().and_then(parse_segment_file_name) else {
+                continue;
+            };
+            let len = match e.metadata() {
+                Ok(m) => m.len(),
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(err),
+            };
+            out.push(SegmentInfo { id, len });
+        }
+        Ok(out)
+    }
+
+    fn create_segment(&self, id: SegmentId) -> io::Result<()> {
+        self.check_writable()?;
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(self.segment_path(id))?;
+        // Make the new directory entry durable.
+        Self::sync_dir(&self.dir)?;
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, Arc::new(f));
+        Ok(())
+    }
+
+    fn write_at(&self, id: SegmentId, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.check_writable()?;
+        self.file(id)?.write_all_at(data, offset)
+    }
+
+    fn sync(&self, id: SegmentId) -> io::Result<()> {
+        self.check_writable()?;
+        self.file(id)?.sync_data()
+    }
+
+    fn read_at(&self, id: SegmentId, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let f = self.file(id)?;
+        loop {
+            match f.read_at(buf, offset) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
+
+    fn truncate(&self, id: SegmentId, len: u64) -> io::Result<()> {
+        self.check_writable()?;
+        self.file(id)?.set_len(len)
+    }
+
+    fn remove_segment(&self, id: SegmentId) -> io::Result<()> {
+        self.check_writable()?;
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        fs::remove_file(self.segment_path(id))
+    }
+
+    fn get_meta(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
+        match fs::read(self.meta_path(key)?) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn put_meta(&self, key: &str, value: &[u8]) -> io::Result<()> {
+        self.check_writable()?;
+        let path = self.meta_path(key)?;
+        Self::write_atomic(&self.dir.join(META_DIR), &path, value, true)
+    }
+
+    fn remove_meta(&self, key: &str) -> io::Result<()> {
+        self.check_writable()?;
+        match fs::remove_file(self.meta_path(key)?) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Self::sync_dir(&self.dir.join(META_DIR)),
+        }
+    }
+
+    fn list_meta(&self, prefix: &str) -> io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        let dir = self.dir.join(META_DIR);
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e),
+        };
+        for e in rd {
+            let e = e?;
+            if let Some(n) = e.file_name().to_str() {
+                if n.starts_with(prefix) && !n.contains(".tmp") {
+                    out.push(n.to_string());
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn publish(&self, name: &str, value: &[u8]) -> io::Result<()> {
+        self.check_writable()?;
+        let path = self.dir.join(name);
+        Self::write_atomic(&self.dir, &path, value, false)?;
+        let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o600));
+        Ok(())
+    }
+
+    fn segment_name(&self, id: SegmentId) -> String {
+        self.segment_path(id).display().to_string()
+    }
+
+    fn location(&self) -> String {
+        self.dir.display().to_string()
+    }
+}

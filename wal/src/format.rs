@@ -1,0 +1,322 @@
+//! The on-disk format, byte by byte. `docs/format.md` is the prose version of this
+//! module; every offset and size there has a named constant here. All integers are
+//! little-endian.
+//!
+//! ```text
+//! segment  := header frame* footer?
+//! header   := MAGIC(8) version:u16 flags:u16 base_seq:u64 created_us:u64 crc:u32      (32 bytes)
+//! frame    := len:u32 crc:u32 seq:u64 ts_us:u64 payload[len]                          (24 + len)
+//! footer   := FOOTER_MARKER:u32 crc:u32 FOOTER_MAGIC(8) last_seq:u64 count:u64
+//!             last_ts_us:u64 body_crc:u32 reserved:u32                                (48 bytes)
+//! ```
+//!
+//! * header `crc` is CRC-32 (IEEE, crc32fast) over header bytes `0..28`.
+//! * frame `crc` covers the `len` field, then `seq` and `ts_us`, then the payload.
+//! * footer `crc` covers footer bytes `8..48`; `body_crc` covers every byte of the
+//!   segment before the footer.
+//! * A frame whose `len` is [`FOOTER_MARKER`] is the footer: the segment is sealed.
+
+use crate::error::Error;
+
+/// First 8 bytes of every segment file.
+pub const MAGIC: [u8; 8] = *b"WALSPOOL";
+/// The format version this build writes.
+pub const FORMAT_VERSION: u16 = 1;
+/// Oldest format version this build can read.
+pub const MIN_READ_VERSION: u16 = 1;
+
+/// Size of the segment header.
+pub const HEADER_LEN: usize = 32;
+/// Offset of the version field in the header.
+pub const HEADER_VERSION_OFFSET: usize = 8;
+/// Offset of the flags field in the header.
+pub const HEADER_FLAGS_OFFSET: usize = 10;
+/// Offset of the base sequence number in the header.
+pub const HEADER_BASE_SEQ_OFFSET: usize = 12;
+/// Offset of the creation timestamp (µs since the Unix epoch) in the header.
+pub const HEADER_CREATED_OFFSET: usize = 20;
+/// Offset of the header CRC.
+pub const HEADER_CRC_OFFSET: usize = 28;
+
+/// Size of a frame header (before the payload).
+pub const FRAME_HEADER_LEN: usize = 24;
+/// Offset of the payload length in a frame.
+pub const FRAME_LEN_OFFSET: usize = 0;
+/// Offset of the CRC in a frame.
+pub const FRAME_CRC_OFFSET: usize = 4;
+/// Offset of the sequence number in a frame.
+pub const FRAME_SEQ_OFFSET: usize = 8;
+/// Offset of the timestamp in a frame.
+pub const FRAME_TS_OFFSET: usize = 16;
+/// Largest payload a frame may carry (64 MiB).
+pub const MAX_PAYLOAD_LEN: u32 = 64 << 20;
+
+/// Value of the `len` field that marks the footer of a sealed segment.
+pub const FOOTER_MARKER: u32 = u32::MAX;
+/// Magic inside the footer.
+pub const FOOTER_MAGIC: [u8; 8] = *b"WSPLSEAL";
+/// Size of the footer.
+pub const FOOTER_LEN: usize = 48;
+
+/// Extension of segment files on `LocalDisk` (the name is the base sequence, 20 digits).
+pub const SEGMENT_EXT: &str = "wal";
+
+/// The segment header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// Format version the segment was written with.
+    pub version: u16,
+    /// Flags (none defined in version 1; must be zero).
+    pub flags: u16,
+    /// Sequence number of the first record this segment holds (or would hold).
+    pub base_seq: u64,
+    /// Creation time, µs since the Unix epoch.
+    pub created_us: u64,
+}
+
+impl SegmentHeader {
+    /// Encodes the header.
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0..8].copy_from_slice(&MAGIC);
+        b[HEADER_VERSION_OFFSET..HEADER_VERSION_OFFSET + 2].copy_from_slice(&self.version.to_le_bytes());
+        b[HEADER_FLAGS_OFFSET..HEADER_FLAGS_OFFSET + 2].copy_from_slice(&self.flags.to_le_bytes());
+        b[HEADER_BASE_SEQ_OFFSET..HEADER_BASE_SEQ_OFFSET + 8].copy_from_slice(&self.base_seq.to_le_bytes());
+        b[HEADER_CREATED_OFFSET..HEADER_CREATED_OFFSET + 8].copy_from_slice(&self.created_us.to_le_bytes());
+        let crc = crc32fast::hash(&b[..HEADER_CRC_OFFSET]);
+        b[HEADER_CRC_OFFSET..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Decodes and checks a header. `segment` names the segment in errors.
+    pub fn decode(b: &[u8], segment: &str) -> Result<Self, Error> {
+        let corrupt = |reason: &str| Error::Corrupt {
+            segment: segment.to_string(),
+            offset: 0,
+            reason: reason.to_string(),
+        };
+        if b.len() < HEADER_LEN {
+            return Err(corrupt("segment header is truncated"));
+        }
+        if b[0..8] != MAGIC {
+            return Err(corrupt("bad magic: not a walspool segment"));
+        }
+        let stored = u32_at(b, HEADER_CRC_OFFSET);
+        if crc32fast::hash(&b[..HEADER_CRC_OFFSET]) != stored {
+            return Err(corrupt("segment header CRC mismatch"));
+        }
+        let version = u16::from_le_bytes([b[HEADER_VERSION_OFFSET], b[HEADER_VERSION_OFFSET + 1]]);
+        if !(MIN_READ_VERSION..=FORMAT_VERSION).contains(&version) {
+            return Err(Error::UnsupportedVersion {
+                segment: segment.to_string(),
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let flags = u16::from_le_bytes([b[HEADER_FLAGS_OFFSET], b[HEADER_FLAGS_OFFSET + 1]]);
+        if flags != 0 {
+            return Err(corrupt("unknown segment flags"));
+        }
+        Ok(SegmentHeader {
+            version,
+            flags,
+            base_seq: u64_at(b, HEADER_BASE_SEQ_OFFSET),
+            created_us: u64_at(b, HEADER_CREATED_OFFSET),
+        })
+    }
+}
+
+/// The footer of a sealed segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentFooter {
+    /// Sequence number of the last record in the segment.
+    pub last_seq: u64,
+    /// Number of records in the segment.
+    pub count: u64,
+    /// Timestamp of the last record, µs since the Unix epoch.
+    pub last_ts_us: u64,
+    /// CRC-32 of every byte of the segment before the footer.
+    pub body_crc: u32,
+}
+
+impl SegmentFooter {
+    /// Encodes the footer.
+    pub fn encode(&self) -> [u8; FOOTER_LEN] {
+        let mut b = [0u8; FOOTER_LEN];
+        b[0..4].copy_from_slice(&FOOTER_MARKER.to_le_bytes());
+        b[8..16].copy_from_slice(&FOOTER_MAGIC);
+        b[16..24].copy_from_slice(&self.last_seq.to_le_bytes());
+        b[24..32].copy_from_slice(&self.count.to_le_bytes());
+        b[32..40].copy_from_slice(&self.last_ts_us.to_le_bytes());
+        b[40..44].copy_from_slice(&self.body_crc.to_le_bytes());
+        let crc = crc32fast::hash(&b[8..FOOTER_LEN]);
+        b[4..8].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Decodes a footer; `None` when the bytes are not a valid footer.
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() < FOOTER_LEN || u32_at(b, 0) != FOOTER_MARKER || b[8..16] != FOOTER_MAGIC {
+            return None;
+        }
+        if crc32fast::hash(&b[8..FOOTER_LEN]) != u32_at(b, 4) {
+            return None;
+        }
+        Some(SegmentFooter {
+            last_seq: u64_at(b, 16),
+            count: u64_at(b, 24),
+            last_ts_us: u64_at(b, 32),
+            body_crc: u32_at(b, 40),
+        })
+    }
+}
+
+/// Appends one frame to `buf`.
+pub fn encode_frame(buf: &mut Vec<u8>, seq: u64, ts_us: u64, payload: &[u8]) {
+    let len = payload.len() as u32;
+    let crc = frame_crc(len, seq, ts_us, payload);
+    buf.reserve(FRAME_HEADER_LEN + payload.len());
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&crc.to_le_bytes());
+    buf.extend_from_slice(&seq.to_le_bytes());
+    buf.extend_from_slice(&ts_us.to_le_bytes());
+    buf.extend_from_slice(payload);
+}
+
+/// The CRC a frame carries.
+pub fn frame_crc(len: u32, seq: u64, ts_us: u64, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&len.to_le_bytes());
+    h.update(&seq.to_le_bytes());
+    h.update(&ts_us.to_le_bytes());
+    h.update(payload);
+    h.finalize()
+}
+
+/// One decoded frame, borrowing its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawFrame<'a> {
+    /// Sequence number.
+    pub seq: u64,
+    /// Timestamp, µs since the Unix epoch.
+    pub ts_us: u64,
+    /// The postcard-encoded record.
+    pub payload: &'a [u8],
+}
+
+/// What [`decode_frame`] found at an offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decoded<'a> {
+    /// A valid frame and its total encoded length.
+    Frame(RawFrame<'a>, usize),
+    /// A valid footer: the segment is sealed.
+    Footer(SegmentFooter),
+    /// The buffer ends before the frame does; `needed` bytes would be required in total.
+    Incomplete {
+        /// Total bytes the frame needs from its start.
+        needed: usize,
+    },
+    /// The bytes are not a valid frame.
+    Invalid(&'static str),
+}
+
+/// Decodes the frame at the start of `b`. Never panics, whatever the bytes.
+pub fn decode_frame(b: &[u8]) -> Decoded<'_> {
+    if b.len() < 4 {
+        return Decoded::Incomplete {
+            needed: FRAME_HEADER_LEN,
+        };
+    }
+    let len = u32_at(b, FRAME_LEN_OFFSET);
+    if len == FOOTER_MARKER {
+        if b.len() < FOOTER_LEN {
+            return Decoded::Incomplete { needed: FOOTER_LEN };
+        }
+        return match SegmentFooter::decode(&b[..FOOTER_LEN]) {
+            Some(f) => Decoded::Footer(f),
+            None => Decoded::Invalid("footer CRC mismatch"),
+        };
+    }
+    if len > MAX_PAYLOAD_LEN {
+        return Decoded::Invalid("frame length out of range");
+    }
+    let total = FRAME_HEADER_LEN + len as usize;
+    if b.len() < total {
+        return Decoded::Incomplete { needed: total };
+    }
+    let crc = u32_at(b, FRAME_CRC_OFFSET);
+    let seq = u64_at(b, FRAME_SEQ_OFFSET);
+    let ts_us = u64_at(b, FRAME_TS_OFFSET);
+    let payload = &b[FRAME_HEADER_LEN..total];
+    if frame_crc(len, seq, ts_us, payload) != crc {
+        return Decoded::Invalid("frame CRC mismatch");
+    }
+    Decoded::Frame(RawFrame { seq, ts_us, payload }, total)
+}
+
+/// The name a segment has on disk: its base sequence, zero-padded to 20 digits.
+pub fn segment_file_name(base_seq: u64) -> String {
+    format!("{base_seq:020}.{SEGMENT_EXT}")
+}
+
+/// Parses a segment file name back into its base sequence.
+pub fn parse_segment_file_name(name: &str) -> Option<u64> {
+    let stem = name.strip_suffix(SEGMENT_EXT)?.strip_suffix('.')?;
+    if stem.len() != 20 || !stem.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_round_trip() {
+        let mut buf = Vec::new();
+        encode_frame(&mut buf, 7, 99, b"hello");
+        match decode_frame(&buf) {
+            Decoded::Frame(f, n) => {
+                assert_eq!((f.seq, f.ts_us, f.payload, n), (7, 99, &b"hello"[..], buf.len()));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        for cut in 0..buf.len() {
+            assert!(matches!(decode_frame(&buf[..cut]), Decoded::Incomplete { .. }), "cut {cut}");
+        }
+        for bit in 0..buf.len() * 8 {
+            let mut b = buf.clone();
+            b[bit / 8] ^= 1 << (bit % 8);
+            assert!(!matches!(decode_frame(&b), Decoded::Frame(..)), "bit {bit} flipped went unnoticed");
+        }
+    }
+
+    #[test]
+    fn header_and_footer_round_trip() {
+        let h = SegmentHeader { version: FORMAT_VERSION, flags: 0, base_seq: 42, created_us: 5 };
+        assert_eq!(SegmentHeader::decode(&h.encode(), "s").unwrap(), h);
+        let mut bad = h.encode();
+        bad[HEADER_VERSION_OFFSET] = 9;
+        let fixed_crc = crc32fast::hash(&bad[..HEADER_CRC_OFFSET]);
+        bad[HEADER_CRC_OFFSET..].copy_from_slice(&fixed_crc.to_le_bytes());
+        assert!(matches!(
+            SegmentHeader::decode(&bad, "s"),
+            Err(Error::UnsupportedVersion { found: 9, .. })
+        ));
+        let f = SegmentFooter { last_seq: 9, count: 3, last_ts_us: 1, body_crc: 77 };
+        assert_eq!(SegmentFooter::decode(&f.encode()), Some(f));
+        assert_eq!(parse_segment_file_name(&segment_file_name(12)), Some(12));
+        assert_eq!(parse_segment_file_name("x.wal"), None);
+    }
+}

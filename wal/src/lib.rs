@@ -1,0 +1,59 @@
+//! # walspool-wal
+//!
+//! The core of walspool: a durable, async, runtime-agnostic write-ahead log for the
+//! records a service must never lose.
+//!
+//! * [`Wal<S: Storage>`](Wal) appends any `T: Serialize` (encoded with postcard, framed
+//!   with a CRC-32 and a global sequence number) and resolves each append once it is as
+//!   durable as [`Durability`] says; concurrent appenders share one fdatasync.
+//! * All I/O runs on walspool's own threads; futures are completed through `futures`
+//!   channels, so tokio, smol, async-std or `futures::executor` all drive them.
+//! * On open only the tail segment is scanned; a torn tail is cut at the last good frame.
+//! * [`Wal::read_from`] is a live `Stream`; [`Wal::consumer`] gives named, durable
+//!   checkpoints; retention and bounds ([`WhenFull`]) keep the disk in check; every drop
+//!   is counted in [`Metrics::dropped_records_total`].
+//!
+//! ```
+//! use futures::StreamExt;
+//! use walspool_wal::{Memory, Options, Wal};
+//!
+//! # fn main() -> Result<(), walspool_wal::Error> {
+//! futures::executor::block_on(async {
+//!     let wal = Wal::open(Memory::new(), Options::default())?;
+//!     let seq = wal.append(&"user 42 logged in".to_string()).await?;
+//!     let range = wal.append_batch(&["a".to_string(), "b".to_string()]).await?;
+//!     assert_eq!(range, seq + 1..seq + 3);
+//!
+//!     let mut records = wal.read_from::<String>(seq);
+//!     let first = records.next().await.unwrap()?;
+//!     assert_eq!(first.record, "user 42 logged in");
+//!
+//!     let audit = wal.consumer("audit-sink")?;
+//!     audit.commit(seq).await?;
+//!     assert_eq!(audit.committed(), seq);
+//!     wal.close().await
+//! })
+//! # }
+//! ```
+//!
+//! The on-disk format is in [`format`] and `docs/format.md`.
+
+pub mod consumer;
+pub mod error;
+pub mod format;
+mod housekeeper;
+pub mod memory;
+pub mod metrics;
+pub mod options;
+pub mod reader;
+pub mod storage;
+mod wal;
+
+pub use consumer::Consumer;
+pub use error::{Error, Result};
+pub use memory::{Memory, MemoryCounters, Tear};
+pub use metrics::{ConsumerMetrics, Metrics, SegmentMetrics, StatsFile, STATS_FILE, STATS_SCHEMA};
+pub use options::{Durability, Options, RecoveryMode, WhenFull};
+pub use reader::{Entry, ReadStream};
+pub use storage::{SegmentId, SegmentInfo, Storage, StorageExt};
+pub use wal::{ArchiveStatus, RetentionHook, Wal};

@@ -1,0 +1,198 @@
+//! Configuration of a [`Wal`](crate::Wal).
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::format::{FOOTER_LEN, FRAME_HEADER_LEN, HEADER_LEN};
+
+/// When an append's future resolves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// After an `fdatasync` covering the record. Concurrent appenders share one
+    /// fdatasync (group commit). Survives process crash and power loss. The default.
+    #[default]
+    Sync,
+    /// After the record is written to the OS (survives a process crash, not a power
+    /// loss); the WAL fdatasyncs at most this often in the background.
+    Periodic(Duration),
+    /// As soon as the record is in walspool's in-process buffer. The writer thread
+    /// writes it right after and fdatasyncs at least once a second; a process crash
+    /// loses what was buffered. Use [`Wal::flush`](crate::Wal::flush) to wait.
+    Buffered,
+}
+
+/// What an append does when the WAL is at `max_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhenFull {
+    /// Wait (without spinning) until consumers commit and space is freed. The default:
+    /// a WAL exists so that records are not lost, so it pushes back rather than drop.
+    #[default]
+    Block,
+    /// Fail the append with [`Error::Full`].
+    Reject,
+    /// Delete the oldest segments, counting and logging every record dropped that a
+    /// consumer had not yet committed.
+    DropOldest,
+}
+
+/// What to do with corruption found while reading sealed segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecoveryMode {
+    /// Corruption before the tail is an error naming the segment and offset. The default.
+    #[default]
+    Strict,
+    /// Skip the rest of a corrupt sealed segment, count the skipped records in
+    /// `corrupt_skipped_total`, log it, and go on with the next segment.
+    Lenient,
+}
+
+/// Options for [`Wal::open`](crate::Wal::open). Start from `Options::default()` and
+/// chain the setters.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub(crate) segment_size: u64,
+    pub(crate) segment_max_age: Option<Duration>,
+    pub(crate) durability: Durability,
+    pub(crate) max_bytes: Option<u64>,
+    pub(crate) max_age: Option<Duration>,
+    pub(crate) when_full: WhenFull,
+    pub(crate) recovery: RecoveryMode,
+    pub(crate) stats_interval: Option<Duration>,
+    pub(crate) max_buffered_bytes: usize,
+    pub(crate) wal_id: Option<String>,
+}
+
+/// Default segment size: 64 MiB.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
+/// Smallest segment size accepted: 4 KiB.
+pub const MIN_SEGMENT_SIZE: u64 = 4 << 10;
+/// Largest segment size accepted: 4 GiB.
+pub const MAX_SEGMENT_SIZE: u64 = 4 << 30;
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            segment_size: DEFAULT_SEGMENT_SIZE,
+            segment_max_age: None,
+            durability: Durability::Sync,
+            max_bytes: None,
+            max_age: None,
+            when_full: WhenFull::Block,
+            recovery: RecoveryMode::Strict,
+            stats_interval: Some(Duration::from_millis(500)),
+            max_buffered_bytes: 32 << 20,
+            wal_id: None,
+        }
+    }
+}
+
+impl Options {
+    /// Roll to a new segment once the current one reaches this many bytes (default 64 MiB).
+    pub fn segment_size(mut self, bytes: u64) -> Self {
+        self.segment_size = bytes;
+        self
+    }
+    /// Roll to a new segment once the current one is this old and holds a record.
+    pub fn segment_max_age(mut self, age: Duration) -> Self {
+        self.segment_max_age = Some(age);
+        self
+    }
+    /// When appends resolve (default [`Durability::Sync`]).
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.durability = d;
+        self
+    }
+    /// Bound on the bytes of all segments. Must be at least two segments.
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = Some(bytes);
+        self
+    }
+    /// Sealed segments whose newest record is older than this are deleted (records not
+    /// yet committed by every consumer are counted as dropped).
+    pub fn max_age(mut self, age: Duration) -> Self {
+        self.max_age = Some(age);
+        self
+    }
+    /// Policy at `max_bytes` (default [`WhenFull::Block`]).
+    pub fn when_full(mut self, w: WhenFull) -> Self {
+        self.when_full = w;
+        self
+    }
+    /// Recovery mode for corruption in sealed segments (default strict).
+    pub fn recovery(mut self, m: RecoveryMode) -> Self {
+        self.recovery = m;
+        self
+    }
+    /// How often the stats file is published (default 500 ms); `None` disables it.
+    pub fn stats_interval(mut self, every: Option<Duration>) -> Self {
+        self.stats_interval = every;
+        self
+    }
+    /// Bound on bytes waiting for the writer thread; appenders wait beyond it (default 32 MiB).
+    pub fn max_buffered_bytes(mut self, bytes: usize) -> Self {
+        self.max_buffered_bytes = bytes;
+        self
+    }
+    /// A stable id for this WAL, used in idempotency keys and archive paths. By default
+    /// one is generated at creation and stored in the WAL.
+    pub fn wal_id(mut self, id: impl Into<String>) -> Self {
+        self.wal_id = Some(id.into());
+        self
+    }
+
+    /// The configured durability.
+    pub fn get_durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Checks the options; every problem is a clear [`Error::Config`].
+    pub fn validate(&self) -> Result<()> {
+        if self.segment_size < MIN_SEGMENT_SIZE || self.segment_size > MAX_SEGMENT_SIZE {
+            return Err(Error::Config(format!(
+                "segment_size must be between {MIN_SEGMENT_SIZE} and {MAX_SEGMENT_SIZE} bytes, got {}",
+                self.segment_size
+            )));
+        }
+        if let Some(max) = self.max_bytes {
+            if max < 2 * self.segment_size {
+                return Err(Error::Config(format!(
+                    "max_bytes ({max}) must be at least twice segment_size ({})",
+                    self.segment_size
+                )));
+            }
+        }
+        for (name, d) in [
+            ("segment_max_age", self.segment_max_age),
+            ("max_age", self.max_age),
+            ("stats_interval", self.stats_interval),
+        ] {
+            if d == Some(Duration::ZERO) {
+                return Err(Error::Config(format!("{name} must be greater than zero")));
+            }
+        }
+        if let Durability::Periodic(d) = self.durability {
+            if d.is_zero() {
+                return Err(Error::Config(
+                    "Durability::Periodic interval must be greater than zero (use Sync)".into(),
+                ));
+            }
+        }
+        if self.max_buffered_bytes < 64 << 10 {
+            return Err(Error::Config("max_buffered_bytes must be at least 64 KiB".into()));
+        }
+        if let Some(id) = &self.wal_id {
+            if id.is_empty() || !id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_') {
+                return Err(Error::Config(format!(
+                    "wal_id {id:?} must be non-empty ASCII letters, digits, '-' or '_'"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Largest record payload that fits a segment.
+    pub(crate) fn max_record_len(&self) -> usize {
+        let room = self.segment_size as usize - HEADER_LEN - FOOTER_LEN - FRAME_HEADER_LEN;
+        room.min(crate::format::MAX_PAYLOAD_LEN as usize)
+    }
+}

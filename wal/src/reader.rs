@@ -1,0 +1,290 @@
+//! Readers: a `futures::Stream` of records that follows the tail live.
+
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::Stream;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::format::{decode_frame, Decoded, SegmentHeader, HEADER_LEN};
+use crate::options::RecoveryMode;
+use crate::storage::{Storage, StorageExt};
+use crate::wal::{lock, Inner, Wal};
+
+/// A record read back, with its sequence number and timestamp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry<T> {
+    /// Global, monotonic sequence number.
+    pub seq: u64,
+    /// Append time, µs since the Unix epoch.
+    pub ts_us: u64,
+    /// The record.
+    pub record: T,
+}
+
+/// Reads raw frames in sequence order from a WAL's segments, up to the durable point.
+pub(crate) struct RawReader<S: Storage> {
+    inner: Arc<Inner<S>>,
+    pub next: u64,
+    seg: Option<u64>,
+    buf: Vec<u8>,
+    pos: usize,
+    buf_at: u64,
+}
+
+const READ_CHUNK: usize = 256 << 10;
+
+impl<S: Storage> RawReader<S> {
+    pub fn new(inner: Arc<Inner<S>>, from: u64) -> Self {
+        RawReader {
+            inner,
+            next: from.max(1),
+            seg: None,
+            buf: Vec::new(),
+            pos: 0,
+            buf_at: 0,
+        }
+    }
+
+    /// The next durable frame, `Ok(None)` when the reader is at the durable end.
+    pub fn next_frame(&mut self) -> Result<Option<(u64, u64, Vec<u8>)>> {
+        loop {
+            if self.next > self.inner.durable_seq.load(Ordering::Acquire) {
+                return Ok(None);
+            }
+            let seg = match self.seg {
+                Some(s) => s,
+                None => {
+                    let (base, first) = {
+                        let segs = lock(&self.inner.segments);
+                        let first = segs.first().map_or(self.next, |s| s.base);
+                        let base = segs.iter().rev().find(|s| s.base <= self.next).map(|s| s.base);
+                        (base, first)
+                    };
+                    let Some(base) = base else {
+                        let gap = Error::Gap {
+                            expected: self.next,
+                            resumed_at: first,
+                        };
+                        self.next = first;
+                        return Err(gap);
+                    };
+                    let name = self.inner.storage.segment_name(base);
+                    let hdr = match self.inner.storage.read_vec(base, 0, HEADER_LEN) {
+                        Ok(h) => h,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(Error::io("read", name, e)),
+                    };
+                    SegmentHeader::decode(&hdr, &name)?;
+                    self.seg = Some(base);
+                    self.buf.clear();
+                    self.pos = 0;
+                    self.buf_at = HEADER_LEN as u64;
+                    base
+                }
+            };
+            match decode_frame(&self.buf[self.pos..]) {
+                Decoded::Frame(f, n) => {
+                    let at = self.buf_at + self.pos as u64;
+                    self.pos += n;
+                    if f.seq < self.next {
+                        continue;
+                    }
+                    if f.seq != self.next {
+                        let e = Error::Corrupt {
+                            segment: self.inner.storage.segment_name(seg),
+                            offset: at,
+                            reason: format!("expected sequence {} but found {}", self.next, f.seq),
+                        };
+                        self.skip_segment_or(e)?;
+                        continue;
+                    }
+                    self.next += 1;
+                    return Ok(Some((f.seq, f.ts_us, f.payload.to_vec())));
+                }
+                Decoded::Footer(_) => {
+                    self.seg = None;
+                    let later = lock(&self.inner.segments).iter().any(|s| s.base > seg);
+                    if !later {
+                        return Ok(None);
+                    }
+                    continue;
+                }
+                Decoded::Incomplete { needed } => {
+                    self.buf.drain(..self.pos);
+                    self.buf_at += self.pos as u64;
+                    self.pos = 0;
+                    let want = READ_CHUNK.max(needed);
+                    let name = || self.inner.storage.segment_name(seg);
+                    let more = match self
+                        .inner
+                        .storage
+                        .read_vec(seg, self.buf_at + self.buf.len() as u64, want)
+                    {
+                        Ok(m) => m,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                            self.seg = None;
+                            continue;
+                        }
+                        Err(e) => return Err(Error::io("read", name(), e)),
+                    };
+                    if more.is_empty() {
+                        // A durable record must be on storage in full.
+                        let e = Error::Corrupt {
+                            segment: name(),
+                            offset: self.buf_at,
+                            reason: format!("segment ends before record {}", self.next),
+                        };
+                        self.skip_segment_or(e)?;
+                        continue;
+                    }
+                    self.buf.extend_from_slice(&more);
+                }
+                Decoded::Invalid(reason) => {
+                    let e = Error::Corrupt {
+                        segment: self.inner.storage.segment_name(seg),
+                        offset: self.buf_at + self.pos as u64,
+                        reason: reason.to_string(),
+                    };
+                    self.skip_segment_or(e)?;
+                }
+            }
+        }
+    }
+
+    /// In lenient mode, skips to the next segment and counts; in strict mode, fails.
+    fn skip_segment_or(&mut self, e: Error) -> Result<()> {
+        if self.inner.opts.recovery == RecoveryMode::Strict {
+            return Err(e);
+        }
+        let cur = self.seg.unwrap_or(0);
+        let next_base = lock(&self.inner.segments).iter().find(|s| s.base > cur).map(|s| s.base);
+        let Some(nb) = next_base else {
+            return Err(e);
+        };
+        let skipped = nb.saturating_sub(self.next);
+        tracing::warn!(error = %e, skipped, "lenient recovery: skipping the rest of a corrupt segment");
+        self.inner.counters.corrupt_skipped.fetch_add(skipped, Ordering::Relaxed);
+        self.next = nb;
+        self.seg = None;
+        Ok(())
+    }
+}
+
+/// A stream of records from a sequence number on. It follows the tail: when it has
+/// read everything durable it waits (woken by the writer, no polling) for more, and
+/// ends only when the WAL is closed or at the end of a bounded range.
+///
+/// Items are `Result`s. [`Error::Gap`] is not fatal: records were dropped by retention
+/// bounds before this reader got to them and the stream continues after the gap.
+/// Reads are short `pread`s of data that is almost always in the page cache; they run
+/// on the task polling the stream.
+pub struct ReadStream<S: Storage, T> {
+    raw: RawReader<S>,
+    until: Option<u64>,
+    done: bool,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<S: Storage, T> std::fmt::Debug for ReadStream<S, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadStream").field("next", &self.raw.next).finish()
+    }
+}
+
+impl<S: Storage, T> ReadStream<S, T> {
+    /// Sequence number the stream will yield next.
+    pub fn next_seq(&self) -> u64 {
+        self.raw.next
+    }
+
+    /// Takes the next record that is already durable without waiting; `Ok(None)` at
+    /// the durable end.
+    pub fn try_next_raw(&mut self) -> Result<Option<Entry<Vec<u8>>>> {
+        if self.until.is_some_and(|u| self.raw.next > u) {
+            return Ok(None);
+        }
+        Ok(self
+            .raw
+            .next_frame()?
+            .map(|(seq, ts_us, record)| Entry { seq, ts_us, record }))
+    }
+}
+
+impl<S: Storage, T: DeserializeOwned> ReadStream<S, T> {
+    /// The next durable record without waiting; `Ok(None)` at the durable end.
+    pub fn try_next(&mut self) -> Result<Option<Entry<T>>> {
+        match self.try_next_raw()? {
+            None => Ok(None),
+            Some(e) => Ok(Some(decode_entry(e)?)),
+        }
+    }
+}
+
+pub(crate) fn decode_entry<T: DeserializeOwned>(e: Entry<Vec<u8>>) -> Result<Entry<T>> {
+    let record = postcard::from_bytes(&e.record).map_err(|err| Error::Decode {
+        seq: e.seq,
+        reason: err.to_string(),
+    })?;
+    Ok(Entry {
+        seq: e.seq,
+        ts_us: e.ts_us,
+        record,
+    })
+}
+
+impl<S: Storage, T: DeserializeOwned> Stream for ReadStream<S, T> {
+    type Item = Result<Entry<T>>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        for attempt in 0..2 {
+            match this.try_next_raw() {
+                Ok(Some(e)) => return Poll::Ready(Some(decode_entry(e))),
+                Err(e) => return Poll::Ready(Some(Err(e))),
+                Ok(None) => {}
+            }
+            let finished = this.until.is_some_and(|u| this.raw.next > u)
+                || this.raw.inner.writer_done.load(Ordering::Acquire);
+            if finished {
+                this.done = true;
+                return Poll::Ready(None);
+            }
+            if attempt == 0 {
+                // Register, then look again so an append in between is not missed.
+                lock(&this.raw.inner.read_wakers).push(cx.waker().clone());
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl<S: Storage> Wal<S> {
+    /// A live stream of records from `seq` on (use 1, or `first_seq_on_disk`, for all).
+    pub fn read_from<T: DeserializeOwned>(&self, seq: u64) -> ReadStream<S, T> {
+        ReadStream {
+            raw: RawReader::new(self.inner.clone(), seq),
+            until: None,
+            done: false,
+            _t: PhantomData,
+        }
+    }
+
+    /// A stream of the records in `from..=to` that ends after `to` (waiting for records
+    /// not yet durable).
+    pub fn read_range<T: DeserializeOwned>(&self, from: u64, to: u64) -> ReadStream<S, T> {
+        ReadStream {
+            raw: RawReader::new(self.inner.clone(), from),
+            until: Some(to),
+            done: false,
+            _t: PhantomData,
+        }
+    }
+}

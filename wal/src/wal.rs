@@ -1,0 +1,1204 @@
+//! `Wal<S>`: the handle, the writer thread (group commit) and recovery on open.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::channel::oneshot;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::format::{
+    decode_frame, encode_frame, Decoded, SegmentFooter, SegmentHeader, FOOTER_LEN, FORMAT_VERSION,
+    FRAME_HEADER_LEN, HEADER_LEN,
+};
+use crate::housekeeper::{self, HkMsg};
+use crate::metrics::{Counters, PersistedCounters};
+use crate::options::{Durability, Options, WhenFull};
+use crate::storage::{SegmentId, Storage, StorageExt};
+
+/// Metadata key of the WAL id.
+pub(crate) const META_WAL_ID: &str = "wal_id";
+/// Metadata key of the persistent counters.
+pub(crate) const META_COUNTERS: &str = "counters";
+/// Prefix of consumer checkpoint keys.
+pub(crate) const META_CONSUMER_PREFIX: &str = "consumer.";
+
+/// Microseconds since the Unix epoch.
+pub(crate) fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    now_us() / 1000
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A segment as the WAL tracks it.
+#[derive(Debug, Clone)]
+pub(crate) struct SegMeta {
+    pub base: u64,
+    pub bytes: u64,
+    pub sealed: bool,
+    /// Last sequence number (sealed segments only).
+    pub last_seq: u64,
+    /// Newest record's timestamp, when known (read lazily from the footer).
+    pub last_ts_us: Option<u64>,
+    /// Creation time from the header, when known.
+    pub created_us: Option<u64>,
+}
+
+pub(crate) enum Op {
+    Frames { bytes: Vec<u8>, last_seq: u64, last_ts: u64, count: u64 },
+    Roll { new_base: u64 },
+}
+
+struct Waiter {
+    last_seq: u64,
+    need_sync: bool,
+    tx: oneshot::Sender<Result<()>>,
+}
+
+pub(crate) struct State {
+    pub next_seq: u64,
+    ops: Vec<Op>,
+    waiters: Vec<Waiter>,
+    flushes: Vec<oneshot::Sender<Result<()>>>,
+    pending_bytes: usize,
+    seg_planned: u64,
+    seg_records: u64,
+    /// Bytes of all segments, including what is planned for the active one.
+    pub used_bytes: u64,
+    closing: bool,
+    writer_idle: bool,
+    poisoned: Option<(String, io::ErrorKind)>,
+    space_wakers: Vec<Waker>,
+    roll_requested: bool,
+}
+
+/// Hook deciding whether a sealed segment may be deleted by retention (archival uses it:
+/// not before the segment is uploaded).
+pub trait RetentionHook: Send + Sync + 'static {
+    /// May the sealed segment with this base sequence be deleted now?
+    fn may_delete(&self, base_seq: u64) -> bool;
+}
+
+pub(crate) struct Inner<S: Storage> {
+    pub storage: S,
+    pub opts: Options,
+    pub wal_id: String,
+    pub state: Mutex<State>,
+    work: Condvar,
+    pub durable_seq: AtomicU64,
+    pub written_seq: AtomicU64,
+    pub segments: Mutex<Vec<SegMeta>>,
+    pub read_wakers: Mutex<Vec<Waker>>,
+    pub consumers: Mutex<BTreeMap<String, u64>>,
+    pub counters: Counters,
+    pub persisted: Mutex<PersistedCounters>,
+    pub hk_tx: Mutex<Option<mpsc::Sender<HkMsg>>>,
+    pub retention_hooks: Mutex<Vec<Arc<dyn RetentionHook>>>,
+    pub breaker: Mutex<BTreeMap<String, String>>,
+    pub archive_status: Mutex<Option<Arc<dyn Fn() -> ArchiveStatus + Send + Sync>>>,
+    pub closed: AtomicBool,
+    pub writer_done: AtomicBool,
+    pub current_offset: AtomicU64,
+    pub current_base: AtomicU64,
+    pub drop_log: Mutex<(Option<Instant>, u64)>,
+}
+
+/// Archive figures an archiver reports into the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ArchiveStatus {
+    /// Sealed segments not yet archived.
+    pub lag_segments: u64,
+    /// Their bytes.
+    pub lag_bytes: u64,
+    /// Every sealed segment whose last sequence number is at most this is archived
+    /// (archivers upload in order).
+    pub archived_through_seq: u64,
+}
+
+/// A write-ahead log over a [`Storage`]. Cheap to clone; every clone is the same WAL.
+///
+/// See the crate documentation for an example.
+pub struct Wal<S: Storage> {
+    pub(crate) inner: Arc<Inner<S>>,
+    _guard: Arc<DropGuard<S>>,
+}
+
+impl<S: Storage> Clone for Wal<S> {
+    fn clone(&self) -> Self {
+        Wal {
+            inner: self.inner.clone(),
+            _guard: self._guard.clone(),
+        }
+    }
+}
+
+impl<S: Storage> std::fmt::Debug for Wal<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal")
+            .field("wal_id", &self.inner.wal_id)
+            .field("location", &self.inner.storage.location())
+            .finish()
+    }
+}
+
+/// Closes the WAL when the last handle is dropped.
+struct DropGuard<S: Storage> {
+    inner: Arc<Inner<S>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl<S: Storage> Drop for DropGuard<S> {
+    fn drop(&mut self) {
+        self.inner.begin_close();
+        if let Some(h) = lock(&self.writer).take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl<S: Storage> Wal<S> {
+    /// Opens (or creates) the WAL on `storage`: reads the tail segment only, cuts a torn
+    /// tail at the last good frame, and starts the writer and housekeeping threads.
+    pub fn open(storage: S, opts: Options) -> Result<Self> {
+        opts.validate()?;
+        let loc = storage.location();
+        let io_err = |op: &'static str| {
+            let loc = loc.clone();
+            move |e: io::Error| Error::io(op, loc, e)
+        };
+
+        // The WAL id.
+        let wal_id = match storage.get_meta(META_WAL_ID).map_err(io_err("read wal_id"))? {
+            Some(b) => {
+                let s = String::from_utf8(b).map_err(|_| Error::Corrupt {
+                    segment: format!("{}/meta {META_WAL_ID}", storage.location()),
+                    offset: 0,
+                    reason: "wal_id is not UTF-8".into(),
+                })?;
+                if let Some(want) = &opts.wal_id {
+                    if want != &s {
+                        return Err(Error::Config(format!(
+                            "wal_id {want:?} was requested but this WAL's id is {s:?}"
+                        )));
+                    }
+                }
+                s
+            }
+            None => {
+                let id = opts.wal_id.clone().unwrap_or_else(generate_id);
+                storage
+                    .put_meta(META_WAL_ID, id.as_bytes())
+                    .map_err(io_err("write wal_id"))?;
+                id
+            }
+        };
+
+        let persisted: PersistedCounters = match storage.get_meta(META_COUNTERS).map_err(io_err("read counters"))? {
+            Some(b) => serde_json::from_slice(&b).map_err(|e| Error::Corrupt {
+                segment: format!("{}/meta {META_COUNTERS}", storage.location()),
+                offset: 0,
+                reason: format!("counters are not valid JSON: {e}"),
+            })?,
+            None => PersistedCounters::default(),
+        };
+
+        let consumers = load_consumers(&storage)?;
+
+        let mut list = storage.list_segments().map_err(io_err("list segments"))?;
+        list.sort_by_key(|s| s.id);
+        let mut segments: Vec<SegMeta> = Vec::with_capacity(list.len() + 1);
+        for (i, s) in list.iter().enumerate() {
+            let last_seq = list.get(i + 1).map_or(0, |n| n.id.saturating_sub(1));
+            segments.push(SegMeta {
+                base: s.id,
+                bytes: s.len,
+                sealed: i + 1 < list.len(),
+                last_seq,
+                last_ts_us: None,
+                created_us: None,
+            });
+        }
+
+        let mut torn_cut = 0u64;
+        let tail = match segments.last().cloned() {
+            None => {
+                let base = 1;
+                create_segment(&storage, base)?;
+                segments.push(new_meta(base));
+                TailState::fresh(base)
+            }
+            Some(last) => {
+                let t = recover_tail(&storage, last.base, last.bytes)?;
+                torn_cut = t.cut_bytes;
+                let idx = segments.len() - 1;
+                if t.sealed {
+                    segments[idx].sealed = true;
+                    segments[idx].bytes = t.offset;
+                    segments[idx].last_seq = t.last_seq;
+                    let base = t.last_seq + 1;
+                    create_segment(&storage, base)?;
+                    segments.push(new_meta(base));
+                    TailState::fresh(base)
+                } else {
+                    segments[idx].bytes = t.offset;
+                    segments[idx].created_us = Some(t.created_us);
+                    t
+                }
+            }
+        };
+        if torn_cut > 0 {
+            tracing::warn!(
+                location = %storage.location(),
+                segment = %storage.segment_name(tail.base),
+                bytes = torn_cut,
+                "cut a torn or corrupt tail at the last good record"
+            );
+        }
+
+        let next_seq = tail.last_seq + 1;
+        let used: u64 = segments.iter().map(|s| s.bytes).sum();
+        let mut persisted = persisted;
+        persisted.torn_tail_bytes_cut_total += torn_cut;
+        if torn_cut > 0 {
+            let _ = storage.put_meta(META_COUNTERS, &serde_json::to_vec(&persisted).unwrap_or_default());
+        }
+
+        let inner = Arc::new(Inner {
+            opts,
+            wal_id,
+            state: Mutex::new(State {
+                next_seq,
+                ops: Vec::new(),
+                waiters: Vec::new(),
+                flushes: Vec::new(),
+                pending_bytes: 0,
+                seg_planned: tail.offset,
+                seg_records: tail.count,
+                used_bytes: used,
+                closing: false,
+                writer_idle: false,
+                poisoned: None,
+                space_wakers: Vec::new(),
+                roll_requested: false,
+            }),
+            work: Condvar::new(),
+            durable_seq: AtomicU64::new(tail.last_seq),
+            written_seq: AtomicU64::new(tail.last_seq),
+            segments: Mutex::new(segments),
+            read_wakers: Mutex::new(Vec::new()),
+            consumers: Mutex::new(consumers),
+            counters: Counters::default(),
+            persisted: Mutex::new(persisted),
+            hk_tx: Mutex::new(None),
+            retention_hooks: Mutex::new(Vec::new()),
+            breaker: Mutex::new(BTreeMap::new()),
+            archive_status: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            writer_done: AtomicBool::new(false),
+            current_offset: AtomicU64::new(tail.offset),
+            current_base: AtomicU64::new(tail.base),
+            drop_log: Mutex::new((None, 0)),
+            storage,
+        });
+        inner
+            .counters
+            .dropped_records
+            .store(persisted.dropped_records_total, Ordering::Relaxed);
+        inner
+            .counters
+            .ship_errors
+            .store(persisted.ship_errors_total, Ordering::Relaxed);
+        inner
+            .counters
+            .torn_tail_bytes
+            .store(persisted.torn_tail_bytes_cut_total, Ordering::Relaxed);
+        inner
+            .counters
+            .dead_letter
+            .store(persisted.dead_letter_total, Ordering::Relaxed);
+
+        let w = inner.clone();
+        let writer = std::thread::Builder::new()
+            .name("walspool-writer".into())
+            .spawn(move || {
+                writer_main(w.clone(), tail);
+                w.writer_done.store(true, Ordering::Release);
+                w.wake_readers();
+            })
+            .map_err(|e| Error::io("spawn writer thread", "walspool-writer", e))?;
+        housekeeper::start(inner.clone())?;
+        Ok(Wal {
+            _guard: Arc::new(DropGuard {
+                inner: inner.clone(),
+                writer: Mutex::new(Some(writer)),
+            }),
+            inner,
+        })
+    }
+
+    /// The storage this WAL runs on.
+    pub fn storage(&self) -> &S {
+        &self.inner.storage
+    }
+
+    /// The WAL's stable id (used in idempotency keys and archive paths).
+    pub fn id(&self) -> &str {
+        &self.inner.wal_id
+    }
+
+    /// The options it was opened with.
+    pub fn options(&self) -> &Options {
+        &self.inner.opts
+    }
+
+    /// Appends one record; resolves with its sequence number once it is as durable as
+    /// the configured [`Durability`].
+    pub async fn append<T: Serialize + ?Sized>(&self, record: &T) -> Result<u64> {
+        let payload = postcard::to_allocvec(record).map_err(|e| Error::Encode(e.to_string()))?;
+        let (first, _) = self.append_payloads(vec![payload]).await?;
+        Ok(first)
+    }
+
+    /// Appends records in order, atomically with respect to other appenders (their
+    /// sequence numbers are consecutive); resolves with the range once durable.
+    pub async fn append_batch<T: Serialize>(&self, records: &[T]) -> Result<std::ops::Range<u64>> {
+        if records.is_empty() {
+            let next = lock(&self.inner.state).next_seq;
+            return Ok(next..next);
+        }
+        let mut payloads = Vec::with_capacity(records.len());
+        for r in records {
+            payloads.push(postcard::to_allocvec(r).map_err(|e| Error::Encode(e.to_string()))?);
+        }
+        let (first, n) = self.append_payloads(payloads).await?;
+        Ok(first..first + n)
+    }
+
+    /// Appends already-encoded payloads (postcard bytes, or any bytes when the WAL is
+    /// read raw). Returns the first sequence number and the count.
+    pub async fn append_payloads(&self, payloads: Vec<Vec<u8>>) -> Result<(u64, u64)> {
+        let max = self.inner.opts.max_record_len();
+        if let Some(p) = payloads.iter().find(|p| p.len() > max) {
+            return Err(Error::RecordTooLarge { size: p.len(), max });
+        }
+        let inner = &self.inner;
+        let mut payloads = Some(payloads);
+        let (first, n, rx) = futures::future::poll_fn(|cx| {
+            let mut st = lock(&inner.state);
+            match inner.try_enqueue(&mut st, payloads.as_ref().expect("polled after completion")) {
+                Ok(Some(r)) => {
+                    payloads = None;
+                    Poll::Ready(Ok(r))
+                }
+                Ok(None) => {
+                    st.space_wakers.push(cx.waker().clone());
+                    if st.writer_idle {
+                        inner.work.notify_one();
+                    }
+                    Poll::Pending
+                }
+                Err(e) => Poll::Ready(Err(e)),
+            }
+        })
+        .await?;
+        if let Some(rx) = rx {
+            match rx.await {
+                Ok(r) => r?,
+                Err(_) => return Err(Error::Closed),
+            }
+        }
+        Ok((first, n))
+    }
+
+    /// Waits until every record appended so far is durable (fdatasync'd).
+    pub async fn flush(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut st = lock(&self.inner.state);
+            if let Some((c, k)) = &st.poisoned {
+                return Err(Error::Poisoned { cause: c.clone(), kind: *k });
+            }
+            if st.closing {
+                return Err(Error::Closed);
+            }
+            st.flushes.push(tx);
+            self.inner.work.notify_one();
+        }
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Asks the WAL to seal the active segment and start a new one (if it holds records).
+    pub fn roll(&self) {
+        let mut st = lock(&self.inner.state);
+        st.roll_requested = true;
+        self.inner.work.notify_one();
+    }
+
+    /// Drains every buffered record, fdatasyncs, publishes final stats and stops the
+    /// WAL's threads. Later appends fail with [`Error::Closed`].
+    pub async fn close(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut st = lock(&self.inner.state);
+            if st.closing {
+                drop(st);
+                return Ok(());
+            }
+            st.flushes.push(tx);
+        }
+        self.inner.begin_close();
+        let r = rx.await.unwrap_or(Ok(()));
+        housekeeper::stop(&self.inner);
+        r
+    }
+
+    /// Sequence number of the last record appended (enqueued), if any.
+    pub fn last_seq(&self) -> Option<u64> {
+        let n = lock(&self.inner.state).next_seq;
+        (n > 1).then(|| n - 1)
+    }
+
+    /// Sequence number of the last durable record (0 if none).
+    pub fn durable_seq(&self) -> u64 {
+        self.inner.durable_seq.load(Ordering::Acquire)
+    }
+
+    /// First sequence number still on disk, if any record is.
+    pub fn first_seq_on_disk(&self) -> Option<u64> {
+        let segs = lock(&self.inner.segments);
+        let first = segs.first()?.base;
+        let durable = self.durable_seq();
+        (durable >= first).then_some(first)
+    }
+
+    /// Registers a hook that can veto retention's deletion of sealed segments.
+    pub fn add_retention_hook(&self, hook: Arc<dyn RetentionHook>) {
+        lock(&self.inner.retention_hooks).push(hook);
+    }
+
+    /// Sealed segments on disk: `(base_seq, last_seq, bytes)`, oldest first.
+    pub fn sealed_segments(&self) -> Vec<(u64, u64, u64)> {
+        lock(&self.inner.segments)
+            .iter()
+            .filter(|s| s.sealed)
+            .map(|s| (s.base, s.last_seq, s.bytes))
+            .collect()
+    }
+
+    /// Wakes housekeeping: retention runs again (call after an archiver uploads).
+    pub fn nudge_retention(&self) {
+        housekeeper::send(&self.inner, HkMsg::Retention);
+    }
+}
+
+impl<S: Storage> Inner<S> {
+    fn try_enqueue(&self, st: &mut State, payloads: &[Vec<u8>]) -> Result<Option<(u64, u64, Option<oneshot::Receiver<Result<()>>>)>> {
+        if let Some((c, k)) = &st.poisoned {
+            return Err(Error::Poisoned { cause: c.clone(), kind: *k });
+        }
+        if st.closing {
+            return Err(Error::Closed);
+        }
+        let total: usize = payloads.iter().map(|p| p.len() + FRAME_HEADER_LEN).sum();
+        if st.pending_bytes > 0 && st.pending_bytes + total > self.opts.max_buffered_bytes {
+            return Ok(None);
+        }
+        if let Some(max) = self.opts.max_bytes {
+            if st.used_bytes + total as u64 > max {
+                match self.opts.when_full {
+                    WhenFull::Reject => {
+                        return Err(Error::Full {
+                            max_bytes: max,
+                            used: st.used_bytes,
+                        })
+                    }
+                    WhenFull::Block => {
+                        housekeeper::send(self, HkMsg::Retention);
+                        return Ok(None);
+                    }
+                    WhenFull::DropOldest => {}
+                }
+            }
+        }
+        let ts = now_us();
+        let first = st.next_seq;
+        let seg_size = self.opts.segment_size;
+        for p in payloads {
+            let frame_len = (FRAME_HEADER_LEN + p.len()) as u64;
+            if st.seg_records > 0 && st.seg_planned + frame_len + FOOTER_LEN as u64 > seg_size {
+                let new_base = st.next_seq;
+                st.ops.push(Op::Roll { new_base });
+                st.seg_planned = HEADER_LEN as u64;
+                st.seg_records = 0;
+                st.used_bytes += (FOOTER_LEN + HEADER_LEN) as u64;
+            }
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            match st.ops.last_mut() {
+                Some(Op::Frames { bytes, last_seq, last_ts, count }) => {
+                    encode_frame(bytes, seq, ts, p);
+                    *last_seq = seq;
+                    *last_ts = ts;
+                    *count += 1;
+                }
+                _ => {
+                    let mut bytes = Vec::with_capacity((total.min(self.opts.max_buffered_bytes)).max(64 << 10));
+                    encode_frame(&mut bytes, seq, ts, p);
+                    st.ops.push(Op::Frames { bytes, last_seq: seq, last_ts: ts, count: 1 });
+                }
+            }
+            st.seg_planned += frame_len;
+            st.seg_records += 1;
+            st.used_bytes += frame_len;
+            st.pending_bytes += frame_len as usize;
+        }
+        let n = payloads.len() as u64;
+        self.counters.appended_records.fetch_add(n, Ordering::Relaxed);
+        self.counters
+            .appended_bytes
+            .fetch_add(payloads.iter().map(|p| p.len() as u64).sum(), Ordering::Relaxed);
+        let rx = match self.opts.durability {
+            Durability::Buffered => None,
+            d => {
+                let (tx, rx) = oneshot::channel();
+                st.waiters.push(Waiter {
+                    last_seq: first + n - 1,
+                    need_sync: d == Durability::Sync,
+                    tx,
+                });
+                Some(rx)
+            }
+        };
+        if st.writer_idle {
+            st.writer_idle = false;
+            self.work.notify_one();
+        }
+        Ok(Some((first, n, rx)))
+    }
+
+    pub(crate) fn begin_close(&self) {
+        let mut st = lock(&self.state);
+        st.closing = true;
+        self.closed.store(true, Ordering::Release);
+        self.work.notify_one();
+        let wakers = std::mem::take(&mut st.space_wakers);
+        drop(st);
+        wakers.into_iter().for_each(Waker::wake);
+        self.wake_readers();
+    }
+
+    pub(crate) fn wake_readers(&self) {
+        let wakers = std::mem::take(&mut *lock(&self.read_wakers));
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    fn poison(&self, op: &'static str, e: &io::Error) -> Error {
+        let cause = format!("{op} on {}: {e}", self.storage.location());
+        tracing::error!(location = %self.storage.location(), error = %e, op, "WAL poisoned: refusing further appends");
+        let mut st = lock(&self.state);
+        if st.poisoned.is_none() {
+            st.poisoned = Some((cause.clone(), e.kind()));
+        }
+        let wakers = std::mem::take(&mut st.space_wakers);
+        drop(st);
+        wakers.into_iter().for_each(Waker::wake);
+        Error::Poisoned { cause, kind: e.kind() }
+    }
+
+    /// Counts and logs (rate-limited) records dropped before every consumer had them.
+    pub(crate) fn count_drops(&self, first: u64, last: u64, why: &str) {
+        let min_committed = lock(&self.consumers).values().copied().min().unwrap_or(0);
+        let lost = if last < first {
+            0
+        } else {
+            let from = first.max(min_committed + 1);
+            if from > last {
+                0
+            } else {
+                last - from + 1
+            }
+        };
+        if lost == 0 {
+            return;
+        }
+        self.counters.dropped_records.fetch_add(lost, Ordering::Relaxed);
+        {
+            let mut p = lock(&self.persisted);
+            p.dropped_records_total += lost;
+            let _ = self
+                .storage
+                .put_meta(META_COUNTERS, &serde_json::to_vec(&*p).unwrap_or_default());
+        }
+        let mut dl = lock(&self.drop_log);
+        dl.1 += lost;
+        let due = dl.0.is_none_or(|t| t.elapsed() >= Duration::from_secs(5));
+        if due {
+            tracing::warn!(
+                location = %self.storage.location(),
+                dropped = dl.1,
+                total = self.counters.dropped_records.load(Ordering::Relaxed),
+                reason = why,
+                first_seq = first,
+                last_seq = last,
+                "dropped unshipped records to stay within bounds"
+            );
+            *dl = (Some(Instant::now()), 0);
+        }
+    }
+
+    /// Deletes sealed segments chosen by `pick` (called with the sealed ones, oldest
+    /// first; returns how many of them to delete from the front). Returns bytes freed.
+    pub(crate) fn delete_oldest(&self, why: &str, count_as_drop: bool, mut pick: impl FnMut(&SegMeta) -> bool) -> u64 {
+        let victims: Vec<SegMeta> = {
+            let mut segs = lock(&self.segments);
+            let mut n = 0;
+            while n < segs.len() && segs[n].sealed && pick(&segs[n]) {
+                n += 1;
+            }
+            segs.drain(..n).collect()
+        };
+        let mut freed = 0;
+        for v in &victims {
+            if count_as_drop {
+                self.count_drops(v.base, v.last_seq, why);
+            }
+            match self.storage.remove_segment(v.base) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => tracing::error!(segment = %self.storage.segment_name(v.base), error = %e, "could not delete segment"),
+            }
+            freed += v.bytes;
+        }
+        if freed > 0 {
+            let mut st = lock(&self.state);
+            st.used_bytes = st.used_bytes.saturating_sub(freed);
+            let wakers = std::mem::take(&mut st.space_wakers);
+            drop(st);
+            wakers.into_iter().for_each(Waker::wake);
+            self.wake_readers();
+        }
+        freed
+    }
+}
+
+fn generate_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_us());
+    h.write_u32(std::process::id());
+    format!("{:016x}", h.finish())
+}
+
+fn new_meta(base: u64) -> SegMeta {
+    SegMeta {
+        base,
+        bytes: HEADER_LEN as u64,
+        sealed: false,
+        last_seq: base.saturating_sub(1),
+        last_ts_us: None,
+        created_us: Some(now_us()),
+    }
+}
+
+fn create_segment<S: Storage>(storage: &S, base: u64) -> Result<()> {
+    let name = storage.segment_name(base);
+    storage
+        .create_segment(base)
+        .map_err(|e| Error::io("create segment", name.clone(), e))?;
+    let h = SegmentHeader {
+        version: FORMAT_VERSION,
+        flags: 0,
+        base_seq: base,
+        created_us: now_us(),
+    };
+    storage
+        .write_at(base, 0, &h.encode())
+        .map_err(|e| Error::io("write segment header", name.clone(), e))?;
+    storage.sync(base).map_err(|e| Error::io("fdatasync", name, e))
+}
+
+pub(crate) fn load_consumers<S: Storage>(storage: &S) -> Result<BTreeMap<String, u64>> {
+    let mut out = BTreeMap::new();
+    let keys = storage
+        .list_meta(META_CONSUMER_PREFIX)
+        .map_err(|e| Error::io("list consumers", storage.location(), e))?;
+    for k in keys {
+        let name = k[META_CONSUMER_PREFIX.len()..].to_string();
+        let Some(b) = storage
+            .get_meta(&k)
+            .map_err(|e| Error::io("read checkpoint", storage.location(), e))?
+        else {
+            continue;
+        };
+        out.insert(name, decode_checkpoint(&b, &format!("{} checkpoint {k}", storage.location()))?);
+    }
+    Ok(out)
+}
+
+/// Checkpoint encoding: seq u64 LE + CRC-32 of those 8 bytes.
+pub(crate) fn encode_checkpoint(seq: u64) -> [u8; 12] {
+    let mut b = [0u8; 12];
+    b[..8].copy_from_slice(&seq.to_le_bytes());
+    let crc = crc32fast::hash(&b[..8]);
+    b[8..].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+pub(crate) fn decode_checkpoint(b: &[u8], what: &str) -> Result<u64> {
+    if b.len() != 12 || crc32fast::hash(&b[..8]).to_le_bytes() != b[8..12] {
+        return Err(Error::Corrupt {
+            segment: what.to_string(),
+            offset: 0,
+            reason: "checkpoint is not 12 bytes with a valid CRC (garbage or torn)".into(),
+        });
+    }
+    Ok(crate::format::u64_at(b, 0))
+}
+
+/// What recovery found in the tail segment; then the writer's view of it.
+struct TailState {
+    base: u64,
+    offset: u64,
+    count: u64,
+    last_seq: u64,
+    last_ts: u64,
+    crc: crc32fast::Hasher,
+    sealed: bool,
+    cut_bytes: u64,
+    created_us: u64,
+}
+
+impl TailState {
+    fn fresh(base: u64) -> Self {
+        // The header was just written by `create_segment`; its bytes are re-derived
+        // lazily for the body CRC below.
+        TailState {
+            base,
+            offset: HEADER_LEN as u64,
+            count: 0,
+            last_seq: base - 1,
+            last_ts: 0,
+            crc: crc32fast::Hasher::new(),
+            sealed: false,
+            cut_bytes: 0,
+            created_us: now_us(),
+        }
+    }
+}
+
+/// Scans the tail segment; cuts anything after the last good frame.
+fn recover_tail<S: Storage>(storage: &S, base: u64, len: u64) -> Result<TailState> {
+    let name = storage.segment_name(base);
+    let hdr = storage
+        .read_vec(base, 0, HEADER_LEN)
+        .map_err(|e| Error::io("read segment header", name.clone(), e))?;
+    let header = match SegmentHeader::decode(&hdr, &name) {
+        Ok(h) => h,
+        Err(e @ Error::UnsupportedVersion { .. }) => return Err(e),
+        Err(e) => {
+            // A torn header can only come from a crash right after the segment was
+            // created: nothing after it can be valid yet. Anything else is corruption.
+            let rest = storage
+                .read_vec(base, HEADER_LEN as u64, FRAME_HEADER_LEN + 64)
+                .map_err(|e| Error::io("read", name.clone(), e))?;
+            if len <= HEADER_LEN as u64 || !matches!(decode_frame(&rest), Decoded::Frame(..)) {
+                storage
+                    .truncate(base, 0)
+                    .map_err(|e| Error::io("truncate", name.clone(), e))?;
+                let h = SegmentHeader {
+                    version: FORMAT_VERSION,
+                    flags: 0,
+                    base_seq: base,
+                    created_us: now_us(),
+                };
+                storage
+                    .write_at(base, 0, &h.encode())
+                    .map_err(|e| Error::io("write segment header", name.clone(), e))?;
+                storage.sync(base).map_err(|e| Error::io("fdatasync", name.clone(), e))?;
+                let mut t = TailState::fresh(base);
+                t.crc.update(&h.encode());
+                t.cut_bytes = len;
+                return Ok(t);
+            }
+            return Err(e);
+        }
+    };
+    if header.base_seq != base {
+        return Err(Error::Corrupt {
+            segment: name,
+            offset: 0,
+            reason: format!("header says base sequence {} but the file name says {base}", header.base_seq),
+        });
+    }
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&hdr[..HEADER_LEN]);
+    let mut t = TailState {
+        base,
+        offset: HEADER_LEN as u64,
+        count: 0,
+        last_seq: base - 1,
+        last_ts: 0,
+        crc: crc32fast::Hasher::new(),
+        sealed: false,
+        cut_bytes: 0,
+        created_us: header.created_us,
+    };
+    // Stream through the segment in chunks.
+    const CHUNK: usize = 1 << 20;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut buf_at = HEADER_LEN as u64; // file offset of buf[0]
+    let mut pos = 0usize; // position in buf
+    let mut eof = false;
+    loop {
+        match decode_frame(&buf[pos..]) {
+            Decoded::Frame(f, n) => {
+                if f.seq != t.last_seq + 1 {
+                    break;
+                }
+                crc.update(&buf[pos..pos + n]);
+                t.last_seq = f.seq;
+                t.last_ts = f.ts_us;
+                t.count += 1;
+                pos += n;
+                t.offset = buf_at + pos as u64;
+            }
+            Decoded::Footer(f) => {
+                if f.last_seq == t.last_seq && f.count == t.count && t.count > 0 {
+                    t.sealed = true;
+                    t.offset += FOOTER_LEN as u64;
+                }
+                break;
+            }
+            Decoded::Incomplete { needed } => {
+                if eof {
+                    break;
+                }
+                // Refill: keep the unconsumed part, read more.
+                buf.drain(..pos);
+                buf_at += pos as u64;
+                pos = 0;
+                let want = CHUNK.max(needed);
+                let more = storage
+                    .read_vec(base, buf_at + buf.len() as u64, want)
+                    .map_err(|e| Error::io("read", name.clone(), e))?;
+                if more.len() < want {
+                    eof = true;
+                }
+                if more.is_empty() {
+                    break;
+                }
+                buf.extend_from_slice(&more);
+            }
+            Decoded::Invalid(_) => break,
+        }
+    }
+    t.crc = crc;
+    if len > t.offset {
+        t.cut_bytes = len - t.offset;
+        storage
+            .truncate(base, t.offset)
+            .map_err(|e| Error::io("truncate torn tail", name.clone(), e))?;
+        storage.sync(base).map_err(|e| Error::io("fdatasync", name, e))?;
+    }
+    Ok(t)
+}
+
+fn writer_main<S: Storage>(inner: Arc<Inner<S>>, mut tail: TailState) {
+    if tail.count == 0 && tail.crc.clone().finalize() == crc32fast::Hasher::new().finalize() {
+        // Fresh segment: the body CRC starts with its header.
+        if let Ok(h) = inner.storage.read_vec(tail.base, 0, HEADER_LEN) {
+            tail.crc = crc32fast::Hasher::new();
+            tail.crc.update(&h);
+        }
+    }
+    let mut w = Writer {
+        cur: tail.base,
+        offset: tail.offset,
+        crc: tail.crc,
+        count: tail.count,
+        last_seq: tail.last_seq,
+        last_ts: tail.last_ts,
+        opened: Instant::now(),
+        dirty: false,
+        last_sync: Instant::now(),
+    };
+    let periodic = match inner.opts.durability {
+        Durability::Sync => None,
+        Durability::Periodic(d) => Some(d),
+        Durability::Buffered => Some(Duration::from_secs(1)),
+    };
+    let age_limit = match (inner.opts.segment_max_age, inner.opts.max_age) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    loop {
+        let mut st = lock(&inner.state);
+        let mut sync_due = false;
+        loop {
+            if st.poisoned.is_some() {
+                let (c, k) = st.poisoned.clone().unwrap_or((String::new(), io::ErrorKind::Other));
+                let err = || Error::Poisoned { cause: c.clone(), kind: k };
+                for wt in std::mem::take(&mut st.waiters) {
+                    let _ = wt.tx.send(Err(err()));
+                }
+                for f in std::mem::take(&mut st.flushes) {
+                    let _ = f.send(Err(err()));
+                }
+                st.ops.clear();
+                st.pending_bytes = 0;
+                if st.closing {
+                    return;
+                }
+            }
+            if !st.ops.is_empty() || !st.flushes.is_empty() || st.closing {
+                break;
+            }
+            let now = Instant::now();
+            let mut timeout = Duration::from_secs(1);
+            if let (Some(p), true) = (periodic, w.dirty) {
+                let due = w.last_sync + p;
+                if due <= now {
+                    sync_due = true;
+                    break;
+                }
+                timeout = timeout.min(due - now);
+            }
+            if st.roll_requested || age_limit.is_some_and(|a| w.count > 0 && w.opened.elapsed() >= a) {
+                st.roll_requested = false;
+                if st.seg_records > 0 {
+                    let new_base = st.next_seq;
+                    st.ops.push(Op::Roll { new_base });
+                    st.seg_planned = HEADER_LEN as u64;
+                    st.seg_records = 0;
+                    st.used_bytes += (FOOTER_LEN + HEADER_LEN) as u64;
+                    break;
+                }
+            }
+            if let Some(a) = age_limit {
+                if w.count > 0 {
+                    timeout = timeout.min(a.saturating_sub(w.opened.elapsed()).max(Duration::from_millis(1)));
+                }
+            }
+            st.writer_idle = true;
+            st = inner.work.wait_timeout(st, timeout).map(|r| r.0).unwrap_or_else(|e| e.into_inner().0);
+            st.writer_idle = false;
+        }
+        let ops = std::mem::take(&mut st.ops);
+        let waiters = std::mem::take(&mut st.waiters);
+        let flushes = std::mem::take(&mut st.flushes);
+        let closing = st.closing;
+        st.pending_bytes = 0;
+        let space = std::mem::take(&mut st.space_wakers);
+        drop(st);
+        space.into_iter().for_each(Waker::wake);
+
+        let mut result = Ok(());
+        let mut rolled = false;
+        for op in ops {
+            let r = match op {
+                Op::Frames { bytes, last_seq, last_ts, count } => w.write_frames(&inner, &bytes, last_seq, last_ts, count),
+                Op::Roll { new_base } => {
+                    rolled = true;
+                    w.roll(&inner, new_base)
+                }
+            };
+            if let Err(e) = r {
+                result = Err(e);
+                break;
+            }
+        }
+        if result.is_ok() {
+            inner.written_seq.store(w.last_seq, Ordering::Release);
+            let need_sync = sync_due
+                || closing
+                || !flushes.is_empty()
+                || waiters.iter().any(|x| x.need_sync)
+                || periodic.is_some_and(|p| w.last_sync.elapsed() >= p);
+            if need_sync && w.dirty {
+                result = w.sync(&inner);
+            }
+            if result.is_ok() && !w.dirty {
+                inner.durable_seq.store(w.last_seq, Ordering::Release);
+                inner.wake_readers();
+            }
+        }
+        match result {
+            Ok(()) => {
+                let durable = inner.durable_seq.load(Ordering::Acquire);
+                for wt in waiters {
+                    debug_assert!(!wt.need_sync || wt.last_seq <= durable);
+                    let _ = wt.tx.send(Ok(()));
+                }
+                for f in flushes {
+                    let _ = f.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                let e = match e {
+                    Error::Poisoned { .. } => e,
+                    other => {
+                        let io = match &other {
+                            Error::Io { source, .. } => io::Error::new(source.kind(), other.to_string()),
+                            _ => io::Error::other(other.to_string()),
+                        };
+                        inner.poison("write", &io)
+                    }
+                };
+                for wt in waiters {
+                    let _ = wt.tx.send(Err(clone_err(&e)));
+                }
+                for f in flushes {
+                    let _ = f.send(Err(clone_err(&e)));
+                }
+            }
+        }
+        if rolled {
+            enforce_drop_oldest(&inner);
+            housekeeper::send(&inner, HkMsg::Rolled);
+        }
+        if closing {
+            let st = lock(&inner.state);
+            if st.ops.is_empty() {
+                return;
+            }
+        }
+    }
+}
+
+fn enforce_drop_oldest<S: Storage>(inner: &Inner<S>) {
+    let (Some(max), WhenFull::DropOldest) = (inner.opts.max_bytes, inner.opts.when_full) else {
+        return;
+    };
+    let mut used = lock(&inner.state).used_bytes;
+    inner.delete_oldest("max_bytes (DropOldest)", true, |s| {
+        if used > max {
+            used = used.saturating_sub(s.bytes);
+            true
+        } else {
+            false
+        }
+    });
+}
+
+pub(crate) fn clone_err(e: &Error) -> Error {
+    match e {
+        Error::Poisoned { cause, kind } => Error::Poisoned {
+            cause: cause.clone(),
+            kind: *kind,
+        },
+        Error::Closed => Error::Closed,
+        other => Error::Poisoned {
+            cause: other.to_string(),
+            kind: io::ErrorKind::Other,
+        },
+    }
+}
+
+struct Writer {
+    cur: SegmentId,
+    offset: u64,
+    crc: crc32fast::Hasher,
+    count: u64,
+    last_seq: u64,
+    last_ts: u64,
+    opened: Instant,
+    dirty: bool,
+    last_sync: Instant,
+}
+
+impl Writer {
+    fn write_frames<S: Storage>(&mut self, inner: &Inner<S>, bytes: &[u8], last_seq: u64, last_ts: u64, count: u64) -> Result<()> {
+        if let Err(e) = inner.storage.write_at(self.cur, self.offset, bytes) {
+            return Err(inner.poison("write", &e));
+        }
+        self.crc.update(bytes);
+        self.offset += bytes.len() as u64;
+        self.count += count;
+        self.last_seq = last_seq;
+        self.last_ts = last_ts;
+        self.dirty = true;
+        inner.current_offset.store(self.offset, Ordering::Release);
+        if let Some(s) = lock(&inner.segments).last_mut() {
+            s.bytes = self.offset;
+        }
+        Ok(())
+    }
+
+    fn sync<S: Storage>(&mut self, inner: &Inner<S>) -> Result<()> {
+        let t = Instant::now();
+        if let Err(e) = inner.storage.sync(self.cur) {
+            return Err(inner.poison("fdatasync", &e));
+        }
+        inner.counters.record_fsync(t.elapsed().as_micros() as u64);
+        self.dirty = false;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    fn roll<S: Storage>(&mut self, inner: &Inner<S>, new_base: u64) -> Result<()> {
+        debug_assert_eq!(new_base, self.last_seq + 1);
+        let footer = SegmentFooter {
+            last_seq: self.last_seq,
+            count: self.count,
+            last_ts_us: self.last_ts,
+            body_crc: self.crc.clone().finalize(),
+        };
+        if let Err(e) = inner.storage.write_at(self.cur, self.offset, &footer.encode()) {
+            return Err(inner.poison("write footer", &e));
+        }
+        self.offset += FOOTER_LEN as u64;
+        self.dirty = true;
+        self.sync(inner)?;
+        inner.durable_seq.store(self.last_seq, Ordering::Release);
+        inner.wake_readers();
+        let header = SegmentHeader {
+            version: FORMAT_VERSION,
+            flags: 0,
+            base_seq: new_base,
+            created_us: now_us(),
+        };
+        let name = inner.storage.segment_name(new_base);
+        if let Err(e) = inner.storage.create_segment(new_base) {
+            return Err(inner.poison("create segment", &io::Error::new(e.kind(), format!("{name}: {e}"))));
+        }
+        if let Err(e) = inner.storage.write_at(new_base, 0, &header.encode()) {
+            return Err(inner.poison("write segment header", &e));
+        }
+        {
+            let mut segs = lock(&inner.segments);
+            if let Some(s) = segs.last_mut() {
+                s.sealed = true;
+                s.bytes = self.offset;
+                s.last_seq = self.last_seq;
+                s.last_ts_us = Some(self.last_ts);
+            }
+            segs.push(new_meta(new_base));
+        }
+        self.cur = new_base;
+        self.offset = HEADER_LEN as u64;
+        self.crc = crc32fast::Hasher::new();
+        self.crc.update(&header.encode());
+        self.count = 0;
+        self.opened = Instant::now();
+        self.dirty = true;
+        inner.current_base.store(new_base, Ordering::Release);
+        inner.current_offset.store(self.offset, Ordering::Release);
+        Ok(())
+    }
+}
