@@ -19,6 +19,10 @@
 //! # }
 //! ```
 
+#[cfg(feature = "object-store")]
+pub mod archive;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod local;
 
 pub use local::LocalDisk;

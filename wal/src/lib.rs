@@ -42,10 +42,12 @@ pub mod consumer;
 pub mod error;
 pub mod format;
 mod housekeeper;
+pub mod inspect;
 pub mod memory;
 pub mod metrics;
 pub mod options;
 pub mod reader;
+pub mod shipper;
 pub mod storage;
 mod wal;
 
@@ -56,4 +58,4 @@ pub use metrics::{ConsumerMetrics, Metrics, SegmentMetrics, StatsFile, STATS_FIL
 pub use options::{Durability, Options, RecoveryMode, WhenFull};
 pub use reader::{Entry, ReadStream};
 pub use storage::{SegmentId, SegmentInfo, Storage, StorageExt};
-pub use wal::{ArchiveStatus, RetentionHook, Wal};
+pub use wal::{ArchiveStatus, RetentionHook, SealListener, SealedSegment, Wal};

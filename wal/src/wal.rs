@@ -115,6 +115,22 @@ pub(crate) struct Inner<S: Storage> {
     pub current_offset: AtomicU64,
     pub current_base: AtomicU64,
     pub drop_log: Mutex<(Option<Instant>, u64)>,
+    pub seal_listeners: Mutex<Vec<SealListener>>,
+}
+
+/// Called on the writer thread right after a segment is sealed (keep it short: send on
+/// a channel).
+pub type SealListener = Arc<dyn Fn(SealedSegment) + Send + Sync>;
+
+/// A segment that was just sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealedSegment {
+    /// Base sequence number (the segment's id).
+    pub base_seq: u64,
+    /// Last sequence number in it.
+    pub last_seq: u64,
+    /// Size in bytes, footer included.
+    pub bytes: u64,
 }
 
 /// Archive figures an archiver reports into the metrics.
@@ -312,6 +328,7 @@ impl<S: Storage> Wal<S> {
             current_offset: AtomicU64::new(tail.offset),
             current_base: AtomicU64::new(tail.base),
             drop_log: Mutex::new((None, 0)),
+            seal_listeners: Mutex::new(Vec::new()),
             storage,
         });
         inner
@@ -497,6 +514,11 @@ impl<S: Storage> Wal<S> {
             .filter(|s| s.sealed)
             .map(|s| (s.base, s.last_seq, s.bytes))
             .collect()
+    }
+
+    /// Calls `f` (on the writer thread) every time a segment is sealed.
+    pub fn on_sealed(&self, f: SealListener) {
+        lock(&self.inner.seal_listeners).push(f);
     }
 
     /// Wakes housekeeping: retention runs again (call after an archiver uploads).
@@ -1180,6 +1202,11 @@ impl Writer {
         if let Err(e) = inner.storage.write_at(new_base, 0, &header.encode()) {
             return Err(inner.poison("write segment header", &e));
         }
+        let sealed = SealedSegment {
+            base_seq: self.cur,
+            last_seq: self.last_seq,
+            bytes: self.offset,
+        };
         {
             let mut segs = lock(&inner.segments);
             if let Some(s) = segs.last_mut() {
@@ -1189,6 +1216,10 @@ impl Writer {
                 s.last_ts_us = Some(self.last_ts);
             }
             segs.push(new_meta(new_base));
+        }
+        let listeners = lock(&inner.seal_listeners).clone();
+        for l in listeners {
+            l(sealed);
         }
         self.cur = new_base;
         self.offset = HEADER_LEN as u64;

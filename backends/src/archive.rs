@@ -1,0 +1,1 @@
+//! Archival of sealed segments to object storage (see issue 5).

@@ -1,0 +1,1 @@
+//! HTTP ingest sink (see issue 4).
