@@ -25,7 +25,7 @@ pub const META_DIR: &str = "meta";
 #[derive(Debug)]
 pub struct LocalDisk {
     dir: PathBuf,
-    _lock: Option<File>,
+    lock: Mutex<Option<File>>,
     files: Mutex<HashMap<SegmentId, Arc<File>>>,
     read_only: bool,
 }
@@ -65,7 +65,13 @@ impl LocalDisk {
             DirBuilder::new()
                 .mode(0o700)
                 .create(&meta)
-                .or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
+                .or_else(|e| {
+                    if e.kind() == io::ErrorKind::AlreadyExists {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
                 .map_err(|e| io_err("create meta directory", &meta, e))?;
         }
         let lock_path = dir.join(LOCK_FILE);
@@ -91,7 +97,7 @@ impl LocalDisk {
         let _ = (&lock).write_all(format!("{}\n", std::process::id()).as_bytes());
         Ok(LocalDisk {
             dir,
-            _lock: Some(lock),
+            lock: Mutex::new(Some(lock)),
             files: Mutex::new(HashMap::new()),
             read_only: false,
         })
@@ -104,11 +110,14 @@ impl LocalDisk {
         let dir = dir.as_ref().to_path_buf();
         let m = fs::metadata(&dir).map_err(|e| io_err("open WAL directory", &dir, e))?;
         if !m.is_dir() {
-            return Err(Error::Config(format!("{} is not a directory", dir.display())));
+            return Err(Error::Config(format!(
+                "{} is not a directory",
+                dir.display()
+            )));
         }
         Ok(LocalDisk {
             dir,
-            _lock: None,
+            lock: Mutex::new(None),
             files: Mutex::new(HashMap::new()),
             read_only: true,
         })
@@ -125,6 +134,17 @@ impl LocalDisk {
     }
 
     fn check_writable(&self) -> io::Result<()> {
+        if !self.read_only
+            && self
+                .lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_none()
+        {
+            return Err(io::Error::other(
+                "WAL directory was released (the WAL is closed)",
+            ));
+        }
         if self.read_only {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
@@ -309,6 +329,12 @@ impl Storage for LocalDisk {
         Self::write_atomic(&self.dir, &path, value, false)?;
         let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o600));
         Ok(())
+    }
+
+    fn release(&self) {
+        self.files.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        // Dropping the file releases the flock.
+        self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     fn segment_name(&self, id: SegmentId) -> String {

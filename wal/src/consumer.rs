@@ -13,7 +13,9 @@ use crate::housekeeper::{self, HkMsg};
 use crate::metrics::{ConsumerMetrics, Metrics, SegmentMetrics};
 use crate::reader::{Entry, ReadStream};
 use crate::storage::Storage;
-use crate::wal::{encode_checkpoint, lock, now_ms, now_us, ArchiveStatus, Inner, Wal, META_CONSUMER_PREFIX};
+use crate::wal::{
+    encode_checkpoint, lock, now_ms, now_us, ArchiveStatus, Inner, Wal, META_CONSUMER_PREFIX,
+};
 
 /// A named cursor over the WAL with a durable checkpoint. After a restart it resumes
 /// right after its last [`commit`](Consumer::commit): delivery is at-least-once.
@@ -43,7 +45,9 @@ impl<S: Storage> Clone for Consumer<S> {
 fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 128
-        && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.');
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.');
     if ok {
         Ok(())
     } else {
@@ -66,7 +70,10 @@ impl<S: Storage> Consumer<S> {
 
     /// Last committed sequence number (0 = nothing committed yet).
     pub fn committed(&self) -> u64 {
-        lock(&self.wal.inner.consumers).get(&self.name).copied().unwrap_or(0)
+        lock(&self.wal.inner.consumers)
+            .get(&self.name)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// A live stream of records after the checkpoint.
@@ -149,8 +156,16 @@ impl<S: Storage> Wal<S> {
             self.inner
                 .storage
                 .put_meta(&key, &encode_checkpoint(0))
-                .map_err(|e| Error::io("write checkpoint", format!("{} {key}", self.inner.storage.location()), e))?;
-            lock(&self.inner.consumers).entry(name.to_string()).or_insert(0);
+                .map_err(|e| {
+                    Error::io(
+                        "write checkpoint",
+                        format!("{} {key}", self.inner.storage.location()),
+                        e,
+                    )
+                })?;
+            lock(&self.inner.consumers)
+                .entry(name.to_string())
+                .or_insert(0);
         }
         Ok(Consumer {
             wal: self.clone(),
@@ -160,7 +175,10 @@ impl<S: Storage> Wal<S> {
 
     /// Every consumer and its checkpoint.
     pub fn consumers(&self) -> Vec<(String, u64)> {
-        lock(&self.inner.consumers).iter().map(|(k, v)| (k.clone(), *v)).collect()
+        lock(&self.inner.consumers)
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
     }
 
     /// Deletes a consumer and its checkpoint; retention no longer waits for it.
@@ -183,19 +201,28 @@ impl<S: Storage> Wal<S> {
 
     /// Reports a failed delivery (for shippers).
     pub fn record_ship_error(&self) {
-        self.inner.counters.ship_errors.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .counters
+            .ship_errors
+            .fetch_add(1, Ordering::Relaxed);
         let mut p = lock(&self.inner.persisted);
         p.ship_errors_total += 1;
     }
 
     /// Reports a successful delivery (for shippers).
     pub fn record_ship_success(&self) {
-        self.inner.counters.last_ship_ts.store(now_ms(), Ordering::Relaxed);
+        self.inner
+            .counters
+            .last_ship_ts
+            .store(now_ms(), Ordering::Relaxed);
     }
 
     /// Reports records moved to a dead letter (for shippers).
     pub fn record_dead_letter(&self, n: u64) {
-        self.inner.counters.dead_letter.fetch_add(n, Ordering::Relaxed);
+        self.inner
+            .counters
+            .dead_letter
+            .fetch_add(n, Ordering::Relaxed);
         let mut p = lock(&self.inner.persisted);
         p.dead_letter_total += n;
         let _ = self.inner.storage.put_meta(
@@ -211,12 +238,18 @@ impl<S: Storage> Wal<S> {
 
     /// Reports a failed archive upload (for archivers).
     pub fn record_archive_error(&self) {
-        self.inner.counters.archive_errors.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .counters
+            .archive_errors
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Reports a successful archive upload (for archivers).
     pub fn record_archive_success(&self) {
-        self.inner.counters.last_archive_ts.store(now_ms(), Ordering::Relaxed);
+        self.inner
+            .counters
+            .last_archive_ts
+            .store(now_ms(), Ordering::Relaxed);
     }
 
     /// Installs the function the metrics call to learn the archive lag.

@@ -79,10 +79,13 @@ impl SegmentHeader {
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b[0..8].copy_from_slice(&MAGIC);
-        b[HEADER_VERSION_OFFSET..HEADER_VERSION_OFFSET + 2].copy_from_slice(&self.version.to_le_bytes());
+        b[HEADER_VERSION_OFFSET..HEADER_VERSION_OFFSET + 2]
+            .copy_from_slice(&self.version.to_le_bytes());
         b[HEADER_FLAGS_OFFSET..HEADER_FLAGS_OFFSET + 2].copy_from_slice(&self.flags.to_le_bytes());
-        b[HEADER_BASE_SEQ_OFFSET..HEADER_BASE_SEQ_OFFSET + 8].copy_from_slice(&self.base_seq.to_le_bytes());
-        b[HEADER_CREATED_OFFSET..HEADER_CREATED_OFFSET + 8].copy_from_slice(&self.created_us.to_le_bytes());
+        b[HEADER_BASE_SEQ_OFFSET..HEADER_BASE_SEQ_OFFSET + 8]
+            .copy_from_slice(&self.base_seq.to_le_bytes());
+        b[HEADER_CREATED_OFFSET..HEADER_CREATED_OFFSET + 8]
+            .copy_from_slice(&self.created_us.to_le_bytes());
         let crc = crc32fast::hash(&b[..HEADER_CRC_OFFSET]);
         b[HEADER_CRC_OFFSET..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
         b
@@ -251,7 +254,14 @@ pub fn decode_frame(b: &[u8]) -> Decoded<'_> {
     if frame_crc(len, seq, ts_us, payload) != crc {
         return Decoded::Invalid("frame CRC mismatch");
     }
-    Decoded::Frame(RawFrame { seq, ts_us, payload }, total)
+    Decoded::Frame(
+        RawFrame {
+            seq,
+            ts_us,
+            payload,
+        },
+        total,
+    )
 }
 
 /// The name a segment has on disk: its base sequence, zero-padded to 20 digits.
@@ -288,23 +298,37 @@ mod tests {
         encode_frame(&mut buf, 7, 99, b"hello");
         match decode_frame(&buf) {
             Decoded::Frame(f, n) => {
-                assert_eq!((f.seq, f.ts_us, f.payload, n), (7, 99, &b"hello"[..], buf.len()));
+                assert_eq!(
+                    (f.seq, f.ts_us, f.payload, n),
+                    (7, 99, &b"hello"[..], buf.len())
+                );
             }
             other => panic!("unexpected {other:?}"),
         }
         for cut in 0..buf.len() {
-            assert!(matches!(decode_frame(&buf[..cut]), Decoded::Incomplete { .. }), "cut {cut}");
+            assert!(
+                matches!(decode_frame(&buf[..cut]), Decoded::Incomplete { .. }),
+                "cut {cut}"
+            );
         }
         for bit in 0..buf.len() * 8 {
             let mut b = buf.clone();
             b[bit / 8] ^= 1 << (bit % 8);
-            assert!(!matches!(decode_frame(&b), Decoded::Frame(..)), "bit {bit} flipped went unnoticed");
+            assert!(
+                !matches!(decode_frame(&b), Decoded::Frame(..)),
+                "bit {bit} flipped went unnoticed"
+            );
         }
     }
 
     #[test]
     fn header_and_footer_round_trip() {
-        let h = SegmentHeader { version: FORMAT_VERSION, flags: 0, base_seq: 42, created_us: 5 };
+        let h = SegmentHeader {
+            version: FORMAT_VERSION,
+            flags: 0,
+            base_seq: 42,
+            created_us: 5,
+        };
         assert_eq!(SegmentHeader::decode(&h.encode(), "s").unwrap(), h);
         let mut bad = h.encode();
         bad[HEADER_VERSION_OFFSET] = 9;
@@ -314,7 +338,12 @@ mod tests {
             SegmentHeader::decode(&bad, "s"),
             Err(Error::UnsupportedVersion { found: 9, .. })
         ));
-        let f = SegmentFooter { last_seq: 9, count: 3, last_ts_us: 1, body_crc: 77 };
+        let f = SegmentFooter {
+            last_seq: 9,
+            count: 3,
+            last_ts_us: 1,
+            body_crc: 77,
+        };
         assert_eq!(SegmentFooter::decode(&f.encode()), Some(f));
         assert_eq!(parse_segment_file_name(&segment_file_name(12)), Some(12));
         assert_eq!(parse_segment_file_name("x.wal"), None);

@@ -118,7 +118,9 @@ fn run<S: Storage>(weak: std::sync::Weak<Inner<S>>, rx: mpsc::Receiver<HkMsg>) {
 fn commit<S: Storage>(inner: &Inner<S>, name: &str, seq: u64) -> Result<()> {
     let current = lock(&inner.consumers).get(name).copied();
     let Some(current) = current else {
-        return Err(Error::Consumer(format!("unknown consumer {name:?} (was it removed?)")));
+        return Err(Error::Consumer(format!(
+            "unknown consumer {name:?} (was it removed?)"
+        )));
     };
     if seq <= current {
         return Ok(()); // checkpoints never go backwards
@@ -133,7 +135,13 @@ fn commit<S: Storage>(inner: &Inner<S>, name: &str, seq: u64) -> Result<()> {
     inner
         .storage
         .put_meta(&key, &encode_checkpoint(seq))
-        .map_err(|e| Error::io("write checkpoint", format!("{} {key}", inner.storage.location()), e))?;
+        .map_err(|e| {
+            Error::io(
+                "write checkpoint",
+                format!("{} {key}", inner.storage.location()),
+                e,
+            )
+        })?;
     lock(&inner.consumers).insert(name.to_string(), seq);
     Ok(())
 }
@@ -150,7 +158,9 @@ pub(crate) fn retention<S: Storage>(inner: &Inner<S>) {
 }
 
 fn enforce_max_age<S: Storage>(inner: &Inner<S>) {
-    let Some(max_age) = inner.opts.max_age else { return };
+    let Some(max_age) = inner.opts.max_age else {
+        return;
+    };
     let now = now_us();
     let limit = max_age.as_micros() as u64;
     // Learn the newest-record time of sealed segments lazily from their footers.
@@ -173,13 +183,18 @@ fn enforce_max_age<S: Storage>(inner: &Inner<S>) {
         }
     }
     inner.delete_oldest("max_age", true, |s| {
-        s.last_ts_us.is_some_and(|ts| now.saturating_sub(ts) > limit)
+        s.last_ts_us
+            .is_some_and(|ts| now.saturating_sub(ts) > limit)
     });
 }
 
 /// Creation time of a segment (from its header, cached).
 pub(crate) fn segment_created_us<S: Storage>(inner: &Inner<S>, base: u64) -> Option<u64> {
-    if let Some(c) = lock(&inner.segments).iter().find(|s| s.base == base).and_then(|s| s.created_us) {
+    if let Some(c) = lock(&inner.segments)
+        .iter()
+        .find(|s| s.base == base)
+        .and_then(|s| s.created_us)
+    {
         return Some(c);
     }
     let name = inner.storage.segment_name(base);

@@ -57,6 +57,7 @@ struct Inner {
     fail_sync_at: Option<u64>,
     fail_all_syncs: bool,
     capacity: Option<u64>,
+    sync_delay: Option<std::time::Duration>,
 }
 
 /// In-memory storage for tests and ephemeral WALs. Cloning shares the same storage.
@@ -142,6 +143,12 @@ impl Memory {
         self.lock().capacity = bytes;
     }
 
+    /// Makes every `sync` take this long, like a real disk's fdatasync (so that group
+    /// commit can be observed).
+    pub fn set_sync_delay(&self, delay: Option<std::time::Duration>) {
+        self.lock().sync_delay = delay;
+    }
+
     /// I/O counters so far.
     pub fn counters(&self) -> MemoryCounters {
         self.lock().counters
@@ -176,7 +183,10 @@ impl Memory {
 }
 
 fn not_found(id: SegmentId) -> io::Error {
-    io::Error::new(io::ErrorKind::NotFound, format!("segment {id} does not exist"))
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("segment {id} does not exist"),
+    )
 }
 
 impl Storage for Memory {
@@ -234,6 +244,10 @@ impl Storage for Memory {
     }
 
     fn sync(&self, id: SegmentId) -> io::Result<()> {
+        let delay = self.lock().sync_delay;
+        if let Some(d) = delay {
+            std::thread::sleep(d);
+        }
         let mut g = self.lock();
         g.sync_calls += 1;
         if g.fail_all_syncs || g.fail_sync_at == Some(g.sync_calls) {

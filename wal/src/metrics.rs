@@ -156,24 +156,114 @@ impl Metrics {
                 "# HELP wal_{name} {help}\n# TYPE wal_{name} {kind}\nwal_{name}{{wal_id=\"{id}\"}} {v}\n"
             ));
         };
-        g("backlog_records", "gauge", "Records not yet committed by the slowest consumer.", self.backlog_records as f64);
-        g("backlog_bytes", "gauge", "Approximate bytes not yet committed by the slowest consumer.", self.backlog_bytes as f64);
-        g("ship_errors_total", "counter", "Failed sink deliveries.", self.ship_errors_total as f64);
-        g("dropped_records_total", "counter", "Records dropped by retention bounds before delivery.", self.dropped_records_total as f64);
-        g("last_ship_ts", "gauge", "Unix time of the last successful delivery, seconds.", self.last_ship_ts as f64 / 1000.0);
-        g("current_offset", "gauge", "Byte offset of the next append in the current file.", self.current_offset as f64);
-        g("appended_records_total", "counter", "Records appended since open.", self.appended_records_total as f64);
-        g("appended_bytes_total", "counter", "Payload bytes appended since open.", self.appended_bytes_total as f64);
-        g("fsyncs_total", "counter", "fdatasync calls since open.", self.fsyncs_total as f64);
-        g("fsync_p50_seconds", "gauge", "Median fdatasync latency.", self.fsync_p50_us as f64 / 1e6);
-        g("fsync_p99_seconds", "gauge", "99th percentile fdatasync latency.", self.fsync_p99_us as f64 / 1e6);
-        g("segments", "gauge", "Segments on disk.", self.segment_count as f64);
-        g("disk_bytes", "gauge", "Bytes of all segments.", self.disk_bytes as f64);
-        g("oldest_unshipped_age_seconds", "gauge", "Upper bound on the age of the oldest undelivered record.", self.oldest_unshipped_age_ms as f64 / 1000.0);
-        g("dead_letter_total", "counter", "Records moved to the dead letter.", self.dead_letter_total as f64);
-        g("archive_errors_total", "counter", "Failed archive uploads.", self.archive_errors_total as f64);
-        g("archive_lag_segments", "gauge", "Sealed segments not yet archived.", self.archive_lag_segments as f64);
-        g("archive_lag_bytes", "gauge", "Bytes of sealed segments not yet archived.", self.archive_lag_bytes as f64);
+        g(
+            "backlog_records",
+            "gauge",
+            "Records not yet committed by the slowest consumer.",
+            self.backlog_records as f64,
+        );
+        g(
+            "backlog_bytes",
+            "gauge",
+            "Approximate bytes not yet committed by the slowest consumer.",
+            self.backlog_bytes as f64,
+        );
+        g(
+            "ship_errors_total",
+            "counter",
+            "Failed sink deliveries.",
+            self.ship_errors_total as f64,
+        );
+        g(
+            "dropped_records_total",
+            "counter",
+            "Records dropped by retention bounds before delivery.",
+            self.dropped_records_total as f64,
+        );
+        g(
+            "last_ship_ts",
+            "gauge",
+            "Unix time of the last successful delivery, seconds.",
+            self.last_ship_ts as f64 / 1000.0,
+        );
+        g(
+            "current_offset",
+            "gauge",
+            "Byte offset of the next append in the current file.",
+            self.current_offset as f64,
+        );
+        g(
+            "appended_records_total",
+            "counter",
+            "Records appended since open.",
+            self.appended_records_total as f64,
+        );
+        g(
+            "appended_bytes_total",
+            "counter",
+            "Payload bytes appended since open.",
+            self.appended_bytes_total as f64,
+        );
+        g(
+            "fsyncs_total",
+            "counter",
+            "fdatasync calls since open.",
+            self.fsyncs_total as f64,
+        );
+        g(
+            "fsync_p50_seconds",
+            "gauge",
+            "Median fdatasync latency.",
+            self.fsync_p50_us as f64 / 1e6,
+        );
+        g(
+            "fsync_p99_seconds",
+            "gauge",
+            "99th percentile fdatasync latency.",
+            self.fsync_p99_us as f64 / 1e6,
+        );
+        g(
+            "segments",
+            "gauge",
+            "Segments on disk.",
+            self.segment_count as f64,
+        );
+        g(
+            "disk_bytes",
+            "gauge",
+            "Bytes of all segments.",
+            self.disk_bytes as f64,
+        );
+        g(
+            "oldest_unshipped_age_seconds",
+            "gauge",
+            "Upper bound on the age of the oldest undelivered record.",
+            self.oldest_unshipped_age_ms as f64 / 1000.0,
+        );
+        g(
+            "dead_letter_total",
+            "counter",
+            "Records moved to the dead letter.",
+            self.dead_letter_total as f64,
+        );
+        g(
+            "archive_errors_total",
+            "counter",
+            "Failed archive uploads.",
+            self.archive_errors_total as f64,
+        );
+        g(
+            "archive_lag_segments",
+            "gauge",
+            "Sealed segments not yet archived.",
+            self.archive_lag_segments as f64,
+        );
+        g(
+            "archive_lag_bytes",
+            "gauge",
+            "Bytes of sealed segments not yet archived.",
+            self.archive_lag_bytes as f64,
+        );
         out.push_str(&format!(
             "# HELP wal_current_file The segment being appended to.\n# TYPE wal_current_file gauge\nwal_current_file{{wal_id=\"{id}\",file=\"{}\"}} 1\n",
             escape(&self.current_file)
@@ -191,7 +281,9 @@ impl Metrics {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Live counters inside a WAL.

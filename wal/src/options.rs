@@ -178,10 +178,16 @@ impl Options {
             }
         }
         if self.max_buffered_bytes < 64 << 10 {
-            return Err(Error::Config("max_buffered_bytes must be at least 64 KiB".into()));
+            return Err(Error::Config(
+                "max_buffered_bytes must be at least 64 KiB".into(),
+            ));
         }
         if let Some(id) = &self.wal_id {
-            if id.is_empty() || !id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_') {
+            if id.is_empty()
+                || !id
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+            {
                 return Err(Error::Config(format!(
                     "wal_id {id:?} must be non-empty ASCII letters, digits, '-' or '_'"
                 )));

@@ -62,7 +62,11 @@ impl<S: Storage> RawReader<S> {
                     let (base, first) = {
                         let segs = lock(&self.inner.segments);
                         let first = segs.first().map_or(self.next, |s| s.base);
-                        let base = segs.iter().rev().find(|s| s.base <= self.next).map(|s| s.base);
+                        let base = segs
+                            .iter()
+                            .rev()
+                            .find(|s| s.base <= self.next)
+                            .map(|s| s.base);
                         (base, first)
                     };
                     let Some(base) = base else {
@@ -120,11 +124,11 @@ impl<S: Storage> RawReader<S> {
                     self.pos = 0;
                     let want = READ_CHUNK.max(needed);
                     let name = || self.inner.storage.segment_name(seg);
-                    let more = match self
-                        .inner
-                        .storage
-                        .read_vec(seg, self.buf_at + self.buf.len() as u64, want)
-                    {
+                    let more = match self.inner.storage.read_vec(
+                        seg,
+                        self.buf_at + self.buf.len() as u64,
+                        want,
+                    ) {
                         Ok(m) => m,
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                             self.seg = None;
@@ -162,13 +166,19 @@ impl<S: Storage> RawReader<S> {
             return Err(e);
         }
         let cur = self.seg.unwrap_or(0);
-        let next_base = lock(&self.inner.segments).iter().find(|s| s.base > cur).map(|s| s.base);
+        let next_base = lock(&self.inner.segments)
+            .iter()
+            .find(|s| s.base > cur)
+            .map(|s| s.base);
         let Some(nb) = next_base else {
             return Err(e);
         };
         let skipped = nb.saturating_sub(self.next);
         tracing::warn!(error = %e, skipped, "lenient recovery: skipping the rest of a corrupt segment");
-        self.inner.counters.corrupt_skipped.fetch_add(skipped, Ordering::Relaxed);
+        self.inner
+            .counters
+            .corrupt_skipped
+            .fetch_add(skipped, Ordering::Relaxed);
         self.next = nb;
         self.seg = None;
         Ok(())
@@ -192,7 +202,9 @@ pub struct ReadStream<S: Storage, T> {
 
 impl<S: Storage, T> std::fmt::Debug for ReadStream<S, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReadStream").field("next", &self.raw.next).finish()
+        f.debug_struct("ReadStream")
+            .field("next", &self.raw.next)
+            .finish()
     }
 }
 

@@ -71,6 +71,9 @@ pub trait Storage: Send + Sync + 'static {
     fn publish(&self, name: &str, value: &[u8]) -> io::Result<()> {
         self.put_meta(name, value)
     }
+    /// Called once when the WAL is closed: release locks and handles so that the
+    /// storage can be opened again (by this or another process) while old handles live.
+    fn release(&self) {}
     /// A human-readable name of a segment, for errors and the monitor (a path on disk).
     fn segment_name(&self, id: SegmentId) -> String {
         crate::format::segment_file_name(id)
@@ -146,6 +149,9 @@ impl<S: Storage> Storage for std::sync::Arc<S> {
     }
     fn publish(&self, name: &str, value: &[u8]) -> io::Result<()> {
         (**self).publish(name, value)
+    }
+    fn release(&self) {
+        (**self).release()
     }
     fn segment_name(&self, id: SegmentId) -> String {
         (**self).segment_name(id)

@@ -59,8 +59,15 @@ pub(crate) struct SegMeta {
 }
 
 pub(crate) enum Op {
-    Frames { bytes: Vec<u8>, last_seq: u64, last_ts: u64, count: u64 },
-    Roll { new_base: u64 },
+    Frames {
+        bytes: Vec<u8>,
+        last_seq: u64,
+        last_ts: u64,
+        count: u64,
+    },
+    Roll {
+        new_base: u64,
+    },
 }
 
 struct Waiter {
@@ -183,6 +190,8 @@ impl<S: Storage> Drop for DropGuard<S> {
         if let Some(h) = lock(&self.writer).take() {
             let _ = h.join();
         }
+        housekeeper::stop(&self.inner);
+        self.inner.storage.release();
     }
 }
 
@@ -198,7 +207,10 @@ impl<S: Storage> Wal<S> {
         };
 
         // The WAL id.
-        let wal_id = match storage.get_meta(META_WAL_ID).map_err(io_err("read wal_id"))? {
+        let wal_id = match storage
+            .get_meta(META_WAL_ID)
+            .map_err(io_err("read wal_id"))?
+        {
             Some(b) => {
                 let s = String::from_utf8(b).map_err(|_| Error::Corrupt {
                     segment: format!("{}/meta {META_WAL_ID}", storage.location()),
@@ -223,7 +235,10 @@ impl<S: Storage> Wal<S> {
             }
         };
 
-        let persisted: PersistedCounters = match storage.get_meta(META_COUNTERS).map_err(io_err("read counters"))? {
+        let persisted: PersistedCounters = match storage
+            .get_meta(META_COUNTERS)
+            .map_err(io_err("read counters"))?
+        {
             Some(b) => serde_json::from_slice(&b).map_err(|e| Error::Corrupt {
                 segment: format!("{}/meta {META_COUNTERS}", storage.location()),
                 offset: 0,
@@ -290,7 +305,10 @@ impl<S: Storage> Wal<S> {
         let mut persisted = persisted;
         persisted.torn_tail_bytes_cut_total += torn_cut;
         if torn_cut > 0 {
-            let _ = storage.put_meta(META_COUNTERS, &serde_json::to_vec(&persisted).unwrap_or_default());
+            let _ = storage.put_meta(
+                META_COUNTERS,
+                &serde_json::to_vec(&persisted).unwrap_or_default(),
+            );
         }
 
         let inner = Arc::new(Inner {
@@ -447,7 +465,10 @@ impl<S: Storage> Wal<S> {
         {
             let mut st = lock(&self.inner.state);
             if let Some((c, k)) = &st.poisoned {
-                return Err(Error::Poisoned { cause: c.clone(), kind: *k });
+                return Err(Error::Poisoned {
+                    cause: c.clone(),
+                    kind: *k,
+                });
             }
             if st.closing {
                 return Err(Error::Closed);
@@ -480,6 +501,14 @@ impl<S: Storage> Wal<S> {
         self.inner.begin_close();
         let r = rx.await.unwrap_or(Ok(()));
         housekeeper::stop(&self.inner);
+        // Wait (briefly) for the writer thread to finish before releasing the storage.
+        let t = Instant::now();
+        while !self.inner.writer_done.load(Ordering::Acquire)
+            && t.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::yield_now();
+        }
+        self.inner.storage.release();
         r
     }
 
@@ -528,9 +557,16 @@ impl<S: Storage> Wal<S> {
 }
 
 impl<S: Storage> Inner<S> {
-    fn try_enqueue(&self, st: &mut State, payloads: &[Vec<u8>]) -> Result<Option<(u64, u64, Option<oneshot::Receiver<Result<()>>>)>> {
+    fn try_enqueue(
+        &self,
+        st: &mut State,
+        payloads: &[Vec<u8>],
+    ) -> Result<Option<(u64, u64, Option<oneshot::Receiver<Result<()>>>)>> {
         if let Some((c, k)) = &st.poisoned {
-            return Err(Error::Poisoned { cause: c.clone(), kind: *k });
+            return Err(Error::Poisoned {
+                cause: c.clone(),
+                kind: *k,
+            });
         }
         if st.closing {
             return Err(Error::Closed);
@@ -571,16 +607,27 @@ impl<S: Storage> Inner<S> {
             let seq = st.next_seq;
             st.next_seq += 1;
             match st.ops.last_mut() {
-                Some(Op::Frames { bytes, last_seq, last_ts, count }) => {
+                Some(Op::Frames {
+                    bytes,
+                    last_seq,
+                    last_ts,
+                    count,
+                }) => {
                     encode_frame(bytes, seq, ts, p);
                     *last_seq = seq;
                     *last_ts = ts;
                     *count += 1;
                 }
                 _ => {
-                    let mut bytes = Vec::with_capacity((total.min(self.opts.max_buffered_bytes)).max(64 << 10));
+                    let mut bytes =
+                        Vec::with_capacity((total.min(self.opts.max_buffered_bytes)).max(64 << 10));
                     encode_frame(&mut bytes, seq, ts, p);
-                    st.ops.push(Op::Frames { bytes, last_seq: seq, last_ts: ts, count: 1 });
+                    st.ops.push(Op::Frames {
+                        bytes,
+                        last_seq: seq,
+                        last_ts: ts,
+                        count: 1,
+                    });
                 }
             }
             st.seg_planned += frame_len;
@@ -589,10 +636,13 @@ impl<S: Storage> Inner<S> {
             st.pending_bytes += frame_len as usize;
         }
         let n = payloads.len() as u64;
-        self.counters.appended_records.fetch_add(n, Ordering::Relaxed);
         self.counters
-            .appended_bytes
-            .fetch_add(payloads.iter().map(|p| p.len() as u64).sum(), Ordering::Relaxed);
+            .appended_records
+            .fetch_add(n, Ordering::Relaxed);
+        self.counters.appended_bytes.fetch_add(
+            payloads.iter().map(|p| p.len() as u64).sum(),
+            Ordering::Relaxed,
+        );
         let rx = match self.opts.durability {
             Durability::Buffered => None,
             d => {
@@ -640,7 +690,10 @@ impl<S: Storage> Inner<S> {
         let wakers = std::mem::take(&mut st.space_wakers);
         drop(st);
         wakers.into_iter().for_each(Waker::wake);
-        Error::Poisoned { cause, kind: e.kind() }
+        Error::Poisoned {
+            cause,
+            kind: e.kind(),
+        }
     }
 
     /// Counts and logs (rate-limited) records dropped before every consumer had them.
@@ -659,7 +712,9 @@ impl<S: Storage> Inner<S> {
         if lost == 0 {
             return;
         }
-        self.counters.dropped_records.fetch_add(lost, Ordering::Relaxed);
+        self.counters
+            .dropped_records
+            .fetch_add(lost, Ordering::Relaxed);
         {
             let mut p = lock(&self.persisted);
             p.dropped_records_total += lost;
@@ -686,7 +741,12 @@ impl<S: Storage> Inner<S> {
 
     /// Deletes sealed segments chosen by `pick` (called with the sealed ones, oldest
     /// first; returns how many of them to delete from the front). Returns bytes freed.
-    pub(crate) fn delete_oldest(&self, why: &str, count_as_drop: bool, mut pick: impl FnMut(&SegMeta) -> bool) -> u64 {
+    pub(crate) fn delete_oldest(
+        &self,
+        why: &str,
+        count_as_drop: bool,
+        mut pick: impl FnMut(&SegMeta) -> bool,
+    ) -> u64 {
         let victims: Vec<SegMeta> = {
             let mut segs = lock(&self.segments);
             let mut n = 0;
@@ -703,7 +763,9 @@ impl<S: Storage> Inner<S> {
             match self.storage.remove_segment(v.base) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => tracing::error!(segment = %self.storage.segment_name(v.base), error = %e, "could not delete segment"),
+                Err(e) => {
+                    tracing::error!(segment = %self.storage.segment_name(v.base), error = %e, "could not delete segment")
+                }
             }
             freed += v.bytes;
         }
@@ -752,7 +814,9 @@ fn create_segment<S: Storage>(storage: &S, base: u64) -> Result<()> {
     storage
         .write_at(base, 0, &h.encode())
         .map_err(|e| Error::io("write segment header", name.clone(), e))?;
-    storage.sync(base).map_err(|e| Error::io("fdatasync", name, e))
+    storage
+        .sync(base)
+        .map_err(|e| Error::io("fdatasync", name, e))
 }
 
 pub(crate) fn load_consumers<S: Storage>(storage: &S) -> Result<BTreeMap<String, u64>> {
@@ -768,7 +832,10 @@ pub(crate) fn load_consumers<S: Storage>(storage: &S) -> Result<BTreeMap<String,
         else {
             continue;
         };
-        out.insert(name, decode_checkpoint(&b, &format!("{} checkpoint {k}", storage.location()))?);
+        out.insert(
+            name,
+            decode_checkpoint(&b, &format!("{} checkpoint {k}", storage.location()))?,
+        );
     }
     Ok(out)
 }
@@ -852,7 +919,9 @@ fn recover_tail<S: Storage>(storage: &S, base: u64, len: u64) -> Result<TailStat
                 storage
                     .write_at(base, 0, &h.encode())
                     .map_err(|e| Error::io("write segment header", name.clone(), e))?;
-                storage.sync(base).map_err(|e| Error::io("fdatasync", name.clone(), e))?;
+                storage
+                    .sync(base)
+                    .map_err(|e| Error::io("fdatasync", name.clone(), e))?;
                 let mut t = TailState::fresh(base);
                 t.crc.update(&h.encode());
                 t.cut_bytes = len;
@@ -865,7 +934,10 @@ fn recover_tail<S: Storage>(storage: &S, base: u64, len: u64) -> Result<TailStat
         return Err(Error::Corrupt {
             segment: name,
             offset: 0,
-            reason: format!("header says base sequence {} but the file name says {base}", header.base_seq),
+            reason: format!(
+                "header says base sequence {} but the file name says {base}",
+                header.base_seq
+            ),
         });
     }
     let mut crc = crc32fast::Hasher::new();
@@ -936,7 +1008,9 @@ fn recover_tail<S: Storage>(storage: &S, base: u64, len: u64) -> Result<TailStat
         storage
             .truncate(base, t.offset)
             .map_err(|e| Error::io("truncate torn tail", name.clone(), e))?;
-        storage.sync(base).map_err(|e| Error::io("fdatasync", name, e))?;
+        storage
+            .sync(base)
+            .map_err(|e| Error::io("fdatasync", name, e))?;
     }
     Ok(t)
 }
@@ -974,8 +1048,14 @@ fn writer_main<S: Storage>(inner: Arc<Inner<S>>, mut tail: TailState) {
         let mut sync_due = false;
         loop {
             if st.poisoned.is_some() {
-                let (c, k) = st.poisoned.clone().unwrap_or((String::new(), io::ErrorKind::Other));
-                let err = || Error::Poisoned { cause: c.clone(), kind: k };
+                let (c, k) = st
+                    .poisoned
+                    .clone()
+                    .unwrap_or((String::new(), io::ErrorKind::Other));
+                let err = || Error::Poisoned {
+                    cause: c.clone(),
+                    kind: k,
+                };
                 for wt in std::mem::take(&mut st.waiters) {
                     let _ = wt.tx.send(Err(err()));
                 }
@@ -1001,7 +1081,9 @@ fn writer_main<S: Storage>(inner: Arc<Inner<S>>, mut tail: TailState) {
                 }
                 timeout = timeout.min(due - now);
             }
-            if st.roll_requested || age_limit.is_some_and(|a| w.count > 0 && w.opened.elapsed() >= a) {
+            if st.roll_requested
+                || age_limit.is_some_and(|a| w.count > 0 && w.opened.elapsed() >= a)
+            {
                 st.roll_requested = false;
                 if st.seg_records > 0 {
                     let new_base = st.next_seq;
@@ -1014,11 +1096,18 @@ fn writer_main<S: Storage>(inner: Arc<Inner<S>>, mut tail: TailState) {
             }
             if let Some(a) = age_limit {
                 if w.count > 0 {
-                    timeout = timeout.min(a.saturating_sub(w.opened.elapsed()).max(Duration::from_millis(1)));
+                    timeout = timeout.min(
+                        a.saturating_sub(w.opened.elapsed())
+                            .max(Duration::from_millis(1)),
+                    );
                 }
             }
             st.writer_idle = true;
-            st = inner.work.wait_timeout(st, timeout).map(|r| r.0).unwrap_or_else(|e| e.into_inner().0);
+            st = inner
+                .work
+                .wait_timeout(st, timeout)
+                .map(|r| r.0)
+                .unwrap_or_else(|e| e.into_inner().0);
             st.writer_idle = false;
         }
         let ops = std::mem::take(&mut st.ops);
@@ -1034,7 +1123,12 @@ fn writer_main<S: Storage>(inner: Arc<Inner<S>>, mut tail: TailState) {
         let mut rolled = false;
         for op in ops {
             let r = match op {
-                Op::Frames { bytes, last_seq, last_ts, count } => w.write_frames(&inner, &bytes, last_seq, last_ts, count),
+                Op::Frames {
+                    bytes,
+                    last_seq,
+                    last_ts,
+                    count,
+                } => w.write_frames(&inner, &bytes, last_seq, last_ts, count),
                 Op::Roll { new_base } => {
                     rolled = true;
                     w.roll(&inner, new_base)
@@ -1076,7 +1170,9 @@ fn writer_main<S: Storage>(inner: Arc<Inner<S>>, mut tail: TailState) {
                     Error::Poisoned { .. } => e,
                     other => {
                         let io = match &other {
-                            Error::Io { source, .. } => io::Error::new(source.kind(), other.to_string()),
+                            Error::Io { source, .. } => {
+                                io::Error::new(source.kind(), other.to_string())
+                            }
                             _ => io::Error::other(other.to_string()),
                         };
                         inner.poison("write", &io)
@@ -1145,7 +1241,14 @@ struct Writer {
 }
 
 impl Writer {
-    fn write_frames<S: Storage>(&mut self, inner: &Inner<S>, bytes: &[u8], last_seq: u64, last_ts: u64, count: u64) -> Result<()> {
+    fn write_frames<S: Storage>(
+        &mut self,
+        inner: &Inner<S>,
+        bytes: &[u8],
+        last_seq: u64,
+        last_ts: u64,
+        count: u64,
+    ) -> Result<()> {
         if let Err(e) = inner.storage.write_at(self.cur, self.offset, bytes) {
             return Err(inner.poison("write", &e));
         }
@@ -1181,7 +1284,10 @@ impl Writer {
             last_ts_us: self.last_ts,
             body_crc: self.crc.clone().finalize(),
         };
-        if let Err(e) = inner.storage.write_at(self.cur, self.offset, &footer.encode()) {
+        if let Err(e) = inner
+            .storage
+            .write_at(self.cur, self.offset, &footer.encode())
+        {
             return Err(inner.poison("write footer", &e));
         }
         self.offset += FOOTER_LEN as u64;
@@ -1197,7 +1303,10 @@ impl Writer {
         };
         let name = inner.storage.segment_name(new_base);
         if let Err(e) = inner.storage.create_segment(new_base) {
-            return Err(inner.poison("create segment", &io::Error::new(e.kind(), format!("{name}: {e}"))));
+            return Err(inner.poison(
+                "create segment",
+                &io::Error::new(e.kind(), format!("{name}: {e}")),
+            ));
         }
         if let Err(e) = inner.storage.write_at(new_base, 0, &header.encode()) {
             return Err(inner.poison("write segment header", &e));
