@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The one test command (README, CI): installs and starts what the tests need, runs the
+# whole test suite, stops what it started.
+#
+#   scripts/test.sh [extra cargo test args]
+#
+# Needs: the Rust toolchain (rustup), python3 (for moto's S3 server in a venv), and
+# either tmux or root + apt-get to install it. Set WALSPOOL_S3_ENDPOINT to use an S3
+# server you already run instead of moto.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "test.sh: installing ${need_apt[*]}" >&2
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    else
+        echo "test.sh: please install: ${need_apt[*]}" >&2
+        exit 1
+    fi
+fi
+
+started_moto=""
+if [ -z "${WALSPOOL_S3_ENDPOINT:-}" ]; then
+    export MOTO_PORT="${MOTO_PORT:-5055}"
+    # shellcheck source=moto.sh
+    . scripts/moto.sh start "$MOTO_PORT"
+    started_moto=1
+fi
+cleanup() {
+    if [ -n "$started_moto" ]; then
+        scripts/moto.sh stop "$MOTO_PORT" >/dev/null 2>&1 || true
+    fi
+}
+trap cleanup EXIT
+
+echo "test.sh: S3 endpoint $WALSPOOL_S3_ENDPOINT" >&2
+cargo test --workspace --all-features "$@"
