@@ -46,3 +46,8 @@ pub use walspool_backends as backends;
 pub use walspool_backends::LocalDisk;
 pub use walspool_wal as wal;
 pub use walspool_wal::*;
+
+/// The README's code samples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme {}
