@@ -1,0 +1,665 @@
+//! Shipper acceptance tests: a flaky sink, a long outage, poison records, clean
+//! shutdown, several shippers on one WAL. No timing assertions: every wait is "until
+//! this holds, or fail after a generous deadline".
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use walspool_wal::shipper::{
+    Backoff, Batch, BreakerState, DeadLetter, FnSink, IdempotencyKey, Shipper, ShipperHandle, Sink,
+    SinkError,
+};
+use walspool_wal::{Durability, Memory, Options, Wal};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Waits until `f` holds; panics with `what` after [`DEADLINE`].
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < DEADLINE, "gave up waiting until {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn quick_breaker() -> walspool_wal::shipper::Breaker {
+    walspool_wal::shipper::Breaker {
+        failure_threshold: 5,
+        open_for: Duration::from_millis(20),
+    }
+}
+
+fn fast_backoff() -> Backoff {
+    Backoff {
+        initial: Duration::from_millis(1),
+        max: Duration::from_millis(5),
+        max_retry_after: Duration::from_millis(50),
+    }
+}
+
+/// xorshift, seeded: reproducible randomness without a dependency.
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Acked,
+    /// The sink kept the records, then reported a failure (or hung past the timeout).
+    KeptThenFailed,
+    /// The sink did not keep the records.
+    Failed,
+}
+
+#[derive(Debug, Clone)]
+struct Call {
+    seqs: Vec<u64>,
+    outcome: Outcome,
+}
+
+/// What a test sink saw: every call in order, and what it kept, deduplicated by key.
+#[derive(Debug, Default)]
+struct Seen {
+    calls: Vec<Call>,
+    kept: Vec<u64>,
+    unique: HashSet<IdempotencyKey>,
+    deduped: Vec<u64>,
+}
+
+impl Seen {
+    fn keep(&mut self, batch_keys: &[IdempotencyKey]) {
+        for k in batch_keys {
+            self.kept.push(k.seq);
+            if self.unique.insert(k.clone()) {
+                self.deduped.push(k.seq);
+            }
+        }
+    }
+}
+
+/// The checks every at-least-once test makes on what a sink saw.
+fn check_delivery(seen: &Seen, expected: &[u64], wal_id: &str) {
+    // Every record arrived, and deduplication by key leaves each exactly once, in order.
+    assert_eq!(
+        seen.deduped, expected,
+        "deduplicated deliveries are not exactly the records in order"
+    );
+    assert!(
+        seen.unique.iter().all(|k| &*k.wal_id == wal_id),
+        "a key names another WAL"
+    );
+    // Each call is in sequence order, and no call skips ahead of what was acknowledged.
+    let mut acked_through = 0u64;
+    for c in &seen.calls {
+        assert!(
+            c.seqs.windows(2).all(|w| w[0] < w[1]),
+            "a batch is out of order: {:?}",
+            c.seqs
+        );
+        let next_expected = expected.iter().copied().find(|&s| s > acked_through);
+        if let (Some(&first), Some(next)) = (c.seqs.first(), next_expected) {
+            assert!(
+                first <= next,
+                "a batch starts at {first} but {next} was not acknowledged yet"
+            );
+        }
+        if c.outcome == Outcome::Acked {
+            acked_through = acked_through.max(c.seqs.last().copied().unwrap_or(0));
+        }
+    }
+    // Duplicates only around failures: a record kept twice was kept by a call that
+    // then failed.
+    let around_failures: HashSet<u64> = seen
+        .calls
+        .iter()
+        .filter(|c| c.outcome == Outcome::KeptThenFailed)
+        .flat_map(|c| c.seqs.iter().copied())
+        .collect();
+    let mut counts: HashMap<u64, usize> = HashMap::new();
+    for s in &seen.kept {
+        *counts.entry(*s).or_default() += 1;
+    }
+    for (seq, n) in counts {
+        if n > 1 {
+            assert!(
+                around_failures.contains(&seq),
+                "record {seq} was delivered {n} times without a failure around it"
+            );
+        }
+    }
+}
+
+/// A sink that fails about 30% of calls: plain failures, hangs past the timeout (half
+/// of them after keeping the batch), acknowledge-then-fail, and retry-after hints.
+fn flaky_sink(seed: u64, seen: Arc<Mutex<Seen>>) -> impl Sink<u64> {
+    let mut rng = Rng(seed);
+    FnSink::new(move |batch: &Batch<u64>| {
+        let keys: Vec<IdempotencyKey> = batch.keys().collect();
+        let seqs: Vec<u64> = keys.iter().map(|k| k.seq).collect();
+        let roll = rng.below(100);
+        let seen = seen.clone();
+        async move {
+            let outcome = match roll {
+                0..=9 => Outcome::Failed,
+                10..=14 => Outcome::KeptThenFailed,
+                15..=19 => Outcome::Failed, // hangs without keeping
+                20..=24 => Outcome::KeptThenFailed, // keeps, then hangs
+                25..=29 => Outcome::Failed, // retry-after
+                _ => Outcome::Acked,
+            };
+            {
+                let mut s = seen.lock().unwrap();
+                if outcome != Outcome::Failed {
+                    s.keep(&keys);
+                }
+                s.calls.push(Call { seqs, outcome });
+            }
+            match roll {
+                0..=14 => Err(SinkError::transient("flaky")),
+                15..=24 => {
+                    futures::future::pending::<()>().await;
+                    unreachable!()
+                }
+                25..=29 => Err(SinkError::retry_after("busy", Duration::from_millis(3))),
+                _ => Ok(()),
+            }
+        }
+    })
+}
+
+fn open_wal() -> Wal<Memory> {
+    Wal::open(Memory::new(), Options::default().segment_size(64 << 10)).unwrap()
+}
+
+#[test]
+fn flaky_sinks_get_every_record_at_least_once_in_order_with_two_shippers() {
+    let wal = open_wal();
+    let total: u64 = 6000;
+
+    // Shipper A runs on a tokio runtime, shipper B on walspool's own thread.
+    let seen_a = Arc::new(Mutex::new(Seen::default()));
+    let seen_b = Arc::new(Mutex::new(Seen::default()));
+    let a = Shipper::builder(
+        wal.consumer("sink-a").unwrap(),
+        flaky_sink(0x9E3779B97F4A7C15, seen_a.clone()),
+    )
+    .batch_max(150)
+    .linger(Duration::from_millis(1))
+    .send_timeout(Duration::from_millis(30))
+    .backoff(fast_backoff())
+    .breaker(quick_breaker())
+    .build();
+    let b = Shipper::builder(
+        wal.consumer("sink-b").unwrap(),
+        flaky_sink(0xD1B54A32D192ED03, seen_b.clone()),
+    )
+    .batch_max(128)
+    .batch_max_bytes(512)
+    .linger(Duration::ZERO)
+    .send_timeout(Duration::from_millis(30))
+    .backoff(fast_backoff())
+    .breaker(quick_breaker())
+    .build();
+    let handle_a = a.handle();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let task_a = rt.spawn(a.run());
+    let thread_b = b.spawn_on_thread().unwrap();
+
+    // Appends run while shipping goes on.
+    let w = wal.clone();
+    let appender = std::thread::spawn(move || {
+        futures::executor::block_on(async {
+            let mut next = 1u64;
+            while next <= total {
+                let n = (next % 97 + 1).min(total - next + 1);
+                let recs: Vec<u64> = (next..next + n).collect();
+                w.append_batch(&recs).await.unwrap();
+                next += n;
+            }
+        })
+    });
+    appender.join().unwrap();
+
+    assert!(
+        handle_a.wait_committed(total, DEADLINE),
+        "shipper A did not commit everything"
+    );
+    assert!(
+        thread_b.handle().wait_committed(total, DEADLINE),
+        "shipper B did not commit everything"
+    );
+    handle_a.shutdown();
+    let status_a = rt.block_on(task_a).unwrap().unwrap();
+    let status_b = thread_b.shutdown().unwrap();
+
+    let expected: Vec<u64> = (1..=total).collect();
+    check_delivery(&seen_a.lock().unwrap(), &expected, wal.id());
+    check_delivery(&seen_b.lock().unwrap(), &expected, wal.id());
+    // The values are the sequence numbers here, so order by key is order of records.
+
+    for (status, seen) in [(&status_a, &seen_a), (&status_b, &seen_b)] {
+        let seen = seen.lock().unwrap();
+        let failed = seen
+            .calls
+            .iter()
+            .filter(|c| c.outcome != Outcome::Acked)
+            .count() as u64;
+        assert!(failed > 0, "the flaky sink never failed");
+        assert_eq!(status.failed_attempts, failed, "failed attempts miscounted");
+        assert!(status.timeouts > 0, "no call hung past the timeout");
+        assert_eq!(status.committed_seq, total);
+        assert!(!status.running);
+        assert!(status.records_acked >= total);
+        assert_eq!(status.dead_lettered, 0);
+    }
+    // Byte limit: B's batches carry at most 512 payload bytes (u64 varints: 1..=3 bytes).
+    assert!(seen_b
+        .lock()
+        .unwrap()
+        .calls
+        .iter()
+        .all(|c| c.seqs.len() <= 512 && !c.seqs.is_empty()));
+
+    eprintln!("shipper A: {status_a:?}\nshipper B: {status_b:?}");
+    let m = wal.metrics();
+    assert_eq!(
+        m.ship_errors_total,
+        status_a.failed_attempts + status_b.failed_attempts
+    );
+    assert!(m.last_ship_ts > 0, "last_ship_ts was never set");
+    assert_eq!(m.backlog_records, 0);
+    assert_eq!(wal.consumer("sink-a").unwrap().committed(), total);
+    assert_eq!(wal.consumer("sink-b").unwrap().committed(), total);
+    futures::executor::block_on(wal.close()).unwrap();
+}
+
+#[test]
+fn long_outage_opens_the_breaker_then_half_opens_and_drains_after() {
+    let wal = open_wal();
+    let down = Arc::new(AtomicBool::new(true));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let states_seen_by_sink = Arc::new(Mutex::new(BTreeSet::new()));
+    let sink = {
+        let (down, seen, states, wal) = (
+            down.clone(),
+            seen.clone(),
+            states_seen_by_sink.clone(),
+            wal.clone(),
+        );
+        FnSink::new(move |batch: &Batch<u64>| {
+            let keys: Vec<IdempotencyKey> = batch.keys().collect();
+            states.lock().unwrap().insert(wal.metrics().breaker_state);
+            let is_down = down.load(Ordering::SeqCst);
+            let mut s = seen.lock().unwrap();
+            let seqs = keys.iter().map(|k| k.seq).collect();
+            if is_down {
+                s.calls.push(Call {
+                    seqs,
+                    outcome: Outcome::Failed,
+                });
+            } else {
+                s.keep(&keys);
+                s.calls.push(Call {
+                    seqs,
+                    outcome: Outcome::Acked,
+                });
+            }
+            async move {
+                if is_down {
+                    Err(SinkError::transient("connection refused"))
+                } else {
+                    Ok(())
+                }
+            }
+        })
+    };
+    let shipper = Shipper::builder(wal.consumer("ingest").unwrap(), sink)
+        .batch_max(100)
+        .linger(Duration::ZERO)
+        .backoff(fast_backoff())
+        .breaker(walspool_wal::shipper::Breaker {
+            failure_threshold: 3,
+            open_for: Duration::from_millis(40),
+        })
+        .build();
+    let running = shipper.spawn_on_thread().unwrap();
+    let handle = running.handle().clone();
+
+    let append = |from: u64, to: u64| {
+        let recs: Vec<u64> = (from..=to).collect();
+        futures::executor::block_on(wal.append_batch(&recs)).unwrap();
+    };
+    append(1, 500);
+    wait_until("the breaker opens", || {
+        wal.metrics().breaker_state == "open"
+    });
+    let backlog_1 = wal.metrics().backlog_records;
+    append(501, 1500);
+    wait_until("the breaker has been half-open twice", || {
+        handle.status().breaker_half_opened >= 2
+    });
+    let backlog_2 = wal.metrics().backlog_records;
+    assert_eq!(
+        backlog_1, 500,
+        "something was committed while the sink was down"
+    );
+    assert_eq!(
+        backlog_2, 1500,
+        "the backlog did not grow to every appended record"
+    );
+    assert_eq!(wal.consumer("ingest").unwrap().committed(), 0);
+    assert!(
+        states_seen_by_sink.lock().unwrap().contains("half-open"),
+        "no trial call was made in the half-open state"
+    );
+    let status = handle.status();
+    assert!(
+        status.breaker_opened >= 2,
+        "the breaker did not re-open after a failed trial"
+    );
+    // While open, no call reaches the sink: calls are far fewer than a tight retry loop.
+    let calls_down = seen.lock().unwrap().calls.len() as u64;
+    assert_eq!(calls_down, status.failed_attempts);
+
+    down.store(false, Ordering::SeqCst);
+    assert!(
+        handle.wait_committed(1500, DEADLINE),
+        "the backlog did not drain"
+    );
+    append(1501, 1600);
+    assert!(handle.wait_committed(1600, DEADLINE));
+    let final_status = running.shutdown().unwrap();
+
+    let expected: Vec<u64> = (1..=1600).collect();
+    check_delivery(&seen.lock().unwrap(), &expected, wal.id());
+    assert_eq!(
+        seen.lock().unwrap().kept,
+        expected,
+        "no duplicates expected: the sink never kept a failed batch"
+    );
+    assert_eq!(final_status.breaker, BreakerState::Closed);
+    let m = wal.metrics();
+    assert_eq!(m.breaker_state, "closed");
+    assert_eq!(m.backlog_records, 0);
+    assert_eq!(m.ship_errors_total, final_status.failed_attempts);
+    assert_eq!(m.dropped_records_total, 0);
+}
+
+/// Values 42 mod 100 are refused per record; 777 makes the sink refuse the whole batch.
+fn picky_sink(seen: Arc<Mutex<Seen>>, accept_all: Arc<AtomicBool>) -> impl Sink<u64> + Clone {
+    #[derive(Clone)]
+    struct Picky(Arc<Mutex<Seen>>, Arc<AtomicBool>);
+    #[async_trait::async_trait]
+    impl Sink<u64> for Picky {
+        async fn send(&mut self, batch: &Batch<u64>) -> Result<(), SinkError> {
+            let all = self.1.load(Ordering::SeqCst);
+            let mut s = self.0.lock().unwrap();
+            let seqs: Vec<u64> = batch.entries().iter().map(|e| e.seq).collect();
+            if !all {
+                if let Some(e) = batch.entries().iter().find(|e| e.record % 100 == 42) {
+                    s.calls.push(Call {
+                        seqs,
+                        outcome: Outcome::Failed,
+                    });
+                    return Err(SinkError::record(
+                        e.seq,
+                        format!("value {} is invalid", e.record),
+                    ));
+                }
+                if batch.entries().iter().any(|e| e.record == 777) {
+                    s.calls.push(Call {
+                        seqs,
+                        outcome: Outcome::Failed,
+                    });
+                    return Err(SinkError::batch("400 Bad Request"));
+                }
+            }
+            let keys: Vec<IdempotencyKey> = batch.keys().collect();
+            s.keep(&keys);
+            s.calls.push(Call {
+                seqs,
+                outcome: Outcome::Acked,
+            });
+            Ok(())
+        }
+    }
+    Picky(seen, accept_all)
+}
+
+#[test]
+fn poison_records_go_to_the_dead_letter_and_the_rest_flows() {
+    let wal = open_wal();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let accept_all = Arc::new(AtomicBool::new(false));
+    let mut sink = picky_sink(seen.clone(), accept_all.clone());
+
+    let records: Vec<u64> = (1..=1000).collect();
+    futures::executor::block_on(wal.append_batch(&records)).unwrap();
+    // A record that is not a u64 at all (an over-long varint).
+    let bad = futures::executor::block_on(wal.append_payloads(vec![vec![0xff; 11]]))
+        .unwrap()
+        .0;
+    let more: Vec<u64> = (bad + 1..=bad + 100).collect(); // values = sequence numbers
+    futures::executor::block_on(wal.append_batch(&more)).unwrap();
+    let last = wal.last_seq().unwrap();
+
+    let shipper = Shipper::builder(wal.consumer("picky").unwrap(), sink.clone())
+        .batch_max(64)
+        .linger(Duration::ZERO)
+        .backoff(fast_backoff())
+        .poison_attempts(3)
+        .build();
+    let handle = shipper.handle();
+    let status = futures::executor::block_on(async {
+        let run = shipper.run();
+        let stop = async {
+            handle.committed(last).await;
+            handle.shutdown();
+        };
+        futures::join!(run, stop).0
+    })
+    .unwrap();
+
+    let poison_seqs: Vec<u64> = {
+        let mut v: Vec<u64> = records
+            .iter()
+            .chain(&more)
+            .copied()
+            .filter(|v| v % 100 == 42)
+            .collect();
+        v.push(777);
+        v.push(bad);
+        v.sort();
+        v
+    };
+    let letters: Vec<DeadLetter> = wal.dead_letters("picky").unwrap();
+    assert_eq!(
+        letters.iter().map(|l| l.seq).collect::<Vec<_>>(),
+        poison_seqs
+    );
+    for l in &letters {
+        assert_eq!(l.consumer, "picky");
+        assert_eq!(l.wal_id, wal.id());
+        if l.seq == bad {
+            assert_eq!(l.attempts, 0, "an undecodable record is not sent");
+            assert!(l.reason.contains("does not decode"), "reason: {}", l.reason);
+            assert!(l.decode::<u64>().is_err());
+        } else {
+            assert_eq!(
+                l.attempts, 3,
+                "record {} dead-lettered after {} attempts",
+                l.seq, l.attempts
+            );
+            assert_eq!(l.decode::<u64>().unwrap(), l.seq);
+        }
+    }
+    let n = poison_seqs.len() as u64;
+    assert_eq!(status.dead_lettered, n);
+    assert_eq!(wal.metrics().dead_letter_total, n);
+    assert_eq!(status.committed_seq, last);
+
+    // The records behind the poison flowed, each exactly once after dedupe, in order.
+    let expected: Vec<u64> = (1..=last).filter(|s| !poison_seqs.contains(s)).collect();
+    check_delivery(&seen.lock().unwrap(), &expected, wal.id());
+
+    // Re-drive: the sink now accepts everything; the undecodable record stays.
+    accept_all.store(true, Ordering::SeqCst);
+    let r = futures::executor::block_on(wal.redrive_dead_letters::<u64, _>("picky", &mut sink))
+        .unwrap();
+    assert_eq!(r.delivered, n - 1);
+    assert_eq!(r.remaining, 1);
+    let left = wal.dead_letters("picky").unwrap();
+    assert_eq!(left.iter().map(|l| l.seq).collect::<Vec<_>>(), vec![bad]);
+    let redriven: BTreeSet<u64> = seen
+        .lock()
+        .unwrap()
+        .deduped
+        .iter()
+        .copied()
+        .filter(|s| poison_seqs.contains(s))
+        .collect();
+    assert_eq!(redriven.len() as u64, n - 1);
+    wal.remove_dead_letter("picky", bad).unwrap();
+    assert!(wal.dead_letters("picky").unwrap().is_empty());
+    // The counter is a history: it does not go down on re-drive.
+    assert_eq!(wal.metrics().dead_letter_total, n);
+}
+
+#[test]
+fn dead_letters_can_go_to_another_wal() {
+    let wal = open_wal();
+    let dlq = open_wal();
+    futures::executor::block_on(wal.append_batch(&[1u64, 42, 3])).unwrap();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let shipper = Shipper::builder(
+        wal.consumer("c").unwrap(),
+        picky_sink(seen.clone(), Arc::new(AtomicBool::new(false))),
+    )
+    .linger(Duration::ZERO)
+    .backoff(fast_backoff())
+    .poison_attempts(2)
+    .dead_letter(Arc::new(dlq.clone()))
+    .build();
+    let t = shipper.spawn_on_thread().unwrap();
+    assert!(t.handle().wait_committed(3, DEADLINE));
+    t.shutdown().unwrap();
+    let letters: Vec<DeadLetter> = futures::executor::block_on(async {
+        use futures::StreamExt;
+        dlq.read_range::<DeadLetter>(1, 1)
+            .map(|r| r.unwrap().record)
+            .collect()
+            .await
+    });
+    assert_eq!(letters.len(), 1);
+    assert_eq!((letters[0].seq, letters[0].attempts), (2, 2));
+    assert_eq!(letters[0].decode::<u64>().unwrap(), 42);
+    assert!(
+        wal.dead_letters("c").unwrap().is_empty(),
+        "the default store was used anyway"
+    );
+    assert_eq!(seen.lock().unwrap().deduped, vec![1, 3]);
+    assert_eq!(wal.metrics().dead_letter_total, 1);
+}
+
+#[test]
+fn shutdown_mid_batch_loses_nothing_and_resends_at_most_the_in_flight_batch() {
+    let wal = Wal::open(
+        Memory::new(),
+        Options::default().durability(Durability::Sync),
+    )
+    .unwrap();
+    let records: Vec<u64> = (1..=2000).collect();
+    futures::executor::block_on(wal.append_batch(&records)).unwrap();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let calls = Arc::new(AtomicU64::new(0));
+    let slow_sink = |seen: Arc<Mutex<Seen>>, calls: Arc<AtomicU64>| {
+        FnSink::new(move |batch: &Batch<u64>| {
+            let keys: Vec<IdempotencyKey> = batch.keys().collect();
+            let (seen, calls) = (seen.clone(), calls.clone());
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                futures_timer::Delay::new(Duration::from_millis(20)).await;
+                let mut s = seen.lock().unwrap();
+                s.keep(&keys);
+                s.calls.push(Call {
+                    seqs: keys.iter().map(|k| k.seq).collect(),
+                    outcome: Outcome::Acked,
+                });
+                Ok(())
+            }
+        })
+    };
+    let first = Shipper::builder(
+        wal.consumer("c").unwrap(),
+        slow_sink(seen.clone(), calls.clone()),
+    )
+    .batch_max(100)
+    .linger(Duration::ZERO)
+    .build();
+    let t = first.spawn_on_thread().unwrap();
+    wait_until("a few batches went through", || {
+        calls.load(Ordering::SeqCst) >= 4
+    });
+    let stopped = t.shutdown().unwrap();
+    assert_eq!(stopped.in_flight, None);
+    let committed = wal.consumer("c").unwrap().committed();
+    assert_eq!(committed, stopped.committed_seq);
+    assert!(
+        committed < 2000,
+        "the first shipper finished before it was stopped"
+    );
+    let delivered_before = seen.lock().unwrap().kept.clone();
+    // The attempt in flight at shutdown finished and was committed: nothing delivered
+    // is uncommitted.
+    assert_eq!(delivered_before.last().copied(), Some(committed));
+
+    let second = Shipper::builder(
+        wal.consumer("c").unwrap(),
+        slow_sink(seen.clone(), calls.clone()),
+    )
+    .batch_max(500)
+    .linger(Duration::ZERO)
+    .build();
+    let h: ShipperHandle = second.handle();
+    let t2 = second.spawn_on_thread().unwrap();
+    assert!(h.wait_committed(2000, DEADLINE));
+    t2.shutdown().unwrap();
+    let s = seen.lock().unwrap();
+    assert_eq!(
+        s.kept, records,
+        "a committed record was sent again, or one was lost"
+    );
+    check_delivery(&s, &records, wal.id());
+}
+
+#[test]
+fn a_closed_wal_ends_the_shipper_without_committing_what_it_cannot() {
+    let wal = open_wal();
+    futures::executor::block_on(wal.append_batch(&[1u64, 2, 3])).unwrap();
+    let shipper = Shipper::builder(
+        wal.consumer("c").unwrap(),
+        FnSink::new(|_: &Batch<u64>| async { Err(SinkError::transient("down")) }),
+    )
+    .backoff(fast_backoff())
+    .build();
+    let handle = shipper.handle();
+    let t = shipper.spawn_on_thread().unwrap();
+    wait_until("a failure", || handle.status().failed_attempts > 0);
+    futures::executor::block_on(wal.close()).unwrap();
+    handle.shutdown();
+    let st = t.shutdown().unwrap();
+    assert_eq!(st.committed_seq, 0);
+    assert!(!st.running);
+}
