@@ -480,9 +480,18 @@ impl<S: Storage> Wal<S> {
     }
 
     /// Asks the WAL to seal the active segment and start a new one (if it holds records).
+    /// The roll is ordered with the appends around it: records appended before the call
+    /// are in the sealed segment, records appended after it in the new one, and once a
+    /// later [`flush`](Self::flush) resolves the segment is sealed (seal listeners ran).
     pub fn roll(&self) {
         let mut st = lock(&self.inner.state);
-        st.roll_requested = true;
+        if st.seg_records > 0 {
+            let new_base = st.next_seq;
+            st.ops.push(Op::Roll { new_base });
+            st.seg_planned = HEADER_LEN as u64;
+            st.seg_records = 0;
+            st.used_bytes += (FOOTER_LEN + HEADER_LEN) as u64;
+        }
         self.inner.work.notify_one();
     }
 
