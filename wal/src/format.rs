@@ -5,13 +5,19 @@
 //! ```text
 //! segment  := header frame* footer?
 //! header   := MAGIC(8) version:u16 flags:u16 base_seq:u64 created_us:u64 crc:u32      (32 bytes)
-//! frame    := len:u32 crc:u32 seq:u64 ts_us:u64 payload[len]                          (24 + len)
+//!             chain_ext?                            (56 bytes, when flags has FLAG_CHAINED)
+//! chain_ext:= key_fp[8] prev_key_fp[8] seed_mac[32] crc:u32 reserved:u32
+//! frame    := len:u32 crc:u32 seq:u64 ts_us:u64 mac[32]? payload[len]     (24 (+32) + len)
 //! footer   := FOOTER_MARKER:u32 crc:u32 FOOTER_MAGIC(8) last_seq:u64 count:u64
 //!             last_ts_us:u64 body_crc:u32 reserved:u32                                (48 bytes)
 //! ```
 //!
 //! * header `crc` is CRC-32 (IEEE, crc32fast) over header bytes `0..28`.
-//! * frame `crc` covers the `len` field, then `seq` and `ts_us`, then the payload.
+//! * frame `crc` covers the `len` field, then `seq` and `ts_us`, then (in chained
+//!   segments) the `mac`, then the payload.
+//! * in chained segments `mac = HMAC-SHA256(key, prev_mac || seq || ts_us || payload)`,
+//!   where `prev_mac` is the previous frame's mac, or the header's `seed_mac` for the
+//!   first frame of a segment.
 //! * footer `crc` covers footer bytes `8..48`; `body_crc` covers every byte of the
 //!   segment before the footer.
 //! * A frame whose `len` is [`FOOTER_MARKER`] is the footer: the segment is sealed.
@@ -20,13 +26,22 @@ use crate::error::Error;
 
 /// First 8 bytes of every segment file.
 pub const MAGIC: [u8; 8] = *b"WALSPOOL";
-/// The format version this build writes.
-pub const FORMAT_VERSION: u16 = 1;
+/// The format version this build writes. Version 2 added the optional HMAC chain
+/// ([`FLAG_CHAINED`]); an unchained version-2 segment is laid out exactly as version 1.
+pub const FORMAT_VERSION: u16 = 2;
 /// Oldest format version this build can read.
 pub const MIN_READ_VERSION: u16 = 1;
 
-/// Size of the segment header.
+/// Size of the fixed segment header (the whole header of an unchained segment).
 pub const HEADER_LEN: usize = 32;
+/// Header flag: frames carry an HMAC-SHA256 chain (version 2+).
+pub const FLAG_CHAINED: u16 = 1;
+/// Size of the chain extension that follows the fixed header in chained segments.
+pub const CHAIN_EXT_LEN: usize = 56;
+/// Largest header: fixed part plus chain extension. Read this many bytes to decode any header.
+pub const HEADER_MAX_LEN: usize = HEADER_LEN + CHAIN_EXT_LEN;
+/// Size of a frame's MAC in chained segments.
+pub const MAC_LEN: usize = 32;
 /// Offset of the version field in the header.
 pub const HEADER_VERSION_OFFSET: usize = 8;
 /// Offset of the flags field in the header.
@@ -72,22 +87,67 @@ pub struct SegmentHeader {
     pub base_seq: u64,
     /// Creation time, µs since the Unix epoch.
     pub created_us: u64,
+    /// The HMAC chain state at the start of the segment (chained segments only).
+    pub chain: Option<ChainHeader>,
+}
+
+/// The chain extension of a chained segment's header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainHeader {
+    /// Fingerprint of the key the segment's frames are MACed with (first 8 bytes of
+    /// SHA-256 of the key).
+    pub key_fp: [u8; 8],
+    /// Fingerprint of the previous segment's key when the key was rotated at this
+    /// segment, zero otherwise.
+    pub prev_key_fp: [u8; 8],
+    /// `prev_mac` for the first frame: the previous segment's last MAC (zero for the
+    /// first segment of a WAL), or, after a key rotation,
+    /// `HMAC-SHA256(old_key, last_mac || "walspool-rotate" || key_fp)`.
+    pub seed: [u8; 32],
 }
 
 impl SegmentHeader {
-    /// Encodes the header.
-    pub fn encode(&self) -> [u8; HEADER_LEN] {
-        let mut b = [0u8; HEADER_LEN];
+    /// Bytes of header before the first frame.
+    pub fn len(&self) -> usize {
+        if self.chain.is_some() {
+            HEADER_MAX_LEN
+        } else {
+            HEADER_LEN
+        }
+    }
+
+    /// Whether frames carry MACs.
+    pub fn is_chained(&self) -> bool {
+        self.chain.is_some()
+    }
+
+    /// Encodes the header (32 bytes, or 88 when chained).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = vec![0u8; self.len()];
         b[0..8].copy_from_slice(&MAGIC);
         b[HEADER_VERSION_OFFSET..HEADER_VERSION_OFFSET + 2]
             .copy_from_slice(&self.version.to_le_bytes());
-        b[HEADER_FLAGS_OFFSET..HEADER_FLAGS_OFFSET + 2].copy_from_slice(&self.flags.to_le_bytes());
+        let flags = self.flags
+            | if self.chain.is_some() {
+                FLAG_CHAINED
+            } else {
+                0
+            };
+        b[HEADER_FLAGS_OFFSET..HEADER_FLAGS_OFFSET + 2].copy_from_slice(&flags.to_le_bytes());
         b[HEADER_BASE_SEQ_OFFSET..HEADER_BASE_SEQ_OFFSET + 8]
             .copy_from_slice(&self.base_seq.to_le_bytes());
         b[HEADER_CREATED_OFFSET..HEADER_CREATED_OFFSET + 8]
             .copy_from_slice(&self.created_us.to_le_bytes());
         let crc = crc32fast::hash(&b[..HEADER_CRC_OFFSET]);
         b[HEADER_CRC_OFFSET..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+        if let Some(c) = &self.chain {
+            let x = HEADER_LEN;
+            b[x..x + 8].copy_from_slice(&c.key_fp);
+            b[x + 8..x + 16].copy_from_slice(&c.prev_key_fp);
+            b[x + 16..x + 48].copy_from_slice(&c.seed);
+            let crc = crc32fast::hash(&b[x..x + 48]);
+            b[x + 48..x + 52].copy_from_slice(&crc.to_le_bytes());
+        }
         b
     }
 
@@ -117,15 +177,55 @@ impl SegmentHeader {
             });
         }
         let flags = u16::from_le_bytes([b[HEADER_FLAGS_OFFSET], b[HEADER_FLAGS_OFFSET + 1]]);
-        if flags != 0 {
+        let known = if version >= 2 { FLAG_CHAINED } else { 0 };
+        if flags & !known != 0 {
             return Err(corrupt("unknown segment flags"));
         }
+        let chain = if flags & FLAG_CHAINED != 0 {
+            if b.len() < HEADER_MAX_LEN {
+                return Err(corrupt("chained segment header is truncated"));
+            }
+            let x = HEADER_LEN;
+            if crc32fast::hash(&b[x..x + 48]) != u32_at(b, x + 48) {
+                return Err(corrupt("chain header CRC mismatch"));
+            }
+            let mut c = ChainHeader {
+                key_fp: [0; 8],
+                prev_key_fp: [0; 8],
+                seed: [0; 32],
+            };
+            c.key_fp.copy_from_slice(&b[x..x + 8]);
+            c.prev_key_fp.copy_from_slice(&b[x + 8..x + 16]);
+            c.seed.copy_from_slice(&b[x + 16..x + 48]);
+            Some(c)
+        } else {
+            None
+        };
         Ok(SegmentHeader {
             version,
-            flags,
+            flags: flags & !FLAG_CHAINED,
             base_seq: u64_at(b, HEADER_BASE_SEQ_OFFSET),
             created_us: u64_at(b, HEADER_CREATED_OFFSET),
+            chain,
         })
+    }
+}
+
+/// How many header bytes to read to decode the header that starts with `fixed` (the
+/// first [`HEADER_LEN`] bytes): [`HEADER_MAX_LEN`] for a chained segment, else `HEADER_LEN`.
+pub fn header_len_from_fixed(fixed: &[u8]) -> usize {
+    if fixed.len() >= HEADER_LEN
+        && u16::from_le_bytes([
+            fixed[HEADER_VERSION_OFFSET],
+            fixed[HEADER_VERSION_OFFSET + 1],
+        ]) >= 2
+        && u16::from_le_bytes([fixed[HEADER_FLAGS_OFFSET], fixed[HEADER_FLAGS_OFFSET + 1]])
+            & FLAG_CHAINED
+            != 0
+    {
+        HEADER_MAX_LEN
+    } else {
+        HEADER_LEN
     }
 }
 
@@ -174,24 +274,46 @@ impl SegmentFooter {
     }
 }
 
-/// Appends one frame to `buf`.
+/// Appends one frame (of an unchained segment) to `buf`.
 pub fn encode_frame(buf: &mut Vec<u8>, seq: u64, ts_us: u64, payload: &[u8]) {
+    encode_frame_with(buf, seq, ts_us, None, payload)
+}
+
+/// Appends one frame to `buf`; `mac` is `Some` in chained segments.
+pub fn encode_frame_with(
+    buf: &mut Vec<u8>,
+    seq: u64,
+    ts_us: u64,
+    mac: Option<&[u8; MAC_LEN]>,
+    payload: &[u8],
+) {
     let len = payload.len() as u32;
-    let crc = frame_crc(len, seq, ts_us, payload);
-    buf.reserve(FRAME_HEADER_LEN + payload.len());
+    let crc = frame_crc_with(len, seq, ts_us, mac.map(|m| &m[..]), payload);
+    buf.reserve(FRAME_HEADER_LEN + MAC_LEN + payload.len());
     buf.extend_from_slice(&len.to_le_bytes());
     buf.extend_from_slice(&crc.to_le_bytes());
     buf.extend_from_slice(&seq.to_le_bytes());
     buf.extend_from_slice(&ts_us.to_le_bytes());
+    if let Some(m) = mac {
+        buf.extend_from_slice(m);
+    }
     buf.extend_from_slice(payload);
 }
 
-/// The CRC a frame carries.
+/// The CRC an unchained frame carries.
 pub fn frame_crc(len: u32, seq: u64, ts_us: u64, payload: &[u8]) -> u32 {
+    frame_crc_with(len, seq, ts_us, None, payload)
+}
+
+/// The CRC a frame carries (`mac` in chained segments).
+pub fn frame_crc_with(len: u32, seq: u64, ts_us: u64, mac: Option<&[u8]>, payload: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(&len.to_le_bytes());
     h.update(&seq.to_le_bytes());
     h.update(&ts_us.to_le_bytes());
+    if let Some(m) = mac {
+        h.update(m);
+    }
     h.update(payload);
     h.finalize()
 }
@@ -205,6 +327,8 @@ pub struct RawFrame<'a> {
     pub ts_us: u64,
     /// The postcard-encoded record.
     pub payload: &'a [u8],
+    /// The frame's HMAC (chained segments only).
+    pub mac: Option<&'a [u8]>,
 }
 
 /// What [`decode_frame`] found at an offset.
@@ -223,8 +347,15 @@ pub enum Decoded<'a> {
     Invalid(&'static str),
 }
 
-/// Decodes the frame at the start of `b`. Never panics, whatever the bytes.
+/// Decodes the frame at the start of `b` in an unchained segment. Never panics,
+/// whatever the bytes.
 pub fn decode_frame(b: &[u8]) -> Decoded<'_> {
+    decode_frame_with(b, false)
+}
+
+/// Decodes the frame at the start of `b`; `chained` says whether the segment's frames
+/// carry MACs ([`SegmentHeader::is_chained`]). Never panics, whatever the bytes.
+pub fn decode_frame_with(b: &[u8], chained: bool) -> Decoded<'_> {
     if b.len() < 4 {
         return Decoded::Incomplete {
             needed: FRAME_HEADER_LEN,
@@ -243,15 +374,17 @@ pub fn decode_frame(b: &[u8]) -> Decoded<'_> {
     if len > MAX_PAYLOAD_LEN {
         return Decoded::Invalid("frame length out of range");
     }
-    let total = FRAME_HEADER_LEN + len as usize;
+    let mac_len = if chained { MAC_LEN } else { 0 };
+    let total = FRAME_HEADER_LEN + mac_len + len as usize;
     if b.len() < total {
         return Decoded::Incomplete { needed: total };
     }
     let crc = u32_at(b, FRAME_CRC_OFFSET);
     let seq = u64_at(b, FRAME_SEQ_OFFSET);
     let ts_us = u64_at(b, FRAME_TS_OFFSET);
-    let payload = &b[FRAME_HEADER_LEN..total];
-    if frame_crc(len, seq, ts_us, payload) != crc {
+    let mac = chained.then(|| &b[FRAME_HEADER_LEN..FRAME_HEADER_LEN + MAC_LEN]);
+    let payload = &b[FRAME_HEADER_LEN + mac_len..total];
+    if frame_crc_with(len, seq, ts_us, mac, payload) != crc {
         return Decoded::Invalid("frame CRC mismatch");
     }
     Decoded::Frame(
@@ -259,6 +392,7 @@ pub fn decode_frame(b: &[u8]) -> Decoded<'_> {
             seq,
             ts_us,
             payload,
+            mac,
         },
         total,
     )
@@ -328,8 +462,34 @@ mod tests {
             flags: 0,
             base_seq: 42,
             created_us: 5,
+            chain: None,
         };
         assert_eq!(SegmentHeader::decode(&h.encode(), "s").unwrap(), h);
+        let chained = SegmentHeader {
+            chain: Some(ChainHeader {
+                key_fp: [1; 8],
+                prev_key_fp: [0; 8],
+                seed: [7; 32],
+            }),
+            ..h
+        };
+        let enc = chained.encode();
+        assert_eq!(enc.len(), HEADER_MAX_LEN);
+        assert_eq!(SegmentHeader::decode(&enc, "s").unwrap(), chained);
+        let mut torn = enc.clone();
+        torn[HEADER_LEN + 20] ^= 1;
+        assert!(SegmentHeader::decode(&torn, "s").is_err());
+        assert!(SegmentHeader::decode(&enc[..HEADER_LEN], "s").is_err());
+        let mut f = Vec::new();
+        encode_frame_with(&mut f, 3, 4, Some(&[9; MAC_LEN]), b"pay");
+        match decode_frame_with(&f, true) {
+            Decoded::Frame(fr, n) => {
+                assert_eq!((fr.seq, fr.payload, n), (3, &b"pay"[..], f.len()));
+                assert_eq!(fr.mac, Some(&[9u8; MAC_LEN][..]));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!matches!(decode_frame_with(&f, false), Decoded::Frame(..)));
         let mut bad = h.encode();
         bad[HEADER_VERSION_OFFSET] = 9;
         let fixed_crc = crc32fast::hash(&bad[..HEADER_CRC_OFFSET]);

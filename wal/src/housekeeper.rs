@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures::channel::oneshot;
 
 use crate::error::{Error, Result};
-use crate::format::{SegmentFooter, SegmentHeader, FOOTER_LEN, HEADER_LEN};
+use crate::format::{SegmentFooter, SegmentHeader, FOOTER_LEN};
 use crate::metrics::{StatsFile, STATS_FILE, STATS_SCHEMA};
 use crate::storage::{Storage, StorageExt};
 use crate::wal::{encode_checkpoint, lock, now_ms, now_us, Inner, META_CONSUMER_PREFIX};
@@ -198,7 +198,10 @@ pub(crate) fn segment_created_us<S: Storage>(inner: &Inner<S>, base: u64) -> Opt
         return Some(c);
     }
     let name = inner.storage.segment_name(base);
-    let h = inner.storage.read_vec(base, 0, HEADER_LEN).ok()?;
+    let h = inner
+        .storage
+        .read_vec(base, 0, crate::format::HEADER_MAX_LEN)
+        .ok()?;
     let h = SegmentHeader::decode(&h, &name).ok()?;
     if let Some(s) = lock(&inner.segments).iter_mut().find(|s| s.base == base) {
         s.created_us = Some(h.created_us);

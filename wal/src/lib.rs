@@ -38,6 +38,7 @@
 //!
 //! The on-disk format is in [`format`] and `docs/format.md`.
 
+pub mod chain;
 pub mod consumer;
 pub mod error;
 pub mod format;
@@ -51,6 +52,7 @@ pub mod shipper;
 pub mod storage;
 mod wal;
 
+pub use chain::{verify_chain, ChainBreak, ChainReport, HmacKey};
 pub use consumer::Consumer;
 pub use error::{Error, Result};
 pub use memory::{Memory, MemoryCounters, Tear};

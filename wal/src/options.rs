@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::format::{FOOTER_LEN, FRAME_HEADER_LEN, HEADER_LEN};
+use crate::format::{FOOTER_LEN, FRAME_HEADER_LEN};
 
 /// When an append's future resolves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -60,6 +60,7 @@ pub struct Options {
     pub(crate) stats_interval: Option<Duration>,
     pub(crate) max_buffered_bytes: usize,
     pub(crate) wal_id: Option<String>,
+    pub(crate) hmac: Option<std::sync::Arc<crate::chain::HmacKey>>,
 }
 
 /// Default segment size: 64 MiB.
@@ -82,6 +83,7 @@ impl Default for Options {
             stats_interval: Some(Duration::from_millis(500)),
             max_buffered_bytes: 32 << 20,
             wal_id: None,
+            hmac: None,
         }
     }
 }
@@ -137,6 +139,14 @@ impl Options {
     /// one is generated at creation and stored in the WAL.
     pub fn wal_id(mut self, id: impl Into<String>) -> Self {
         self.wal_id = Some(id.into());
+        self
+    }
+
+    /// Chains every record with HMAC-SHA256 under this key (tamper evidence, see
+    /// [`chain`](crate::chain)). Load the key with `HmacKey::from_file` or `from_env`,
+    /// never from the WAL directory.
+    pub fn hmac_key(mut self, key: crate::chain::HmacKey) -> Self {
+        self.hmac = Some(std::sync::Arc::new(key));
         self
     }
 
@@ -198,7 +208,11 @@ impl Options {
 
     /// Largest record payload that fits a segment.
     pub(crate) fn max_record_len(&self) -> usize {
-        let room = self.segment_size as usize - HEADER_LEN - FOOTER_LEN - FRAME_HEADER_LEN;
+        let room = self.segment_size as usize
+            - crate::format::HEADER_MAX_LEN
+            - FOOTER_LEN
+            - FRAME_HEADER_LEN
+            - crate::format::MAC_LEN;
         room.min(crate::format::MAX_PAYLOAD_LEN as usize)
     }
 }

@@ -10,7 +10,7 @@ use futures::Stream;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
-use crate::format::{decode_frame, Decoded, SegmentHeader, HEADER_LEN};
+use crate::format::{decode_frame_with, Decoded, SegmentHeader, HEADER_MAX_LEN};
 use crate::options::RecoveryMode;
 use crate::storage::{Storage, StorageExt};
 use crate::wal::{lock, Inner, Wal};
@@ -34,6 +34,7 @@ pub(crate) struct RawReader<S: Storage> {
     buf: Vec<u8>,
     pos: usize,
     buf_at: u64,
+    chained: bool,
 }
 
 const READ_CHUNK: usize = 256 << 10;
@@ -47,6 +48,7 @@ impl<S: Storage> RawReader<S> {
             buf: Vec::new(),
             pos: 0,
             buf_at: 0,
+            chained: false,
         }
     }
 
@@ -78,20 +80,21 @@ impl<S: Storage> RawReader<S> {
                         return Err(gap);
                     };
                     let name = self.inner.storage.segment_name(base);
-                    let hdr = match self.inner.storage.read_vec(base, 0, HEADER_LEN) {
+                    let hdr = match self.inner.storage.read_vec(base, 0, HEADER_MAX_LEN) {
                         Ok(h) => h,
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                         Err(e) => return Err(Error::io("read", name, e)),
                     };
-                    SegmentHeader::decode(&hdr, &name)?;
+                    let h = SegmentHeader::decode(&hdr, &name)?;
+                    self.chained = h.is_chained();
                     self.seg = Some(base);
                     self.buf.clear();
                     self.pos = 0;
-                    self.buf_at = HEADER_LEN as u64;
+                    self.buf_at = h.len() as u64;
                     base
                 }
             };
-            match decode_frame(&self.buf[self.pos..]) {
+            match decode_frame_with(&self.buf[self.pos..], self.chained) {
                 Decoded::Frame(f, n) => {
                     let at = self.buf_at + self.pos as u64;
                     self.pos += n;

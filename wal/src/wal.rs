@@ -10,10 +10,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::channel::oneshot;
 use serde::Serialize;
 
+use crate::chain::HmacKey;
 use crate::error::{Error, Result};
 use crate::format::{
-    decode_frame, encode_frame, Decoded, SegmentFooter, SegmentHeader, FOOTER_LEN, FORMAT_VERSION,
-    FRAME_HEADER_LEN, HEADER_LEN,
+    decode_frame_with, encode_frame_with, ChainHeader, Decoded, SegmentFooter, SegmentHeader,
+    FOOTER_LEN, FORMAT_VERSION, FRAME_HEADER_LEN, HEADER_LEN, HEADER_MAX_LEN, MAC_LEN,
 };
 use crate::housekeeper::{self, HkMsg};
 use crate::metrics::{Counters, PersistedCounters};
@@ -67,7 +68,14 @@ pub(crate) enum Op {
     },
     Roll {
         new_base: u64,
+        chain: Option<ChainHeader>,
     },
+}
+
+/// The HMAC chain as appenders extend it (under the state lock).
+pub(crate) struct ChainState {
+    pub key: Arc<HmacKey>,
+    pub prev: [u8; MAC_LEN],
 }
 
 struct Waiter {
@@ -91,6 +99,46 @@ pub(crate) struct State {
     poisoned: Option<(String, io::ErrorKind)>,
     space_wakers: Vec<Waker>,
     roll_requested: bool,
+    chain: Option<ChainState>,
+}
+
+impl State {
+    /// Queues a roll to a new segment at `next_seq` (optionally rotating the HMAC key).
+    fn push_roll(&mut self, rotate_to: Option<Arc<HmacKey>>) {
+        let new_base = self.next_seq;
+        let chain = self.chain.as_mut().map(|c| match rotate_to {
+            Some(newk) => {
+                let new_fp = newk.fingerprint();
+                let seed = c.key.rotation_seed(&c.prev, &new_fp);
+                let prev_key_fp = c.key.fingerprint();
+                c.key = newk;
+                c.prev = seed;
+                ChainHeader {
+                    key_fp: new_fp,
+                    prev_key_fp,
+                    seed,
+                }
+            }
+            None => ChainHeader {
+                key_fp: c.key.fingerprint(),
+                prev_key_fp: [0; 8],
+                seed: c.prev,
+            },
+        });
+        let hlen = if chain.is_some() {
+            HEADER_MAX_LEN
+        } else {
+            HEADER_LEN
+        } as u64;
+        self.ops.push(Op::Roll { new_base, chain });
+        self.seg_planned = hlen;
+        self.seg_records = 0;
+        self.used_bytes += FOOTER_LEN as u64 + hlen;
+    }
+
+    fn frame_overhead(&self) -> usize {
+        FRAME_HEADER_LEN + if self.chain.is_some() { MAC_LEN } else { 0 }
+    }
 }
 
 /// Hook deciding whether a sealed segment may be deleted by retention (archival uses it:
@@ -264,28 +312,85 @@ impl<S: Storage> Wal<S> {
             });
         }
 
+        let key = opts.hmac.clone();
+        if let (Some(k), Some(src)) = (
+            &key,
+            key.as_ref()
+                .and_then(|k| k.source().map(|p| p.to_path_buf())),
+        ) {
+            let loc = std::fs::canonicalize(storage.location())
+                .unwrap_or_else(|_| storage.location().into());
+            if src.starts_with(&loc) {
+                return Err(Error::Config(format!(
+                    "the HMAC key file {} lies inside the WAL directory {}; keep the key elsewhere (key {})",
+                    src.display(),
+                    loc.display(),
+                    k.fingerprint_hex()
+                )));
+            }
+        }
+        let chain_from = |prev_mac: Option<[u8; MAC_LEN]>| {
+            key.as_ref().map(|k| ChainHeader {
+                key_fp: k.fingerprint(),
+                prev_key_fp: [0; 8],
+                seed: prev_mac.unwrap_or([0; MAC_LEN]),
+            })
+        };
         let mut torn_cut = 0u64;
         let tail = match segments.last().cloned() {
             None => {
-                let base = 1;
-                create_segment(&storage, base)?;
-                segments.push(new_meta(base));
-                TailState::fresh(base)
+                let t = create_segment(&storage, 1, chain_from(None))?;
+                segments.push(new_meta(1, t.offset));
+                t
             }
             Some(last) => {
-                let t = recover_tail(&storage, last.base, last.bytes)?;
+                let prev = segments.len().checked_sub(2).map(|i| segments[i].clone());
+                let mut t = recover_tail(&storage, last.base, last.bytes, || match &prev {
+                    Some(p) if key.is_some() => {
+                        Ok(chain_from(last_mac_of(&storage, p.base, p.bytes)?))
+                    }
+                    _ => Ok(chain_from(None)),
+                })?;
                 torn_cut = t.cut_bytes;
+                match (&t.chain, &key) {
+                    (Some(c), None) => {
+                        return Err(Error::Config(format!(
+                            "this WAL is HMAC-chained (key {}); open it with its key (Options::hmac_key)",
+                            crate::chain::hex(&c.key_fp)
+                        )))
+                    }
+                    (Some(c), Some(k)) if c.key_fp != k.fingerprint() => {
+                        return Err(Error::Config(format!(
+                            "HMAC key mismatch: the WAL's current key is {} but {} was given; to rotate keys, open with the old key and call Wal::rotate_key",
+                            crate::chain::hex(&c.key_fp),
+                            k.fingerprint_hex()
+                        )))
+                    }
+                    _ => {}
+                }
                 let idx = segments.len() - 1;
+                if !t.sealed && t.chain.is_none() && key.is_some() {
+                    // Start the chain in a fresh segment.
+                    if t.count > 0 {
+                        seal_tail(&storage, &mut t)?;
+                    } else {
+                        storage
+                            .truncate(t.base, 0)
+                            .map_err(|e| Error::io("truncate", storage.segment_name(t.base), e))?;
+                        let cut = t.cut_bytes;
+                        t = write_header(&storage, t.base, chain_from(None))?;
+                        t.cut_bytes = cut;
+                    }
+                }
+                segments[idx].bytes = t.offset;
                 if t.sealed {
                     segments[idx].sealed = true;
-                    segments[idx].bytes = t.offset;
                     segments[idx].last_seq = t.last_seq;
                     let base = t.last_seq + 1;
-                    create_segment(&storage, base)?;
-                    segments.push(new_meta(base));
-                    TailState::fresh(base)
+                    let fresh = create_segment(&storage, base, chain_from(t.last_mac))?;
+                    segments.push(new_meta(base, fresh.offset));
+                    fresh
                 } else {
-                    segments[idx].bytes = t.offset;
                     segments[idx].created_us = Some(t.created_us);
                     t
                 }
@@ -328,6 +433,10 @@ impl<S: Storage> Wal<S> {
                 poisoned: None,
                 space_wakers: Vec::new(),
                 roll_requested: false,
+                chain: key.clone().map(|k| ChainState {
+                    key: k,
+                    prev: tail.last_mac.unwrap_or([0; MAC_LEN]),
+                }),
             }),
             work: Condvar::new(),
             durable_seq: AtomicU64::new(tail.last_seq),
@@ -486,11 +595,7 @@ impl<S: Storage> Wal<S> {
     pub fn roll(&self) {
         let mut st = lock(&self.inner.state);
         if st.seg_records > 0 {
-            let new_base = st.next_seq;
-            st.ops.push(Op::Roll { new_base });
-            st.seg_planned = HEADER_LEN as u64;
-            st.seg_records = 0;
-            st.used_bytes += (FOOTER_LEN + HEADER_LEN) as u64;
+            st.push_roll(None);
         }
         self.inner.work.notify_one();
     }
@@ -519,6 +624,29 @@ impl<S: Storage> Wal<S> {
         }
         self.inner.storage.release();
         r
+    }
+
+    /// Rotates the HMAC key: seals the current segment and starts a new one MACed with
+    /// `new_key`, whose header names both keys and whose chain seed is authenticated by
+    /// the old key (see [`chain`](crate::chain)). Keep the old key to verify older segments.
+    pub fn rotate_key(&self, new_key: HmacKey) -> Result<()> {
+        let mut st = lock(&self.inner.state);
+        if st.chain.is_none() {
+            return Err(Error::Config(
+                "rotate_key: this WAL has no HMAC chain (Options::hmac_key)".into(),
+            ));
+        }
+        if let Some((c, k)) = &st.poisoned {
+            return Err(Error::Poisoned {
+                cause: c.clone(),
+                kind: *k,
+            });
+        }
+        st.push_roll(Some(Arc::new(new_key)));
+        if st.writer_idle {
+            self.inner.work.notify_one();
+        }
+        Ok(())
     }
 
     /// Sequence number of the last record appended (enqueued), if any.
@@ -580,7 +708,8 @@ impl<S: Storage> Inner<S> {
         if st.closing {
             return Err(Error::Closed);
         }
-        let total: usize = payloads.iter().map(|p| p.len() + FRAME_HEADER_LEN).sum();
+        let overhead = st.frame_overhead();
+        let total: usize = payloads.iter().map(|p| p.len() + overhead).sum();
         if st.pending_bytes > 0 && st.pending_bytes + total > self.opts.max_buffered_bytes {
             return Ok(None);
         }
@@ -605,16 +734,17 @@ impl<S: Storage> Inner<S> {
         let first = st.next_seq;
         let seg_size = self.opts.segment_size;
         for p in payloads {
-            let frame_len = (FRAME_HEADER_LEN + p.len()) as u64;
+            let frame_len = (overhead + p.len()) as u64;
             if st.seg_records > 0 && st.seg_planned + frame_len + FOOTER_LEN as u64 > seg_size {
-                let new_base = st.next_seq;
-                st.ops.push(Op::Roll { new_base });
-                st.seg_planned = HEADER_LEN as u64;
-                st.seg_records = 0;
-                st.used_bytes += (FOOTER_LEN + HEADER_LEN) as u64;
+                st.push_roll(None);
             }
             let seq = st.next_seq;
             st.next_seq += 1;
+            let mac = st.chain.as_mut().map(|c| {
+                let m = c.key.mac(&c.prev, seq, ts, p);
+                c.prev = m;
+                m
+            });
             match st.ops.last_mut() {
                 Some(Op::Frames {
                     bytes,
@@ -622,7 +752,7 @@ impl<S: Storage> Inner<S> {
                     last_ts,
                     count,
                 }) => {
-                    encode_frame(bytes, seq, ts, p);
+                    encode_frame_with(bytes, seq, ts, mac.as_ref(), p);
                     *last_seq = seq;
                     *last_ts = ts;
                     *count += 1;
@@ -630,7 +760,7 @@ impl<S: Storage> Inner<S> {
                 _ => {
                     let mut bytes =
                         Vec::with_capacity((total.min(self.opts.max_buffered_bytes)).max(64 << 10));
-                    encode_frame(&mut bytes, seq, ts, p);
+                    encode_frame_with(&mut bytes, seq, ts, mac.as_ref(), p);
                     st.ops.push(Op::Frames {
                         bytes,
                         last_seq: seq,
@@ -798,10 +928,10 @@ fn generate_id() -> String {
     format!("{:016x}", h.finish())
 }
 
-fn new_meta(base: u64) -> SegMeta {
+fn new_meta(base: u64, bytes: u64) -> SegMeta {
     SegMeta {
         base,
-        bytes: HEADER_LEN as u64,
+        bytes,
         sealed: false,
         last_seq: base.saturating_sub(1),
         last_ts_us: None,
@@ -809,23 +939,95 @@ fn new_meta(base: u64) -> SegMeta {
     }
 }
 
-fn create_segment<S: Storage>(storage: &S, base: u64) -> Result<()> {
+/// Creates a segment with its header (durably); returns the writer's view of it.
+fn create_segment<S: Storage>(
+    storage: &S,
+    base: u64,
+    chain: Option<ChainHeader>,
+) -> Result<TailState> {
     let name = storage.segment_name(base);
     storage
         .create_segment(base)
         .map_err(|e| Error::io("create segment", name.clone(), e))?;
+    write_header(storage, base, chain)
+}
+
+/// Writes (or rewrites) a segment's header durably; the segment must be empty.
+fn write_header<S: Storage>(
+    storage: &S,
+    base: u64,
+    chain: Option<ChainHeader>,
+) -> Result<TailState> {
+    let name = storage.segment_name(base);
     let h = SegmentHeader {
         version: FORMAT_VERSION,
         flags: 0,
         base_seq: base,
         created_us: now_us(),
+        chain,
     };
+    let hb = h.encode();
     storage
-        .write_at(base, 0, &h.encode())
+        .write_at(base, 0, &hb)
         .map_err(|e| Error::io("write segment header", name.clone(), e))?;
     storage
         .sync(base)
-        .map_err(|e| Error::io("fdatasync", name, e))
+        .map_err(|e| Error::io("fdatasync", name, e))?;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&hb);
+    Ok(TailState {
+        base,
+        offset: hb.len() as u64,
+        count: 0,
+        last_seq: base - 1,
+        last_ts: 0,
+        crc,
+        sealed: false,
+        cut_bytes: 0,
+        created_us: h.created_us,
+        chain,
+        last_mac: chain.map(|c| c.seed),
+    })
+}
+
+/// Seals a recovered tail that has records (writes its footer, durably).
+fn seal_tail<S: Storage>(storage: &S, t: &mut TailState) -> Result<()> {
+    let name = storage.segment_name(t.base);
+    let footer = SegmentFooter {
+        last_seq: t.last_seq,
+        count: t.count,
+        last_ts_us: t.last_ts,
+        body_crc: t.crc.clone().finalize(),
+    };
+    storage
+        .write_at(t.base, t.offset, &footer.encode())
+        .map_err(|e| Error::io("write footer", name.clone(), e))?;
+    storage
+        .sync(t.base)
+        .map_err(|e| Error::io("fdatasync", name, e))?;
+    t.offset += FOOTER_LEN as u64;
+    t.sealed = true;
+    Ok(())
+}
+
+/// The last MAC of a (sealed) chained segment, by scanning it. Only used in the rare
+/// case of a torn header right after a roll.
+fn last_mac_of<S: Storage>(storage: &S, base: u64, len: u64) -> Result<Option<[u8; MAC_LEN]>> {
+    let name = storage.segment_name(base);
+    let b = storage
+        .read_vec(base, 0, len as usize)
+        .map_err(|e| Error::io("read", name.clone(), e))?;
+    let h = SegmentHeader::decode(&b[..b.len().min(HEADER_MAX_LEN)], &name)?;
+    let Some(c) = h.chain else { return Ok(None) };
+    let mut last = c.seed;
+    let mut pos = h.len();
+    while let Decoded::Frame(f, n) = decode_frame_with(&b[pos..], true) {
+        if let Some(m) = f.mac {
+            last.copy_from_slice(m);
+        }
+        pos += n;
+    }
+    Ok(Some(last))
 }
 
 pub(crate) fn load_consumers<S: Storage>(storage: &S) -> Result<BTreeMap<String, u64>> {
@@ -880,59 +1082,46 @@ struct TailState {
     sealed: bool,
     cut_bytes: u64,
     created_us: u64,
+    chain: Option<ChainHeader>,
+    last_mac: Option<[u8; MAC_LEN]>,
 }
 
-impl TailState {
-    fn fresh(base: u64) -> Self {
-        // The header was just written by `create_segment`; its bytes are re-derived
-        // lazily for the body CRC below.
-        TailState {
-            base,
-            offset: HEADER_LEN as u64,
-            count: 0,
-            last_seq: base - 1,
-            last_ts: 0,
-            crc: crc32fast::Hasher::new(),
-            sealed: false,
-            cut_bytes: 0,
-            created_us: now_us(),
-        }
-    }
-}
-
-/// Scans the tail segment; cuts anything after the last good frame.
-fn recover_tail<S: Storage>(storage: &S, base: u64, len: u64) -> Result<TailState> {
+/// Scans the tail segment; cuts anything after the last good frame. `fresh_chain`
+/// gives the chain header to write if the segment's own header turns out to be torn.
+fn recover_tail<S: Storage>(
+    storage: &S,
+    base: u64,
+    len: u64,
+    fresh_chain: impl FnOnce() -> Result<Option<ChainHeader>>,
+) -> Result<TailState> {
     let name = storage.segment_name(base);
-    let hdr = storage
+    let mut hdr = storage
         .read_vec(base, 0, HEADER_LEN)
         .map_err(|e| Error::io("read segment header", name.clone(), e))?;
+    if crate::format::header_len_from_fixed(&hdr) > HEADER_LEN {
+        hdr = storage
+            .read_vec(base, 0, HEADER_MAX_LEN)
+            .map_err(|e| Error::io("read segment header", name.clone(), e))?;
+    }
     let header = match SegmentHeader::decode(&hdr, &name) {
         Ok(h) => h,
         Err(e @ Error::UnsupportedVersion { .. }) => return Err(e),
         Err(e) => {
             // A torn header can only come from a crash right after the segment was
             // created: nothing after it can be valid yet. Anything else is corruption.
-            let rest = storage
-                .read_vec(base, HEADER_LEN as u64, FRAME_HEADER_LEN + 64)
-                .map_err(|e| Error::io("read", name.clone(), e))?;
-            if len <= HEADER_LEN as u64 || !matches!(decode_frame(&rest), Decoded::Frame(..)) {
+            let looks_used = [HEADER_LEN, HEADER_MAX_LEN].iter().any(|&at| {
+                storage
+                    .read_vec(base, at as u64, FRAME_HEADER_LEN + MAC_LEN + 64)
+                    .is_ok_and(|rest| {
+                        matches!(decode_frame_with(&rest, false), Decoded::Frame(..))
+                            || matches!(decode_frame_with(&rest, true), Decoded::Frame(..))
+                    })
+            });
+            if len <= HEADER_MAX_LEN as u64 || !looks_used {
                 storage
                     .truncate(base, 0)
                     .map_err(|e| Error::io("truncate", name.clone(), e))?;
-                let h = SegmentHeader {
-                    version: FORMAT_VERSION,
-                    flags: 0,
-                    base_seq: base,
-                    created_us: now_us(),
-                };
-                storage
-                    .write_at(base, 0, &h.encode())
-                    .map_err(|e| Error::io("write segment header", name.clone(), e))?;
-                storage
-                    .sync(base)
-                    .map_err(|e| Error::io("fdatasync", name.clone(), e))?;
-                let mut t = TailState::fresh(base);
-                t.crc.update(&h.encode());
+                let mut t = write_header(storage, base, fresh_chain()?)?;
                 t.cut_bytes = len;
                 return Ok(t);
             }
@@ -949,11 +1138,13 @@ fn recover_tail<S: Storage>(storage: &S, base: u64, len: u64) -> Result<TailStat
             ),
         });
     }
+    let chained = header.is_chained();
+    let hlen = header.len();
     let mut crc = crc32fast::Hasher::new();
-    crc.update(&hdr[..HEADER_LEN]);
+    crc.update(&hdr[..hlen]);
     let mut t = TailState {
         base,
-        offset: HEADER_LEN as u64,
+        offset: hlen as u64,
         count: 0,
         last_seq: base - 1,
         last_ts: 0,
@@ -961,15 +1152,17 @@ fn recover_tail<S: Storage>(storage: &S, base: u64, len: u64) -> Result<TailStat
         sealed: false,
         cut_bytes: 0,
         created_us: header.created_us,
+        chain: header.chain,
+        last_mac: header.chain.map(|c| c.seed),
     };
     // Stream through the segment in chunks.
     const CHUNK: usize = 1 << 20;
     let mut buf: Vec<u8> = Vec::new();
-    let mut buf_at = HEADER_LEN as u64; // file offset of buf[0]
+    let mut buf_at = hlen as u64; // file offset of buf[0]
     let mut pos = 0usize; // position in buf
     let mut eof = false;
     loop {
-        match decode_frame(&buf[pos..]) {
+        match decode_frame_with(&buf[pos..], chained) {
             Decoded::Frame(f, n) => {
                 if f.seq != t.last_seq + 1 {
                     break;
@@ -978,11 +1171,14 @@ fn recover_tail<S: Storage>(storage: &S, base: u64, len: u64) -> Result<TailStat
                 t.last_seq = f.seq;
                 t.last_ts = f.ts_us;
                 t.count += 1;
+                if let (Some(m), Some(last)) = (f.mac, t.last_mac.as_mut()) {
+                    last.copy_from_slice(m);
+                }
                 pos += n;
                 t.offset = buf_at + pos as u64;
             }
             Decoded::Footer(f) => {
-                if f.last_seq == t.last_seq && f.count == t.count && t.count > 0 {
+                if f.last_seq == t.last_seq && f.count == t.count {
                     t.sealed = true;
                     t.offset += FOOTER_LEN as u64;
                 }
@@ -1024,14 +1220,7 @@ fn recover_tail<S: Storage>(storage: &S, base: u64, len: u64) -> Result<TailStat
     Ok(t)
 }
 
-fn writer_main<S: Storage>(inner: Arc<Inner<S>>, mut tail: TailState) {
-    if tail.count == 0 && tail.crc.clone().finalize() == crc32fast::Hasher::new().finalize() {
-        // Fresh segment: the body CRC starts with its header.
-        if let Ok(h) = inner.storage.read_vec(tail.base, 0, HEADER_LEN) {
-            tail.crc = crc32fast::Hasher::new();
-            tail.crc.update(&h);
-        }
-    }
+fn writer_main<S: Storage>(inner: Arc<Inner<S>>, tail: TailState) {
     let mut w = Writer {
         cur: tail.base,
         offset: tail.offset,
@@ -1095,11 +1284,7 @@ fn writer_main<S: Storage>(inner: Arc<Inner<S>>, mut tail: TailState) {
             {
                 st.roll_requested = false;
                 if st.seg_records > 0 {
-                    let new_base = st.next_seq;
-                    st.ops.push(Op::Roll { new_base });
-                    st.seg_planned = HEADER_LEN as u64;
-                    st.seg_records = 0;
-                    st.used_bytes += (FOOTER_LEN + HEADER_LEN) as u64;
+                    st.push_roll(None);
                     break;
                 }
             }
@@ -1138,9 +1323,9 @@ fn writer_main<S: Storage>(inner: Arc<Inner<S>>, mut tail: TailState) {
                     last_ts,
                     count,
                 } => w.write_frames(&inner, &bytes, last_seq, last_ts, count),
-                Op::Roll { new_base } => {
+                Op::Roll { new_base, chain } => {
                     rolled = true;
-                    w.roll(&inner, new_base)
+                    w.roll(&inner, new_base, chain)
                 }
             };
             if let Err(e) = r {
@@ -1285,7 +1470,12 @@ impl Writer {
         Ok(())
     }
 
-    fn roll<S: Storage>(&mut self, inner: &Inner<S>, new_base: u64) -> Result<()> {
+    fn roll<S: Storage>(
+        &mut self,
+        inner: &Inner<S>,
+        new_base: u64,
+        chain: Option<ChainHeader>,
+    ) -> Result<()> {
         debug_assert_eq!(new_base, self.last_seq + 1);
         let footer = SegmentFooter {
             last_seq: self.last_seq,
@@ -1309,6 +1499,7 @@ impl Writer {
             flags: 0,
             base_seq: new_base,
             created_us: now_us(),
+            chain,
         };
         let name = inner.storage.segment_name(new_base);
         if let Err(e) = inner.storage.create_segment(new_base) {
@@ -1319,6 +1510,10 @@ impl Writer {
         }
         if let Err(e) = inner.storage.write_at(new_base, 0, &header.encode()) {
             return Err(inner.poison("write segment header", &e));
+        }
+        // The header is durable before any frame goes in, so a crash can't tear it.
+        if let Err(e) = inner.storage.sync(new_base) {
+            return Err(inner.poison("fdatasync", &e));
         }
         let sealed = SealedSegment {
             base_seq: self.cur,
@@ -1333,14 +1528,14 @@ impl Writer {
                 s.last_seq = self.last_seq;
                 s.last_ts_us = Some(self.last_ts);
             }
-            segs.push(new_meta(new_base));
+            segs.push(new_meta(new_base, header.len() as u64));
         }
         let listeners = lock(&inner.seal_listeners).clone();
         for l in listeners {
             l(sealed);
         }
         self.cur = new_base;
-        self.offset = HEADER_LEN as u64;
+        self.offset = header.len() as u64;
         self.crc = crc32fast::Hasher::new();
         self.crc.update(&header.encode());
         self.count = 0;
