@@ -1,1 +1,222 @@
-fn main() {}
+//! The `walspool` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use walspool_monitor::app::Thresholds;
+use walspool_monitor::cli::{self, DumpOptions, Schema};
+use walspool_monitor::demo::{self, parse_duration, DemoOptions, SinkMode};
+use walspool_monitor::tui::{self, TopOptions};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "walspool",
+    version,
+    about = "Watch, inspect and try out walspool write-ahead logs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run a small embedded service (appends, a flaky sink, archival) and watch it.
+    Demo {
+        /// The WAL directory (default: ./walspool-demo).
+        #[arg(long, default_value = "walspool-demo")]
+        dir: PathBuf,
+        /// Records appended per second.
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        /// Print status lines instead of opening the dashboard.
+        #[arg(long)]
+        headless: bool,
+        /// Stop after this long (e.g. 5s, 2m; headless only).
+        #[arg(long = "for", value_parser = parse_duration)]
+        run_for: Option<Duration>,
+        /// Segment size in bytes (at least 4096).
+        #[arg(long, default_value_t = 256 * 1024)]
+        segment_size: u64,
+        /// Bound on the WAL's bytes (at least twice the segment size).
+        #[arg(long)]
+        max_bytes: Option<u64>,
+        /// At --max-bytes, drop the oldest segments (counted as dropped) instead of blocking.
+        #[arg(long)]
+        drop_oldest: bool,
+        /// How the sink behaves.
+        #[arg(long, value_enum, default_value_t = SinkMode::Flaky)]
+        sink: SinkMode,
+        /// Share of failed deliveries for the flaky sink, in percent.
+        #[arg(long, default_value_t = 10)]
+        fail_percent: u32,
+        /// Archive directory (default: DIR-archive); --no-archive turns archival off.
+        #[arg(long)]
+        archive_dir: Option<PathBuf>,
+        /// Do not archive sealed segments.
+        #[arg(long)]
+        no_archive: bool,
+        /// Dashboard refresh interval.
+        #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+        refresh: Duration,
+    },
+    /// Live dashboard of one or more WAL directories.
+    Top {
+        /// WAL directories (one panel each; tab or arrows switch).
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// Refresh interval.
+        #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+        refresh: Duration,
+        /// Warn when the backlog exceeds this many records.
+        #[arg(long, default_value_t = 10_000)]
+        warn_backlog: u64,
+        /// Warn when nothing was shipped for this long while a backlog exists (seconds).
+        #[arg(long, default_value_t = 60)]
+        warn_ship_age: u64,
+        /// Warn above this many ship errors per minute.
+        #[arg(long, default_value_t = 10.0)]
+        warn_error_rate: f64,
+        /// Warn when fsync p99 exceeds this many milliseconds.
+        #[arg(long, default_value_t = 50.0)]
+        warn_fsync_ms: f64,
+        /// Warn when more sealed segments than this wait for the archive.
+        #[arg(long, default_value_t = 4)]
+        warn_archive_lag: u64,
+    },
+    /// Print a WAL's figures once.
+    Status {
+        /// The WAL directory.
+        dir: PathBuf,
+        /// JSON, keyed by metric name.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print records: sequence, timestamp, size, payload preview.
+    Dump {
+        /// The WAL directory.
+        dir: PathBuf,
+        /// First sequence number.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// At most this many records.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// JSON lines.
+        #[arg(long)]
+        json: bool,
+        /// Decode payloads as this postcard type.
+        #[arg(long = "as", value_enum, default_value_t = Schema::Hex)]
+        schema: Schema,
+        /// Bytes of hex preview.
+        #[arg(long, default_value_t = 16)]
+        preview: usize,
+    },
+    /// Check every frame CRC, sequence continuity, headers and footers.
+    Verify {
+        /// The WAL directory.
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut out = std::io::stdout().lock();
+    let code = match cli.cmd {
+        Cmd::Demo {
+            dir,
+            rate,
+            headless,
+            run_for,
+            segment_size,
+            max_bytes,
+            drop_oldest,
+            sink,
+            fail_percent,
+            archive_dir,
+            no_archive,
+            refresh,
+        } => {
+            drop(out);
+            let archive_dir = if no_archive {
+                None
+            } else {
+                Some(archive_dir.unwrap_or_else(|| {
+                    let mut s = dir.clone().into_os_string();
+                    s.push("-archive");
+                    PathBuf::from(s)
+                }))
+            };
+            demo::run(DemoOptions {
+                dir,
+                rate,
+                headless,
+                run_for,
+                segment_size,
+                max_bytes,
+                drop_oldest,
+                sink,
+                fail_percent,
+                archive_dir,
+                refresh,
+            })
+            .unwrap_or_else(|e| {
+                eprintln!("walspool demo: {e}");
+                2
+            })
+        }
+        Cmd::Top {
+            dirs,
+            refresh,
+            warn_backlog,
+            warn_ship_age,
+            warn_error_rate,
+            warn_fsync_ms,
+            warn_archive_lag,
+        } => {
+            drop(out);
+            let opts = TopOptions {
+                dirs,
+                refresh,
+                thresholds: Thresholds {
+                    backlog_records: warn_backlog,
+                    ship_age_secs: warn_ship_age,
+                    ship_errors_per_min: warn_error_rate,
+                    fsync_p99_ms: warn_fsync_ms,
+                    archive_lag_segments: warn_archive_lag,
+                },
+            };
+            match tui::run_top(opts) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("walspool top: {e}");
+                    1
+                }
+            }
+        }
+        Cmd::Status { dir, json } => cli::status(&dir, json, &mut out).unwrap_or(1),
+        Cmd::Dump {
+            dir,
+            from,
+            limit,
+            json,
+            schema,
+            preview,
+        } => cli::dump(
+            &dir,
+            &DumpOptions {
+                from,
+                limit,
+                json,
+                schema,
+                preview,
+            },
+            &mut out,
+        )
+        .unwrap_or(1),
+        Cmd::Verify { dir } => cli::verify(&dir, &mut out).unwrap_or(1),
+    };
+    ExitCode::from(code.clamp(0, 255) as u8)
+}

@@ -1,0 +1,314 @@
+//! `status`, `dump` and `verify`: one-shot commands over a WAL directory.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde_json::{json, Map, Value};
+use walspool_backends::LocalDisk;
+use walspool_wal::inspect;
+use walspool_wal::Error;
+use walspool_wal::Storage;
+
+use crate::collect::{Collector, Snapshot, Writer};
+use crate::fmt;
+
+/// The seven metrics of the ADR, always present in `status --json`.
+pub const ADR_METRICS: [&str; 7] = [
+    "backlog_records",
+    "backlog_bytes",
+    "ship_errors_total",
+    "dropped_records_total",
+    "last_ship_ts",
+    "current_file",
+    "current_offset",
+];
+
+/// `status --json`: the metric names as keys, plus `dir`, `writer` and `from_disk`.
+pub fn status_json(s: &Snapshot) -> Value {
+    let mut map = match serde_json::to_value(&s.metrics) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    let writer = match &s.writer {
+        Writer::Running { pid } => json!({"state": "running", "pid": pid}),
+        Writer::Closed { at_ms, pid } => json!({"state": "closed", "pid": pid, "since_ms": at_ms}),
+        Writer::NotRunning { since_ms, pid, why } => {
+            json!({"state": "not-running", "pid": pid, "since_ms": since_ms, "why": why})
+        }
+        Writer::NoStats => json!({"state": "unknown"}),
+    };
+    map.insert("dir".into(), Value::from(s.dir.clone()));
+    map.insert("writer".into(), writer);
+    map.insert("from_disk".into(), Value::from(s.from_disk));
+    map.insert("stats_written_ms".into(), Value::from(s.stats_written_ms));
+    Value::Object(map)
+}
+
+/// `status` as text.
+pub fn status_text(s: &Snapshot, now_ms: u64) -> String {
+    let m = &s.metrics;
+    let mut o = String::new();
+    let writer = match &s.writer {
+        Writer::Running { pid } => format!("running (pid {pid})"),
+        Writer::Closed { at_ms, .. } => format!(
+            "not running since {} (closed cleanly)",
+            fmt::datetime_ms(*at_ms)
+        ),
+        Writer::NotRunning { since_ms, why, .. } => {
+            format!("not running since {} ({why})", fmt::datetime_ms(*since_ms))
+        }
+        Writer::NoStats => "unknown (no stats file)".into(),
+    };
+    let last_ship = if m.last_ship_ts == 0 {
+        "never".to_string()
+    } else {
+        format!(
+            "{} ({} ago)",
+            fmt::datetime_ms(m.last_ship_ts),
+            fmt::age(now_ms.saturating_sub(m.last_ship_ts))
+        )
+    };
+    let src = if s.from_disk {
+        " (figures from disk)"
+    } else {
+        ""
+    };
+    let lines = [
+        ("wal", format!("{} ({})", s.dir, m.wal_id)),
+        ("writer", format!("{writer}{src}")),
+        ("backlog_records", fmt::count(m.backlog_records)),
+        (
+            "backlog_bytes",
+            format!("{} ({})", m.backlog_bytes, fmt::bytes(m.backlog_bytes)),
+        ),
+        ("ship_errors_total", fmt::count(m.ship_errors_total)),
+        ("dropped_records_total", fmt::count(m.dropped_records_total)),
+        ("last_ship_ts", last_ship),
+        ("current_file", m.current_file.clone()),
+        ("current_offset", m.current_offset.to_string()),
+        ("seq on disk", format!("{}..{}", m.first_seq, m.last_seq)),
+        (
+            "fsync p50/p99",
+            format!(
+                "{} / {}",
+                fmt::micros_as_ms(m.fsync_p50_us),
+                fmt::micros_as_ms(m.fsync_p99_us)
+            ),
+        ),
+        (
+            "breaker",
+            if m.breaker_state.is_empty() {
+                "-".into()
+            } else {
+                m.breaker_state.clone()
+            },
+        ),
+        (
+            "archive lag",
+            format!(
+                "{} segments, {}",
+                m.archive_lag_segments,
+                fmt::bytes(m.archive_lag_bytes)
+            ),
+        ),
+        (
+            "segments",
+            format!("{} ({})", m.segment_count, fmt::bytes(m.disk_bytes)),
+        ),
+    ];
+    for (k, v) in lines {
+        o.push_str(&format!("{k:<22} {v}\n"));
+    }
+    for c in &m.consumers {
+        o.push_str(&format!(
+            "consumer {:<13} checkpoint {} lag {} records ({})\n",
+            c.name,
+            c.committed_seq,
+            fmt::count(c.backlog_records),
+            fmt::bytes(c.backlog_bytes)
+        ));
+    }
+    o
+}
+
+/// Runs `status`; returns the exit code.
+pub fn status(dir: &Path, as_json: bool, out: &mut dyn Write) -> std::io::Result<i32> {
+    let snap = match Collector::new(dir).collect() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("walspool status: {}: {e}", dir.display());
+            return Ok(2);
+        }
+    };
+    if as_json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&status_json(&snap)).unwrap_or_default()
+        )?;
+    } else {
+        write!(out, "{}", status_text(&snap, crate::collect::now_ms()))?;
+    }
+    Ok(0)
+}
+
+/// How `dump` decodes payloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Schema {
+    /// Hex only.
+    Hex,
+    /// A postcard `String`.
+    String,
+    /// A postcard `String` holding JSON (shown as JSON).
+    Json,
+    /// A postcard `Vec<u8>` / `&[u8]`.
+    Bytes,
+    /// A postcard `u64` (varint).
+    U64,
+}
+
+fn decode(payload: &[u8], schema: Schema) -> Result<Value, String> {
+    match schema {
+        Schema::Hex => Ok(Value::Null),
+        Schema::String => postcard::from_bytes::<String>(payload)
+            .map(Value::from)
+            .map_err(|e| e.to_string()),
+        Schema::Json => {
+            let s = postcard::from_bytes::<String>(payload).map_err(|e| e.to_string())?;
+            serde_json::from_str::<Value>(&s).map_err(|e| format!("not JSON: {e}"))
+        }
+        Schema::Bytes => postcard::from_bytes::<Vec<u8>>(payload)
+            .map(|b| Value::from(hex(&b, usize::MAX)))
+            .map_err(|e| e.to_string()),
+        Schema::U64 => postcard::from_bytes::<u64>(payload)
+            .map(Value::from)
+            .map_err(|e| e.to_string()),
+    }
+}
+
+fn hex(b: &[u8], max: usize) -> String {
+    let mut s = String::with_capacity(b.len().min(max) * 2 + 1);
+    for x in b.iter().take(max) {
+        s.push_str(&format!("{x:02x}"));
+    }
+    if b.len() > max {
+        s.push('…');
+    }
+    s
+}
+
+/// Options of `dump`.
+#[derive(Debug, Clone)]
+pub struct DumpOptions {
+    /// First sequence number.
+    pub from: u64,
+    /// At most this many records.
+    pub limit: Option<usize>,
+    /// JSON lines instead of text.
+    pub json: bool,
+    /// How to decode payloads.
+    pub schema: Schema,
+    /// Bytes of hex preview.
+    pub preview: usize,
+}
+
+/// Runs `dump`; returns the exit code.
+pub fn dump(dir: &Path, o: &DumpOptions, out: &mut dyn Write) -> std::io::Result<i32> {
+    let storage = match LocalDisk::open_read_only(dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("walspool dump: {e}");
+            return Ok(2);
+        }
+    };
+    for r in inspect::records(&storage, o.from).take(o.limit.unwrap_or(usize::MAX)) {
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("walspool dump: {e}");
+                return Ok(1);
+            }
+        };
+        let decoded = decode(&r.payload, o.schema);
+        if o.json {
+            let mut v = json!({
+                "seq": r.seq,
+                "ts_us": r.ts_us,
+                "ts": fmt::rfc3339_us(r.ts_us),
+                "size": r.payload.len(),
+                "segment": storage.segment_name(r.segment),
+                "offset": r.offset,
+                "hex": hex(&r.payload, o.preview),
+            });
+            match decoded {
+                Ok(Value::Null) => {}
+                Ok(val) => v["value"] = val,
+                Err(e) => v["decode_error"] = Value::from(e),
+            }
+            writeln!(out, "{v}")?;
+        } else {
+            let mut line = format!(
+                "{:>10}  {}  {:>6} B  {}",
+                r.seq,
+                fmt::rfc3339_us(r.ts_us),
+                r.payload.len(),
+                hex(&r.payload, o.preview)
+            );
+            match decoded {
+                Ok(Value::Null) => {}
+                Ok(Value::String(s)) => line.push_str(&format!("  {s:?}")),
+                Ok(val) => line.push_str(&format!("  {val}")),
+                Err(e) => line.push_str(&format!("  (not a {:?}: {e})", o.schema)),
+            }
+            writeln!(out, "{line}")?;
+        }
+    }
+    Ok(0)
+}
+
+/// Runs `verify`; returns the exit code (0 healthy, 1 corrupt, 2 unreadable).
+pub fn verify(dir: &Path, out: &mut dyn Write) -> std::io::Result<i32> {
+    let storage = match LocalDisk::open_read_only(dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("walspool verify: {e}");
+            return Ok(2);
+        }
+    };
+    if let Err(e) = inspect::read_checkpoints(&storage) {
+        eprintln!("walspool verify: {e}");
+        return Ok(1);
+    }
+    match inspect::verify(&storage) {
+        Ok(r) => {
+            writeln!(
+                out,
+                "ok: {} segments, {} records (seq {}..{}), every frame CRC, sequence and footer checked{}",
+                r.segments,
+                fmt::count(r.records),
+                r.first_seq,
+                r.last_seq,
+                if r.torn_tail_bytes > 0 {
+                    format!("; {} torn tail bytes at the end of the active segment (recovery cuts them)", r.torn_tail_bytes)
+                } else {
+                    String::new()
+                }
+            )?;
+            Ok(0)
+        }
+        Err(Error::Corrupt {
+            segment,
+            offset,
+            reason,
+        }) => {
+            eprintln!(
+                "walspool verify: CORRUPT: segment {segment} at byte offset {offset}: {reason}"
+            );
+            Ok(1)
+        }
+        Err(e) => {
+            eprintln!("walspool verify: {e}");
+            Ok(1)
+        }
+    }
+}

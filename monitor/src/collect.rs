@@ -1,0 +1,313 @@
+//! Collectors: read a WAL directory (its stats file, and the files themselves) into a
+//! [`Snapshot`]. One collector per WAL; each sends [`Event`](crate::app::Event)s.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use walspool_backends::LocalDisk;
+use walspool_wal::inspect::{self, DiskState};
+use walspool_wal::{ConsumerMetrics, Metrics, SegmentMetrics, StatsFile, STATS_FILE};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Is the writer alive, as far as the monitor can tell?
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Writer {
+    /// The stats file is fresh and its process exists.
+    Running {
+        /// The writer's pid.
+        pid: u32,
+    },
+    /// The writer closed the WAL cleanly.
+    Closed {
+        /// When (the stats file's time), ms since the epoch.
+        at_ms: u64,
+        /// Its pid.
+        pid: u32,
+    },
+    /// The stats file is stale or its process is gone.
+    NotRunning {
+        /// Last sign of life (the stats file's time), ms since the epoch.
+        since_ms: u64,
+        /// The pid the stats file names.
+        pid: u32,
+        /// Why the monitor thinks so ("pid 123 gone", "stats 12s old").
+        why: String,
+    },
+    /// There is no stats file (stats disabled, or the WAL was never opened).
+    NoStats,
+}
+
+impl Writer {
+    /// True when the figures come from a live writer.
+    pub fn is_running(&self) -> bool {
+        matches!(self, Writer::Running { .. })
+    }
+
+    /// Short label for tables and JSON.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Writer::Running { .. } => "running",
+            Writer::Closed { .. } => "closed",
+            Writer::NotRunning { .. } => "not-running",
+            Writer::NoStats => "unknown",
+        }
+    }
+}
+
+/// What one collection of a WAL directory found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// The directory.
+    pub dir: String,
+    /// When the snapshot was taken, ms since the epoch.
+    pub taken_ms: u64,
+    /// The writer's state.
+    pub writer: Writer,
+    /// When the stats file was written (0 when there is none).
+    pub stats_written_ms: u64,
+    /// The stats file's interval (0 when there is none).
+    pub interval_ms: u64,
+    /// The figures: the writer's own while it runs; computed from the files on disk
+    /// (plus the last published counters) when it does not.
+    pub metrics: Metrics,
+    /// True when `metrics` were computed from the files on disk.
+    pub from_disk: bool,
+}
+
+/// Is process `pid` alive (and not a zombie)?
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            // "pid (comm) S ...": the state follows the last ')'.
+            let state = s
+                .rfind(')')
+                .and_then(|i| s[i + 1..].trim_start().chars().next());
+            !matches!(state, Some('Z') | Some('X'))
+        }
+        Err(_) => false,
+    }
+}
+
+/// Decides the writer's state from a stats file.
+pub fn liveness(stats: &StatsFile, now_ms: u64, alive: impl Fn(u32) -> bool) -> Writer {
+    let age = now_ms.saturating_sub(stats.written_at_ms);
+    let stale_after = (3 * stats.interval_ms).max(1500);
+    if stats.closed {
+        return Writer::Closed {
+            at_ms: stats.written_at_ms,
+            pid: stats.pid,
+        };
+    }
+    if !alive(stats.pid) {
+        return Writer::NotRunning {
+            since_ms: stats.written_at_ms,
+            pid: stats.pid,
+            why: format!("pid {} gone", stats.pid),
+        };
+    }
+    if age > stale_after {
+        return Writer::NotRunning {
+            since_ms: stats.written_at_ms,
+            pid: stats.pid,
+            why: format!("stats {}s old", age / 1000),
+        };
+    }
+    Writer::Running { pid: stats.pid }
+}
+
+/// Reads one WAL directory, again and again.
+#[derive(Debug)]
+pub struct Collector {
+    dir: PathBuf,
+    storage: Option<LocalDisk>,
+    cache: Option<DiskState>,
+}
+
+impl Collector {
+    /// A collector for `dir` (which may not exist yet).
+    pub fn new(dir: impl AsRef<Path>) -> Self {
+        Collector {
+            dir: dir.as_ref().to_path_buf(),
+            storage: None,
+            cache: None,
+        }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Takes a snapshot.
+    pub fn collect(&mut self) -> Result<Snapshot, String> {
+        if self.storage.is_none() {
+            self.storage = Some(LocalDisk::open_read_only(&self.dir).map_err(|e| e.to_string())?);
+        }
+        let now = now_ms();
+        let stats = match std::fs::read(self.dir.join(STATS_FILE)) {
+            Ok(b) => Some(StatsFile::parse(&b)?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("read {}: {e}", self.dir.join(STATS_FILE).display())),
+        };
+        let writer = match &stats {
+            Some(s) => liveness(s, now, pid_alive),
+            None => Writer::NoStats,
+        };
+        let mut snap = Snapshot {
+            dir: self.dir.display().to_string(),
+            taken_ms: now,
+            writer: writer.clone(),
+            stats_written_ms: stats.as_ref().map_or(0, |s| s.written_at_ms),
+            interval_ms: stats.as_ref().map_or(0, |s| s.interval_ms),
+            metrics: stats.map(|s| s.metrics).unwrap_or_default(),
+            from_disk: false,
+        };
+        if !writer.is_running() {
+            let storage = self.storage.as_ref().expect("opened above");
+            let disk =
+                inspect::disk_state(storage, self.cache.as_ref()).map_err(|e| e.to_string())?;
+            apply_disk(&mut snap.metrics, &disk);
+            snap.from_disk = true;
+            self.cache = Some(disk);
+        } else {
+            self.cache = None;
+        }
+        Ok(snap)
+    }
+}
+
+/// Overwrites the figures that the files on disk tell with what they tell.
+pub fn apply_disk(m: &mut Metrics, d: &DiskState) {
+    let (records, bytes) = d.backlog();
+    m.backlog_records = records;
+    m.backlog_bytes = bytes;
+    m.dropped_records_total = m
+        .dropped_records_total
+        .max(d.counters.dropped_records_total);
+    m.ship_errors_total = m.ship_errors_total.max(d.counters.ship_errors_total);
+    m.current_file = d.current_file.clone();
+    m.current_offset = d.current_offset;
+    m.first_seq = d.first_seq;
+    m.last_seq = d.last_seq;
+    m.durable_seq = m.durable_seq.min(d.last_seq);
+    m.segment_count = d.segments.len() as u64;
+    m.disk_bytes = d.disk_bytes;
+    m.consumers = d
+        .consumers
+        .iter()
+        .map(|(name, c)| ConsumerMetrics {
+            name: name.clone(),
+            committed_seq: *c,
+            backlog_records: d.records_after(*c),
+            backlog_bytes: d.bytes_after(*c),
+        })
+        .collect();
+    let archived: Vec<(String, bool)> = m
+        .segments
+        .iter()
+        .map(|s| (s.file.clone(), s.archived))
+        .collect();
+    m.segments = d
+        .segments
+        .iter()
+        .map(|s| SegmentMetrics {
+            file: s.name.clone(),
+            first_seq: s.id,
+            last_seq: s.seqs.map_or(s.id.saturating_sub(1), |x| x.1),
+            bytes: s.len,
+            sealed: s.footer.is_some(),
+            archived: archived.iter().any(|(f, a)| *a && f == &s.name),
+        })
+        .collect();
+}
+
+/// Runs collectors in one thread, one snapshot per WAL every `every`, sending events
+/// until the receiver is gone.
+pub fn spawn_collectors(
+    dirs: Vec<PathBuf>,
+    every: Duration,
+    tx: std::sync::mpsc::Sender<crate::app::Event>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("walspool-collect".into())
+        .spawn(move || {
+            let mut cs: Vec<Collector> = dirs.iter().map(Collector::new).collect();
+            loop {
+                for (i, c) in cs.iter_mut().enumerate() {
+                    let ev = match c.collect() {
+                        Ok(s) => crate::app::Event::Snapshot(i, Box::new(s)),
+                        Err(e) => crate::app::Event::CollectError(i, e),
+                    };
+                    if tx.send(ev).is_err() {
+                        return;
+                    }
+                }
+                if tx.send(crate::app::Event::Tick(now_ms())).is_err() {
+                    return;
+                }
+                std::thread::sleep(every);
+            }
+        })
+        .expect("spawn collector thread")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(written: u64, closed: bool) -> StatsFile {
+        StatsFile {
+            schema: walspool_wal::STATS_SCHEMA.into(),
+            pid: 4242,
+            written_at_ms: written,
+            interval_ms: 500,
+            location: "/x".into(),
+            closed,
+            metrics: Metrics::default(),
+        }
+    }
+
+    #[test]
+    fn liveness_from_age_pid_and_closed_flag() {
+        assert_eq!(
+            liveness(&stats(10_000, false), 10_400, |_| true),
+            Writer::Running { pid: 4242 }
+        );
+        assert_eq!(
+            liveness(&stats(10_000, false), 10_400, |_| false),
+            Writer::NotRunning {
+                since_ms: 10_000,
+                pid: 4242,
+                why: "pid 4242 gone".into()
+            }
+        );
+        assert_eq!(
+            liveness(&stats(10_000, false), 22_000, |_| true),
+            Writer::NotRunning {
+                since_ms: 10_000,
+                pid: 4242,
+                why: "stats 12s old".into()
+            }
+        );
+        assert_eq!(
+            liveness(&stats(10_000, true), 99_000, |_| true),
+            Writer::Closed {
+                at_ms: 10_000,
+                pid: 4242
+            }
+        );
+    }
+
+    #[test]
+    fn own_process_is_alive_and_a_bogus_pid_is_not() {
+        assert!(pid_alive(std::process::id()));
+        assert!(!pid_alive(u32::MAX - 1));
+    }
+}

@@ -1,0 +1,495 @@
+//! `walspool demo`: a small embedded service. It appends JSON events at a rate to a
+//! WAL on local disk, ships them through a consumer to a sink that fails now and then
+//! (with backoff and a circuit breaker), archives sealed segments to a local directory,
+//! and (unless `--headless`) opens `top` on it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::executor::block_on;
+use walspool_backends::LocalDisk;
+use walspool_wal::{ArchiveStatus, Durability, Error, Options, RetentionHook, Wal, WhenFull};
+
+use crate::fmt;
+
+/// How the demo's sink behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SinkMode {
+    /// Fails `--fail-percent` of deliveries.
+    Flaky,
+    /// Never fails.
+    Ok,
+    /// Never answers: nothing is ever committed (use with `--max-bytes` and
+    /// `--drop-oldest` to force drops).
+    Stalled,
+}
+
+/// Options of `walspool demo`.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// The WAL directory.
+    pub dir: PathBuf,
+    /// Records per second.
+    pub rate: u64,
+    /// Print status lines instead of the dashboard.
+    pub headless: bool,
+    /// Stop after this long (headless; the dashboard runs until `q`).
+    pub run_for: Option<Duration>,
+    /// Segment size.
+    pub segment_size: u64,
+    /// Bound on the WAL's bytes.
+    pub max_bytes: Option<u64>,
+    /// Drop the oldest segments at `max_bytes` instead of blocking.
+    pub drop_oldest: bool,
+    /// The sink's behaviour.
+    pub sink: SinkMode,
+    /// Share of failed deliveries for the flaky sink, percent.
+    pub fail_percent: u32,
+    /// Where sealed segments are archived (`None`: no archival).
+    pub archive_dir: Option<PathBuf>,
+    /// Dashboard refresh.
+    pub refresh: Duration,
+}
+
+/// Parses `5s`, `500ms`, `2m`, `1h` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mul_ms) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3_600_000)
+    } else {
+        (s, 1000)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a duration: {s:?} (try 5s, 500ms, 2m)"))?;
+    if !(v >= 0.0 && v.is_finite()) {
+        return Err(format!("not a duration: {s:?}"));
+    }
+    Ok(Duration::from_millis((v * mul_ms as f64) as u64))
+}
+
+/// A tiny deterministic PRNG (xorshift64*), so the demo needs no dependency for dice.
+#[derive(Debug)]
+struct Dice(u64);
+
+impl Dice {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn percent(&mut self) -> u32 {
+        (self.next() % 100) as u32
+    }
+}
+
+const ACTORS: [&str; 6] = ["alice", "bob", "carol", "dave", "erin", "frank"];
+const ACTIONS: [&str; 5] = ["login", "logout", "read", "update", "delete"];
+
+fn event(n: u64, dice: &mut Dice) -> String {
+    let actor = ACTORS[(dice.next() % ACTORS.len() as u64) as usize];
+    let action = ACTIONS[(dice.next() % ACTIONS.len() as u64) as usize];
+    format!(
+        r#"{{"n":{n},"actor":"{actor}","action":"{action}","object":"doc-{}","ok":{}}}"#,
+        dice.next() % 1000,
+        dice.percent() < 97
+    )
+}
+
+fn sleep_unless(stop: &AtomicBool, d: Duration) {
+    let until = Instant::now() + d;
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if now >= until {
+            return;
+        }
+        std::thread::sleep((until - now).min(Duration::from_millis(50)));
+    }
+}
+
+fn appender(wal: Wal<LocalDisk>, rate: u64, stop: Arc<AtomicBool>) {
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut dice = Dice(0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id()));
+    let tick = Duration::from_millis(20);
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(tick);
+        let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+        let n = due.saturating_sub(sent).min(2000);
+        if n == 0 {
+            continue;
+        }
+        let batch: Vec<String> = (0..n).map(|i| event(sent + i + 1, &mut dice)).collect();
+        match block_on(wal.append_batch(&batch)) {
+            Ok(_) => sent += n,
+            Err(Error::Closed) => return,
+            Err(e) => {
+                eprintln!("demo: append failed: {e}");
+                sleep_unless(&stop, Duration::from_secs(1));
+                sent = due; // skip what could not be written
+            }
+        }
+    }
+}
+
+/// The demo's shipping loop: batches from the consumer to the sink, backoff with
+/// jitter, a circuit breaker (3 failures open it for 2 s, then half-open), commit
+/// after each acknowledged batch.
+fn shipper(wal: Wal<LocalDisk>, mode: SinkMode, fail_percent: u32, stop: Arc<AtomicBool>) {
+    const NAME: &str = "demo-sink";
+    let consumer = match wal.consumer(NAME) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("demo: consumer: {e}");
+            return;
+        }
+    };
+    let mut stream = consumer.read::<String>();
+    let mut dice = Dice(0xD1CE_5EED ^ u64::from(std::process::id()) << 16);
+    let mut batch: Vec<(u64, String)> = Vec::new();
+    let mut failures = 0u32;
+    wal.record_breaker_state(NAME, "closed");
+    while !stop.load(Ordering::Relaxed) {
+        while batch.len() < 500 {
+            match stream.try_next() {
+                Ok(Some(e)) => batch.push((e.seq, e.record)),
+                Ok(None) => break,
+                Err(e @ Error::Gap { .. }) => eprintln!("demo: {e}"),
+                Err(Error::Closed) => return,
+                Err(e) => {
+                    eprintln!("demo: read: {e}");
+                    break;
+                }
+            }
+        }
+        if batch.is_empty() {
+            sleep_unless(&stop, Duration::from_millis(50));
+            continue;
+        }
+        let ok = match mode {
+            SinkMode::Ok => true,
+            SinkMode::Flaky => dice.percent() >= fail_percent,
+            SinkMode::Stalled => {
+                sleep_unless(&stop, Duration::from_millis(200));
+                continue;
+            }
+        };
+        if ok {
+            let last = batch.last().map_or(0, |b| b.0);
+            match block_on(consumer.commit(last)) {
+                Ok(()) => {
+                    wal.record_ship_success();
+                    batch.clear();
+                    if failures > 0 {
+                        failures = 0;
+                        wal.record_breaker_state(NAME, "closed");
+                    }
+                }
+                Err(Error::Closed) => return,
+                Err(e) => eprintln!("demo: commit: {e}"),
+            }
+            sleep_unless(&stop, Duration::from_millis(100));
+        } else {
+            wal.record_ship_error();
+            failures += 1;
+            if failures >= 3 {
+                wal.record_breaker_state(NAME, "open");
+                sleep_unless(&stop, Duration::from_secs(2));
+                wal.record_breaker_state(NAME, "half-open");
+            } else {
+                let backoff = 100u64 << failures.min(4);
+                sleep_unless(
+                    &stop,
+                    Duration::from_millis(backoff + dice.next() % backoff),
+                );
+            }
+        }
+    }
+}
+
+/// A second consumer, `warehouse`, that loads records in bulk and commits what was
+/// durable `lag` ago: it keeps a few sealed segments on disk and shows a lagging row in
+/// the consumers table.
+fn lagging_reader(wal: Wal<LocalDisk>, lag: Duration, stop: Arc<AtomicBool>) {
+    let consumer = match wal.consumer("warehouse") {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("demo: consumer: {e}");
+            return;
+        }
+    };
+    let mut seen: std::collections::VecDeque<(Instant, u64)> = std::collections::VecDeque::new();
+    while !stop.load(Ordering::Relaxed) {
+        seen.push_back((Instant::now(), wal.durable_seq()));
+        let mut target = None;
+        while seen.front().is_some_and(|(t, _)| t.elapsed() >= lag) {
+            target = seen.pop_front().map(|x| x.1);
+        }
+        if let Some(seq) = target.filter(|&s| s > consumer.committed()) {
+            match block_on(consumer.commit(seq)) {
+                Ok(()) | Err(Error::Consumer(_)) => {}
+                Err(Error::Closed) => return,
+                Err(e) => eprintln!("demo: warehouse commit: {e}"),
+            }
+        }
+        sleep_unless(&stop, Duration::from_secs(1));
+    }
+}
+
+/// Archive bookkeeping shared by the archiver thread, the retention hook and the
+/// metrics.
+#[derive(Debug, Default)]
+struct ArchiveState {
+    /// Sealed, not yet uploaded: base → (last_seq, bytes).
+    pending: BTreeMap<u64, (u64, u64)>,
+    archived_through: u64,
+}
+
+#[derive(Debug)]
+struct ArchiveHook(Arc<Mutex<ArchiveState>>);
+
+impl RetentionHook for ArchiveHook {
+    fn may_delete(&self, base_seq: u64) -> bool {
+        !self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pending
+            .contains_key(&base_seq)
+    }
+}
+
+/// The demo's archiver: copies each sealed segment to
+/// `{archive}/{wal_id}/{first_seq:020}-{last_seq:020}.seg`, reads it back to verify,
+/// and only then lets retention delete it.
+fn start_archiver(
+    wal: &Wal<LocalDisk>,
+    archive: PathBuf,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let state = Arc::new(Mutex::new(ArchiveState::default()));
+    let (tx, rx) = mpsc::channel::<(u64, u64, u64)>();
+    for (base, last, bytes) in wal.sealed_segments() {
+        state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pending
+            .insert(base, (last, bytes));
+        let _ = tx.send((base, last, bytes));
+    }
+    {
+        let state = state.clone();
+        let tx = Mutex::new(tx);
+        wal.on_sealed(Arc::new(move |s| {
+            state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pending
+                .insert(s.base_seq, (s.last_seq, s.bytes));
+            let _ = tx
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .send((s.base_seq, s.last_seq, s.bytes));
+        }));
+    }
+    {
+        let state = state.clone();
+        wal.set_archive_status(Arc::new(move || {
+            let st = state.lock().unwrap_or_else(|e| e.into_inner());
+            ArchiveStatus {
+                lag_segments: st.pending.len() as u64,
+                lag_bytes: st.pending.values().map(|v| v.1).sum(),
+                archived_through_seq: st.archived_through,
+            }
+        }));
+    }
+    wal.add_retention_hook(Arc::new(ArchiveHook(state.clone())));
+    let wal = wal.clone();
+    std::thread::Builder::new()
+        .name("demo-archiver".into())
+        .spawn(move || {
+            let dest = archive.join(wal.id());
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((base, last, _)) = rx.recv_timeout(Duration::from_millis(200)) else {
+                    continue;
+                };
+                let src = wal.storage().segment_path(base);
+                let r = upload(&src, &dest, base, last);
+                match r {
+                    Ok(()) => {
+                        let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+                        st.pending.remove(&base);
+                        st.archived_through = st.archived_through.max(last);
+                        drop(st);
+                        wal.record_archive_success();
+                        wal.nudge_retention();
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        // Dropped by bounds before it could be archived.
+                        state
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .pending
+                            .remove(&base);
+                    }
+                    Err(e) => {
+                        eprintln!("demo: archive {}: {e}", src.display());
+                        wal.record_archive_error();
+                    }
+                }
+            }
+        })
+        .expect("spawn archiver")
+}
+
+fn upload(src: &Path, dest_dir: &Path, first: u64, last: u64) -> std::io::Result<()> {
+    let bytes = std::fs::read(src)?;
+    std::fs::create_dir_all(dest_dir)?;
+    let name = format!("{first:020}-{last:020}.seg");
+    let tmp = dest_dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, &bytes)?;
+    if std::fs::read(&tmp)? != bytes {
+        return Err(std::io::Error::other(
+            "archived copy differs from the segment",
+        ));
+    }
+    std::fs::rename(&tmp, dest_dir.join(name))
+}
+
+/// One status line for `--headless`.
+pub fn status_line(wal: &Wal<LocalDisk>, started: Instant) -> String {
+    let m = wal.metrics();
+    format!(
+        "demo t={:.1}s last_seq={} file={} offset={} backlog={} ({}) ship_errors={} dropped={} breaker={} archive_lag={} fsync_p99={}",
+        started.elapsed().as_secs_f64(),
+        m.last_seq,
+        fmt::base_name(&m.current_file),
+        m.current_offset,
+        m.backlog_records,
+        fmt::bytes(m.backlog_bytes),
+        m.ship_errors_total,
+        m.dropped_records_total,
+        if m.breaker_state.is_empty() { "-" } else { &m.breaker_state },
+        m.archive_lag_segments,
+        fmt::micros_as_ms(m.fsync_p99_us),
+    )
+}
+
+/// Runs the demo; returns the exit code.
+pub fn run(o: DemoOptions) -> Result<i32, String> {
+    let mut opts = Options::default()
+        .durability(Durability::Sync)
+        .segment_size(o.segment_size)
+        .stats_interval(Some(Duration::from_millis(250)));
+    if let Some(max) = o.max_bytes {
+        opts = opts.max_bytes(max).when_full(if o.drop_oldest {
+            WhenFull::DropOldest
+        } else {
+            WhenFull::Block
+        });
+    }
+    let storage = LocalDisk::open(&o.dir).map_err(|e| e.to_string())?;
+    let wal = Wal::open(storage, opts).map_err(|e| e.to_string())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone()).map_err(|e| e.to_string())?;
+    }
+    let mut threads = Vec::new();
+    {
+        let (w, s) = (wal.clone(), stop.clone());
+        let rate = o.rate;
+        threads.push(std::thread::spawn(move || appender(w, rate, s)));
+    }
+    {
+        let (w, s) = (wal.clone(), stop.clone());
+        let (mode, pct) = (o.sink, o.fail_percent);
+        threads.push(std::thread::spawn(move || shipper(w, mode, pct, s)));
+    }
+    {
+        let (w, s) = (wal.clone(), stop.clone());
+        threads.push(std::thread::spawn(move || {
+            lagging_reader(w, Duration::from_secs(4), s)
+        }));
+    }
+    if let Some(archive) = &o.archive_dir {
+        threads.push(start_archiver(&wal, archive.clone(), stop.clone()));
+    }
+    let started = Instant::now();
+    let printed = AtomicU64::new(0);
+    let code = if o.headless {
+        println!(
+            "demo: writing {} records/s to {} (wal {}), sink {:?}, archive {}",
+            o.rate,
+            o.dir.display(),
+            wal.id(),
+            o.sink,
+            o.archive_dir
+                .as_ref()
+                .map_or("off".into(), |a| a.display().to_string())
+        );
+        while !stop.load(Ordering::Relaxed) && o.run_for.is_none_or(|d| started.elapsed() < d) {
+            std::thread::sleep(Duration::from_millis(50));
+            let secs = started.elapsed().as_secs();
+            if secs > printed.load(Ordering::Relaxed) {
+                printed.store(secs, Ordering::Relaxed);
+                println!("{}", status_line(&wal, started));
+            }
+        }
+        0
+    } else {
+        let r = crate::tui::run_top(crate::tui::TopOptions {
+            dirs: vec![o.dir.clone()],
+            refresh: o.refresh,
+            thresholds: Default::default(),
+        });
+        if let Err(e) = r {
+            eprintln!("walspool demo: terminal: {e}");
+            1
+        } else {
+            0
+        }
+    };
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    block_on(wal.close()).map_err(|e| e.to_string())?;
+    if o.headless {
+        println!("{}", status_line(&wal, started));
+        println!("demo: closed {} cleanly", o.dir.display());
+    }
+    Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn events_are_json() {
+        let mut d = Dice(1);
+        let e = event(7, &mut d);
+        let v: serde_json::Value = serde_json::from_str(&e).unwrap();
+        assert_eq!(v["n"], 7);
+    }
+}

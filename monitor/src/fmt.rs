@@ -1,0 +1,114 @@
+//! Small formatting helpers shared by the view and the CLI.
+
+/// `1234567` → `1,234,567`.
+pub fn count(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Bytes in binary units: `512 B`, `12.3 KiB`, `4.0 MiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}
+
+/// A duration in ms as `350ms`, `12s`, `3m12s`, `2h05m`, `3d04h`.
+pub fn age(ms: u64) -> String {
+    let s = ms / 1000;
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if s < 60 {
+        format!("{s}s")
+    } else if s < 3600 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else if s < 86_400 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else {
+        format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600)
+    }
+}
+
+/// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// ms since the epoch as `HH:MM:SS` (UTC).
+pub fn clock(ms: u64) -> String {
+    let s = ms / 1000;
+    format!("{:02}:{:02}:{:02}", (s / 3600) % 24, (s / 60) % 60, s % 60)
+}
+
+/// µs since the epoch as RFC 3339 UTC with milliseconds.
+pub fn rfc3339_us(us: u64) -> String {
+    let ms = us / 1000;
+    let s = ms / 1000;
+    let (y, mo, d) = civil((s / 86_400) as i64);
+    format!("{y:04}-{mo:02}-{d:02}T{}.{:03}Z", clock(ms), ms % 1000)
+}
+
+/// ms since the epoch as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn datetime_ms(ms: u64) -> String {
+    let s = ms / 1000;
+    let (y, mo, d) = civil((s / 86_400) as i64);
+    format!("{y:04}-{mo:02}-{d:02} {} UTC", clock(ms))
+}
+
+/// The file name part of a path.
+pub fn base_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// µs as `0.42ms`.
+pub fn micros_as_ms(us: u64) -> String {
+    format!("{:.2}ms", us as f64 / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(count(0), "0");
+        assert_eq!(count(1234567), "1,234,567");
+        assert_eq!(count(123), "123");
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(12 * 1024 + 300), "12.3 KiB");
+        assert_eq!(bytes(5 << 30), "5.0 GiB");
+        assert_eq!(age(350), "350ms");
+        assert_eq!(age(192_000), "3m12s");
+        assert_eq!(age(7_500_000), "2h05m");
+        assert_eq!(rfc3339_us(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339_us(1_795_000_000_123_456),
+            "2026-11-18T11:06:40.123Z"
+        );
+        assert_eq!(datetime_ms(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(base_name("/a/b/0001.wal"), "0001.wal");
+    }
+}

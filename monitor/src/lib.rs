@@ -1,0 +1,21 @@
+//! # walspool-monitor
+//!
+//! The `walspool` command: `demo`, `top` (a live dashboard), `status`, `dump` and
+//! `verify`. It reads a WAL directory from the outside: the stats file the writer
+//! publishes, and the files themselves (through `walspool_wal::inspect`), so it works
+//! while the writer runs and after it died.
+//!
+//! The dashboard keeps state, events and view apart: collectors ([`collect`]) and the
+//! terminal ([`tui`]) send one [`app::Event`] enum over one channel, a plain
+//! [`app::App`] is updated from it, and [`view::render`] draws the `App`.
+
+pub mod app;
+pub mod cli;
+pub mod collect;
+pub mod demo;
+pub mod fmt;
+pub mod tui;
+pub mod view;
+
+#[cfg(test)]
+mod render_tests;

@@ -1,0 +1,165 @@
+//! The terminal side of `walspool top`: a guard that restores the terminal on every
+//! exit path, the input thread, and the event loop (events → `App` → view).
+
+use std::io::{self, Stdout};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Once};
+use std::time::Duration;
+
+use ratatui::backend::CrosstermBackend;
+use ratatui::crossterm::event::{
+    self, Event as CtEvent, KeyCode, KeyEvent, KeyEventKind, KeyModifiers,
+};
+use ratatui::crossterm::terminal::{
+    disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen,
+};
+use ratatui::crossterm::{cursor, execute};
+use ratatui::Terminal;
+
+use crate::app::{App, Event, Key, Thresholds};
+use crate::collect::{now_ms, spawn_collectors};
+use crate::view;
+
+/// Puts the terminal back as it was: cooked mode, main screen, visible cursor.
+/// Safe to call more than once.
+pub fn restore_terminal() {
+    let _ = disable_raw_mode();
+    let _ = execute!(io::stdout(), LeaveAlternateScreen, cursor::Show);
+}
+
+/// Raw mode + alternate screen for as long as it lives. Dropping it (normal return,
+/// `?` error, panic unwinding) restores the terminal; a panic hook restores it before
+/// the panic message is printed, and SIGTERM/SIGHUP/SIGINT end the loop cleanly.
+#[derive(Debug)]
+pub struct TerminalGuard {
+    _private: (),
+}
+
+impl TerminalGuard {
+    /// Enters raw mode and the alternate screen.
+    pub fn enter() -> io::Result<Self> {
+        static HOOK: Once = Once::new();
+        HOOK.call_once(|| {
+            let prev = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                restore_terminal();
+                prev(info);
+            }));
+        });
+        enable_raw_mode()?;
+        let guard = TerminalGuard { _private: () };
+        execute!(io::stdout(), EnterAlternateScreen, cursor::Hide)?;
+        Ok(guard)
+    }
+}
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        restore_terminal();
+    }
+}
+
+/// Maps a terminal key to the dashboard's [`Key`].
+pub fn map_key(k: KeyEvent) -> Option<Key> {
+    if k.kind != KeyEventKind::Press {
+        return None;
+    }
+    Some(match k.code {
+        KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => Key::Quit,
+        KeyCode::Char('q') | KeyCode::Esc => Key::Quit,
+        KeyCode::Char('p') | KeyCode::Char(' ') => Key::Pause,
+        KeyCode::Char('?') => Key::Help,
+        KeyCode::Tab | KeyCode::Right | KeyCode::Char('l') => Key::Next,
+        KeyCode::BackTab | KeyCode::Left | KeyCode::Char('h') => Key::Prev,
+        KeyCode::Char(c @ '1'..='9') => Key::Select(c as usize - '1' as usize),
+        _ => Key::Other,
+    })
+}
+
+fn spawn_input(tx: mpsc::Sender<Event>, stop: Arc<AtomicBool>) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("walspool-input".into())
+        .spawn(move || loop {
+            if stop.load(Ordering::Relaxed) {
+                let _ = tx.send(Event::Key(Key::Quit));
+                return;
+            }
+            match event::poll(Duration::from_millis(250)) {
+                Ok(true) => {
+                    let ev = match event::read() {
+                        Ok(CtEvent::Key(k)) => map_key(k).map(Event::Key),
+                        Ok(CtEvent::Resize(..)) => Some(Event::Resize),
+                        Ok(_) => None,
+                        Err(_) => Some(Event::Key(Key::Quit)),
+                    };
+                    if let Some(ev) = ev {
+                        if tx.send(ev).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Ok(false) => {}
+                Err(_) => {
+                    let _ = tx.send(Event::Key(Key::Quit));
+                    return;
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// Options of `walspool top`.
+#[derive(Debug, Clone)]
+pub struct TopOptions {
+    /// The WAL directories.
+    pub dirs: Vec<PathBuf>,
+    /// How often each WAL is read.
+    pub refresh: Duration,
+    /// Warning thresholds.
+    pub thresholds: Thresholds,
+}
+
+/// Runs the dashboard until the user quits (or a signal asks it to).
+pub fn run_top(opts: TopOptions) -> io::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGINT,
+    ] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    let (tx, rx) = mpsc::channel();
+    let names: Vec<String> = opts.dirs.iter().map(|d| d.display().to_string()).collect();
+    let mut app = App::new(
+        &names,
+        opts.thresholds.clone(),
+        opts.refresh.as_millis() as u64,
+    );
+    app.now_ms = now_ms();
+
+    let guard = TerminalGuard::enter()?;
+    let mut terminal: Terminal<CrosstermBackend<Stdout>> =
+        Terminal::new(CrosstermBackend::new(io::stdout()))?;
+    terminal.clear()?;
+    spawn_input(tx.clone(), stop)?;
+    let _collectors = spawn_collectors(opts.dirs.clone(), opts.refresh, tx);
+    terminal.draw(|f| view::render(&app, f))?;
+    while let Ok(ev) = rx.recv() {
+        let mut redraw = app.update(ev);
+        // Coalesce whatever else is already queued into one redraw.
+        while let Ok(ev) = rx.try_recv() {
+            redraw |= app.update(ev);
+        }
+        if app.quit {
+            break;
+        }
+        if redraw {
+            terminal.draw(|f| view::render(&app, f))?;
+        }
+    }
+    drop(terminal);
+    drop(guard);
+    Ok(())
+}
