@@ -1,0 +1,331 @@
+//! `walspool top` in a real terminal: tmux runs the real binary against live writer
+//! processes (`walspool demo --headless`), and `capture-pane` reads the screen.
+//!
+//! It checks that the offset advances between two captures, that a forced drop shows
+//! up in the drop count, that after the writer is SIGKILLed the screen says it is not
+//! running and shows the backlog computed from the files on disk, and that `q` exits
+//! and leaves the terminal usable (cooked mode, echo on).
+//!
+//! The binary is built with `cargo build -p walspool-monitor` in the same profile as
+//! this test (a no-op when it is fresh). Deadlines below only stop a hung run; nothing
+//! asserts on how long anything takes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(90);
+
+fn walspool_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/monitor_tmux-<hash>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let profile = profile_dir
+        .file_name()
+        .and_then(|p| p.to_str())
+        .unwrap_or("debug");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "--quiet",
+        "-p",
+        "walspool-monitor",
+        "--bin",
+        "walspool",
+    ])
+    .current_dir(env!("CARGO_MANIFEST_DIR"));
+    match profile {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
+        }
+        other => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    let status = cmd.status().expect("run cargo build");
+    assert!(status.success(), "cargo build -p walspool-monitor failed");
+    let bin = profile_dir.join("walspool");
+    assert!(bin.exists(), "{} was not built", bin.display());
+    bin
+}
+
+/// A writer process, SIGKILLed (and reaped) when dropped.
+struct Writer(Child);
+
+impl Writer {
+    fn start(bin: &Path, dir: &Path, extra: &[&str]) -> Writer {
+        let child = Command::new(bin)
+            .args(["demo", "--headless", "--for", "10m", "--dir"])
+            .arg(dir)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start walspool demo");
+        Writer(child)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.0.kill(); // SIGKILL
+        let _ = self.0.wait(); // reap it, so its pid is really gone
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A private tmux server (own socket), killed when dropped.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn new(width: u16, height: u16) -> Tmux {
+        let t = Tmux {
+            socket: format!("walspool-test-{}", std::process::id()),
+        };
+        let ok = t
+            .cmd()
+            .args(["-f", "/dev/null", "new-session", "-d", "-s", "t", "-x"])
+            .arg(width.to_string())
+            .arg("-y")
+            .arg(height.to_string())
+            .args([
+                "env",
+                "PS1=$ ",
+                "TERM=xterm-256color",
+                "bash",
+                "--norc",
+                "--noprofile",
+            ])
+            .status()
+            .expect("run tmux");
+        assert!(ok.success(), "tmux new-session failed");
+        t
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("tmux");
+        c.args(["-L", &self.socket]);
+        c
+    }
+
+    fn send(&self, keys: &[&str]) {
+        let ok = self
+            .cmd()
+            .args(["send-keys", "-t", "t"])
+            .args(keys)
+            .status()
+            .expect("tmux send-keys");
+        assert!(ok.success());
+    }
+
+    fn type_line(&self, line: &str) {
+        let ok = self
+            .cmd()
+            .args(["send-keys", "-t", "t", "-l", line])
+            .status()
+            .expect("tmux send-keys");
+        assert!(ok.success());
+        self.send(&["Enter"]);
+    }
+
+    fn capture(&self) -> String {
+        let o = self
+            .cmd()
+            .args(["capture-pane", "-p", "-t", "t"])
+            .output()
+            .expect("tmux capture-pane");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Captures until `f` finds what it wants; panics with the last screen at the deadline.
+    fn wait_for<T>(&self, what: &str, mut f: impl FnMut(&str) -> Option<T>) -> T {
+        let start = Instant::now();
+        loop {
+            let screen = self.capture();
+            if let Some(v) = f(&screen) {
+                return v;
+            }
+            if start.elapsed() > DEADLINE {
+                panic!("timed out waiting for {what}; screen:\n{screen}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd().arg("kill-server").status();
+    }
+}
+
+/// The number after `label` and spaces on the screen, commas removed.
+fn number_after(screen: &str, label: &str) -> Option<u64> {
+    let at = screen.find(label)? + label.len();
+    let rest = screen[at..].trim_start();
+    let digits: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == ',')
+        .filter(|c| *c != ',')
+        .collect();
+    digits.parse().ok()
+}
+
+/// The (current file, offset) the Writer box shows.
+fn position(screen: &str) -> Option<(String, u64)> {
+    let at = screen.find("current file")? + "current file".len();
+    let file: String = screen[at..]
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || c.is_ascii_alphabetic())
+        .collect();
+    Some((file, number_after(screen, "offset")?))
+}
+
+fn status_json(bin: &Path, dir: &Path) -> serde_json::Value {
+    let o = Command::new(bin)
+        .arg("status")
+        .arg(dir)
+        .arg("--json")
+        .output()
+        .expect("walspool status");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).expect("JSON")
+}
+
+#[test]
+fn top_in_tmux_follows_live_writers_drops_a_killed_writer_and_quits_cleanly() {
+    let bin = walspool_bin();
+    let tmp = tempfile::tempdir().unwrap();
+    let live = tmp.path().join("live");
+    let drops = tmp.path().join("drops");
+    // A normal writer with a flaky sink, big segments (the offset grows in one file).
+    let mut live_writer = Writer::start(
+        &bin,
+        &live,
+        &["--rate", "100", "--segment-size", "4194304", "--no-archive"],
+    );
+    // A writer whose sink never answers and whose bound is tiny: it must drop.
+    let _drop_writer = Writer::start(
+        &bin,
+        &drops,
+        &[
+            "--rate",
+            "300",
+            "--segment-size",
+            "4096",
+            "--max-bytes",
+            "8192",
+            "--drop-oldest",
+            "--sink",
+            "stalled",
+            "--no-archive",
+        ],
+    );
+    let start = Instant::now();
+    while !(live.join("stats.json").exists() && drops.join("stats.json").exists()) {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the writers never published stats"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let tmux = Tmux::new(120, 40);
+    tmux.wait_for("the shell prompt", |s| s.contains('$').then_some(()));
+    tmux.type_line(&format!(
+        "{} top --refresh 200ms {} {}; echo TOP-EXIT=$?",
+        bin.display(),
+        live.display(),
+        drops.display()
+    ));
+
+    // 1. The offset advances between two captures.
+    let first = tmux.wait_for("a running writer with a position", |s| {
+        (s.contains("writer running") && s.contains("walspool top"))
+            .then(|| position(s))
+            .flatten()
+    });
+    let later = tmux.wait_for("the offset to advance", |s| {
+        position(s).filter(|p| p.0 > first.0 || (p.0 == first.0 && p.1 > first.1))
+    });
+    assert!(
+        later.0 > first.0 || later.1 > first.1,
+        "{first:?} -> {later:?}"
+    );
+
+    // 2. The second panel (tab) shows the forced drops.
+    tmux.send(&["Tab"]);
+    let dropped = tmux.wait_for("a non-zero drop count on the drops panel", |s| {
+        if !s.contains("writer running") {
+            return None;
+        }
+        number_after(s, "dropped").filter(|&n| n > 0)
+    });
+    assert!(dropped > 0);
+    tmux.send(&["Tab"]); // back to the live panel
+
+    // 3. SIGKILL the live writer: the screen says it is not running and shows the
+    //    backlog computed from the files on disk.
+    let pid = live_writer.0.id();
+    live_writer.kill();
+    let gone = format!("pid {pid} gone");
+    let screen = tmux.wait_for("the killed writer to be shown as not running", |s| {
+        (s.contains("writer not running since")
+            && s.contains(&gone)
+            && s.contains("figures from disk"))
+        .then(|| s.to_string())
+    });
+    let shown_backlog = number_after(&screen, "backlog ").expect("a backlog on screen");
+    let on_disk = status_json(&bin, &live);
+    assert_eq!(on_disk["writer"]["state"], "not-running", "{on_disk}");
+    assert_eq!(on_disk["from_disk"], true);
+    assert_eq!(
+        Some(shown_backlog),
+        on_disk["backlog_records"].as_u64(),
+        "screen:\n{screen}\nstatus: {on_disk}"
+    );
+    assert!(
+        screen.contains(&format!(
+            "offset        {}",
+            fmt_count(on_disk["current_offset"].as_u64().unwrap())
+        )),
+        "screen:\n{screen}\nstatus: {on_disk}"
+    );
+
+    // 4. `q` exits and leaves the terminal usable.
+    tmux.send(&["q"]);
+    tmux.wait_for("top to exit", |s| s.contains("TOP-EXIT=0").then_some(()));
+    tmux.type_line("stty -a | tr ' ' '\\n' | grep -x -e -icanon -e icanon -e echo -e -echo | tr '\\n' ' '; echo; echo US''ABLE");
+    let s = tmux.wait_for("the shell to answer", |s| {
+        s.lines()
+            .any(|l| l.trim() == "USABLE")
+            .then(|| s.to_string())
+    });
+    assert!(
+        s.lines().any(|l| l.trim() == "icanon echo"),
+        "terminal left in raw mode:\n{s}"
+    );
+}
+
+fn fmt_count(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
