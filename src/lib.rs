@@ -42,6 +42,10 @@
 //! # }
 //! ```
 
+pub mod records;
+#[cfg(feature = "tracing")]
+pub mod tracing_layer;
+
 pub use walspool_backends as backends;
 pub use walspool_backends::LocalDisk;
 pub use walspool_wal as wal;

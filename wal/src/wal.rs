@@ -535,13 +535,40 @@ impl<S: Storage> Wal<S> {
     /// Appends already-encoded payloads (postcard bytes, or any bytes when the WAL is
     /// read raw). Returns the first sequence number and the count.
     pub async fn append_payloads(&self, payloads: Vec<Vec<u8>>) -> Result<(u64, u64)> {
+        let (first, n, rx) = self.enqueue(payloads).await?;
+        if let Some(rx) = rx {
+            match rx.await {
+                Ok(r) => r?,
+                Err(_) => return Err(Error::Closed),
+            }
+        }
+        Ok((first, n))
+    }
+
+    /// Queues a record for the writer thread and returns its sequence number without
+    /// waiting for it to be durable (nor written): a fire-and-forget append for hot
+    /// paths such as a logging layer. It blocks the calling thread only while
+    /// walspool's in-memory buffer is full or the WAL is at `max_bytes` with
+    /// `WhenFull::Block` (back-pressure). A later failure poisons the WAL; use
+    /// [`flush`](Self::flush) to learn that everything queued is durable.
+    pub fn append_nowait<T: Serialize + ?Sized>(&self, record: &T) -> Result<u64> {
+        let payload = postcard::to_allocvec(record).map_err(|e| Error::Encode(e.to_string()))?;
+        let (first, _, _rx) = futures::executor::block_on(self.enqueue(vec![payload]))?;
+        Ok(first)
+    }
+
+    /// Phase one of an append: wait for room, assign sequence numbers, queue the frames.
+    async fn enqueue(
+        &self,
+        payloads: Vec<Vec<u8>>,
+    ) -> Result<(u64, u64, Option<oneshot::Receiver<Result<()>>>)> {
         let max = self.inner.opts.max_record_len();
         if let Some(p) = payloads.iter().find(|p| p.len() > max) {
             return Err(Error::RecordTooLarge { size: p.len(), max });
         }
         let inner = &self.inner;
         let mut payloads = Some(payloads);
-        let (first, n, rx) = futures::future::poll_fn(|cx| {
+        futures::future::poll_fn(|cx| {
             let mut st = lock(&inner.state);
             match inner.try_enqueue(&mut st, payloads.as_ref().expect("polled after completion")) {
                 Ok(Some(r)) => {
@@ -558,14 +585,7 @@ impl<S: Storage> Wal<S> {
                 Err(e) => Poll::Ready(Err(e)),
             }
         })
-        .await?;
-        if let Some(rx) = rx {
-            match rx.await {
-                Ok(r) => r?,
-                Err(_) => return Err(Error::Closed),
-            }
-        }
-        Ok((first, n))
+        .await
     }
 
     /// Waits until every record appended so far is durable (fdatasync'd).
