@@ -28,7 +28,10 @@
 use std::io;
 
 use crate::error::{Error, Result};
-use crate::format::{decode_frame, Decoded, SegmentFooter, SegmentHeader, FOOTER_LEN, HEADER_LEN};
+use crate::format::{
+    decode_frame_with, header_len_from_fixed, Decoded, SegmentFooter, SegmentHeader, FOOTER_LEN,
+    HEADER_LEN, HEADER_MAX_LEN,
+};
 use crate::storage::{SegmentId, SegmentInfo, Storage, StorageExt};
 use crate::wal::{decode_checkpoint, META_CONSUMER_PREFIX, META_COUNTERS, META_WAL_ID};
 
@@ -40,6 +43,15 @@ fn io_err<'a, S: Storage + ?Sized>(
     op: &'static str,
 ) -> impl Fn(io::Error) -> Error + 'a {
     move |e| Error::io(op, storage.location(), e)
+}
+
+/// Reads a segment's header bytes: the fixed part, plus the chain extension when the
+/// fixed part says the segment is chained (format version 2). Short at the end.
+fn read_header<S: Storage + ?Sized>(storage: &S, id: SegmentId) -> io::Result<Vec<u8>> {
+    let mut b = storage.read_vec(id, 0, HEADER_MAX_LEN)?;
+    let want = header_len_from_fixed(&b);
+    b.truncate(want);
+    Ok(b)
 }
 
 /// The consumers' checkpoints, `(name, committed_seq)`, sorted by name.
@@ -208,10 +220,9 @@ pub fn scan_segment<S: Storage + ?Sized>(
         offset,
         reason,
     };
-    let hdr = storage
-        .read_vec(id, 0, HEADER_LEN)
-        .map_err(|e| Error::io("read segment header", name.clone(), e))?;
-    if active && hdr.len() < HEADER_LEN {
+    let hdr =
+        read_header(storage, id).map_err(|e| Error::io("read segment header", name.clone(), e))?;
+    if active && (hdr.len() < HEADER_LEN || hdr.len() < header_len_from_fixed(&hdr)) {
         // Just created, header not written yet (or torn by a crash).
         scan.trailing_bytes = hdr.len() as u64;
         return Ok(scan);
@@ -252,15 +263,16 @@ pub fn scan_segment<S: Storage + ?Sized>(
     }
     let mut body_crc = crc32fast::Hasher::new();
     body_crc.update(&hdr);
-    scan.valid_len = HEADER_LEN as u64;
+    let chained = header.is_chained();
+    scan.valid_len = header.len() as u64;
 
     let mut buf: Vec<u8> = Vec::new();
-    let mut buf_at = HEADER_LEN as u64;
+    let mut buf_at = header.len() as u64;
     let mut pos = 0usize;
     let mut eof = false;
     loop {
         let at = buf_at + pos as u64;
-        match decode_frame(&buf[pos..]) {
+        match decode_frame_with(&buf[pos..], chained) {
             Decoded::Frame(f, n) => {
                 if f.seq != expect {
                     scan.problem = Some(problem(
@@ -357,8 +369,7 @@ pub fn summarize_segment<S: Storage + ?Sized>(
 ) -> Result<SegmentScan> {
     if !active && info.len >= (HEADER_LEN + FOOTER_LEN) as u64 {
         let name = storage.segment_name(info.id);
-        let hdr = storage
-            .read_vec(info.id, 0, HEADER_LEN)
+        let hdr = read_header(storage, info.id)
             .map_err(|e| Error::io("read segment header", name.clone(), e))?;
         let foot = storage
             .read_vec(info.id, info.len - FOOTER_LEN as u64, FOOTER_LEN)
@@ -472,6 +483,7 @@ pub struct Records<'a, S: Storage + ?Sized> {
     pos: usize,
     eof: bool,
     started: bool,
+    chained: bool,
     done: bool,
 }
 
@@ -494,6 +506,7 @@ pub fn records<S: Storage + ?Sized>(storage: &S, from: u64) -> Records<'_, S> {
         pos: 0,
         eof: false,
         started: false,
+        chained: false,
         done,
     }
 }
@@ -520,7 +533,7 @@ impl<S: Storage + ?Sized> Iterator for Records<'_, S> {
             let name = self.storage.segment_name(info.id);
             if !self.started {
                 self.started = true;
-                let hdr = match self.storage.read_vec(info.id, 0, HEADER_LEN) {
+                let hdr = match read_header(self.storage, info.id) {
                     Ok(h) => h,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
                         self.next_segment();
@@ -535,17 +548,21 @@ impl<S: Storage + ?Sized> Iterator for Records<'_, S> {
                     self.done = true;
                     return None;
                 }
-                if let Err(e) = SegmentHeader::decode(&hdr, &name) {
-                    self.done = true;
-                    return Some(Err(e));
-                }
+                let header = match SegmentHeader::decode(&hdr, &name) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        self.done = true;
+                        return Some(Err(e));
+                    }
+                };
+                self.chained = header.is_chained();
                 self.buf.clear();
-                self.buf_at = HEADER_LEN as u64;
+                self.buf_at = header.len() as u64;
                 self.pos = 0;
                 self.eof = false;
             }
             let at = self.buf_at + self.pos as u64;
-            match decode_frame(&self.buf[self.pos..]) {
+            match decode_frame_with(&self.buf[self.pos..], self.chained) {
                 Decoded::Frame(f, n) => {
                     let rec = RawRecord {
                         seq: f.seq,
@@ -847,5 +864,38 @@ mod tests {
         assert_eq!(d.current_offset, last.valid_len);
         let again = disk_state(&*s, Some(&d)).unwrap();
         assert_eq!(again, d);
+    }
+
+    #[test]
+    fn chained_segments_verify_and_dump() {
+        let storage = Arc::new(Memory::new());
+        futures::executor::block_on(async {
+            let key = crate::chain::HmacKey::new(vec![7u8; 32]).unwrap();
+            let wal = Wal::open(
+                storage.clone(),
+                Options::default().segment_size(4096).hmac_key(key),
+            )
+            .unwrap();
+            for i in 0..300 {
+                wal.append(&format!("chained {i}")).await.unwrap();
+            }
+            wal.close().await.unwrap();
+        });
+        let r = verify(&*storage).unwrap();
+        assert_eq!((r.records, r.first_seq, r.last_seq), (300, 1, 300));
+        let rec = records(&*storage, 200).next().unwrap().unwrap();
+        assert_eq!(
+            postcard::from_bytes::<String>(&rec.payload).unwrap(),
+            "chained 199"
+        );
+        let first = list_segments(&*storage).unwrap()[0].id;
+        let mut bytes = storage.segment_bytes(first).unwrap();
+        let at = HEADER_MAX_LEN + 24 + 32 + 2;
+        bytes[at] ^= 1;
+        storage.set_segment_bytes(first, bytes);
+        match verify(&*storage) {
+            Err(Error::Corrupt { offset, .. }) => assert_eq!(offset, HEADER_MAX_LEN as u64),
+            other => panic!("expected corruption, got {other:?}"),
+        }
     }
 }
