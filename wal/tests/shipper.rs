@@ -663,3 +663,14 @@ fn a_closed_wal_ends_the_shipper_without_committing_what_it_cannot() {
     assert_eq!(st.committed_seq, 0);
     assert!(!st.running);
 }
+
+#[test]
+fn ship_errors_total_survives_a_reopen() {
+    let storage = Memory::new();
+    let wal = Wal::open(storage.clone(), Options::default()).unwrap();
+    wal.record_ship_error();
+    wal.record_ship_error();
+    drop(wal);
+    let wal = Wal::open(storage, Options::default()).unwrap();
+    assert_eq!(wal.metrics().ship_errors_total, 2);
+}
