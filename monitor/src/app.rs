@@ -5,6 +5,9 @@ use std::collections::VecDeque;
 
 use crate::collect::Snapshot;
 
+/// Rates are computed over this window of publications.
+pub const RATE_WINDOW_MS: u64 = 10_000;
+
 /// How many backlog samples the sparkline keeps.
 pub const HISTORY: usize = 240;
 
@@ -80,12 +83,12 @@ pub struct Panel {
     pub error: Option<String>,
     /// Backlog (records) history, oldest first.
     pub backlog_history: VecDeque<u64>,
-    /// Appended records per second, between the last two publications.
+    /// Appended records per second, over the last [`RATE_WINDOW_MS`].
     pub append_rate: f64,
-    /// Ship errors per minute, between the last two publications.
+    /// Ship errors per minute, over the last [`RATE_WINDOW_MS`].
     pub ship_error_rate: f64,
-    /// The previous publication used for rates: `(written_ms, appended, ship_errors)`.
-    prev: Option<(u64, u64, u64)>,
+    /// Publications used for rates, oldest first: `(written_ms, appended, ship_errors)`.
+    samples: VecDeque<(u64, u64, u64)>,
 }
 
 impl Panel {
@@ -102,28 +105,38 @@ impl Panel {
         if snap.from_disk {
             self.append_rate = 0.0;
             self.ship_error_rate = 0.0;
-            self.prev = None;
+            self.samples.clear();
         } else {
             let cur = (
                 snap.stats_written_ms,
                 m.appended_records_total,
                 m.ship_errors_total,
             );
-            match self.prev {
-                Some((t, a, e)) if cur.0 > t => {
-                    let dt = (cur.0 - t) as f64 / 1000.0;
-                    if cur.1 >= a && cur.2 >= e {
+            match self.samples.back().copied() {
+                Some(last) if cur.0 <= last.0 => {} // the same publication again
+                Some(last) if cur.1 < last.1 || cur.2 < last.2 => {
+                    // The writer restarted: its counters began again.
+                    self.samples.clear();
+                    self.samples.push_back(cur);
+                    self.append_rate = 0.0;
+                    self.ship_error_rate = 0.0;
+                }
+                _ => {
+                    self.samples.push_back(cur);
+                    while self.samples.len() > 2
+                        && self
+                            .samples
+                            .front()
+                            .is_some_and(|f| cur.0 - f.0 > RATE_WINDOW_MS)
+                    {
+                        self.samples.pop_front();
+                    }
+                    if let Some(&(t, a, e)) = self.samples.front().filter(|f| f.0 < cur.0) {
+                        let dt = (cur.0 - t) as f64 / 1000.0;
                         self.append_rate = (cur.1 - a) as f64 / dt;
                         self.ship_error_rate = (cur.2 - e) as f64 / dt * 60.0;
-                    } else {
-                        // The writer restarted: its counters began again.
-                        self.append_rate = 0.0;
-                        self.ship_error_rate = 0.0;
                     }
-                    self.prev = Some(cur);
                 }
-                Some(_) => {} // the same publication again
-                None => self.prev = Some(cur),
             }
         }
         let is_new = self
@@ -283,8 +296,15 @@ mod tests {
         a.update(Event::Snapshot(0, snap(1_500, 200, 2, 20)));
         assert_eq!(a.panels[0].backlog_history.len(), 2);
         assert_eq!(a.panels[0].append_rate, 200.0);
+        // Rates cover the whole window, not just the last two publications.
+        a.update(Event::Snapshot(0, snap(2_000, 200, 2, 20)));
+        assert_eq!(a.panels[0].append_rate, 100.0);
+        assert_eq!(a.panels[0].ship_error_rate, 60.0);
+        // Samples older than the window are forgotten.
+        a.update(Event::Snapshot(0, snap(12_000, 1_200, 2, 20)));
+        assert_eq!(a.panels[0].append_rate, 100.0);
         // A restarted writer (counters went back) resets the rates.
-        a.update(Event::Snapshot(0, snap(2_000, 5, 0, 20)));
+        a.update(Event::Snapshot(0, snap(13_000, 5, 0, 20)));
         assert_eq!(a.panels[0].append_rate, 0.0);
     }
 

@@ -1,17 +1,20 @@
 //! `walspool demo`: a small embedded service. It appends JSON events at a rate to a
-//! WAL on local disk, ships them through a consumer to a sink that fails now and then
-//! (with backoff and a circuit breaker), archives sealed segments to a local directory,
-//! and (unless `--headless`) opens `top` on it.
+//! WAL on local disk, ships them with the real [`Shipper`] to a sink that fails now and
+//! then (backoff, circuit breaker), archives sealed segments with the real [`Archiver`]
+//! to a local `file://` store, and (unless `--headless`) opens `top` on it.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::executor::block_on;
+use walspool_backends::archive::{ArchiveStore, Archiver, ArchiverOptions};
 use walspool_backends::LocalDisk;
-use walspool_wal::{ArchiveStatus, Durability, Error, Options, RetentionHook, Wal, WhenFull};
+use walspool_wal::shipper::{
+    Backoff, Batch, Breaker, FnSink, Shipper, ShipperThread, Sink, SinkError,
+};
+use walspool_wal::{Durability, Error, Options, Wal, WhenFull};
 
 use crate::fmt;
 
@@ -143,79 +146,52 @@ fn appender(wal: Wal<LocalDisk>, rate: u64, stop: Arc<AtomicBool>) {
     }
 }
 
-/// The demo's shipping loop: batches from the consumer to the sink, backoff with
-/// jitter, a circuit breaker (3 failures open it for 2 s, then half-open), commit
-/// after each acknowledged batch.
-fn shipper(wal: Wal<LocalDisk>, mode: SinkMode, fail_percent: u32, stop: Arc<AtomicBool>) {
-    const NAME: &str = "demo-sink";
-    let consumer = match wal.consumer(NAME) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("demo: consumer: {e}");
-            return;
-        }
-    };
-    let mut stream = consumer.read::<String>();
-    let mut dice = Dice(0xD1CE_5EED ^ u64::from(std::process::id()) << 16);
-    let mut batch: Vec<(u64, String)> = Vec::new();
-    let mut failures = 0u32;
-    wal.record_breaker_state(NAME, "closed");
-    while !stop.load(Ordering::Relaxed) {
-        while batch.len() < 500 {
-            match stream.try_next() {
-                Ok(Some(e)) => batch.push((e.seq, e.record)),
-                Ok(None) => break,
-                Err(e @ Error::Gap { .. }) => eprintln!("demo: {e}"),
-                Err(Error::Closed) => return,
-                Err(e) => {
-                    eprintln!("demo: read: {e}");
-                    break;
-                }
-            }
-        }
-        if batch.is_empty() {
-            sleep_unless(&stop, Duration::from_millis(50));
-            continue;
-        }
-        let ok = match mode {
-            SinkMode::Ok => true,
-            SinkMode::Flaky => dice.percent() >= fail_percent,
-            SinkMode::Stalled => {
-                sleep_unless(&stop, Duration::from_millis(200));
-                continue;
-            }
-        };
-        if ok {
-            let last = batch.last().map_or(0, |b| b.0);
-            match block_on(consumer.commit(last)) {
-                Ok(()) => {
-                    wal.record_ship_success();
-                    batch.clear();
-                    if failures > 0 {
-                        failures = 0;
-                        wal.record_breaker_state(NAME, "closed");
-                    }
-                }
-                Err(Error::Closed) => return,
-                Err(e) => eprintln!("demo: commit: {e}"),
-            }
-            sleep_unless(&stop, Duration::from_millis(100));
-        } else {
-            wal.record_ship_error();
-            failures += 1;
-            if failures >= 3 {
-                wal.record_breaker_state(NAME, "open");
-                sleep_unless(&stop, Duration::from_secs(2));
-                wal.record_breaker_state(NAME, "half-open");
+/// The demo's sink: fails `fail_percent` of deliveries (a transient error the shipper
+/// retries with backoff; enough of them in a row open its circuit breaker).
+fn flaky_sink(fail_percent: u32) -> impl Sink<String> + 'static {
+    let mut dice = Dice(0xD1CE_5EED ^ (u64::from(std::process::id()) << 16));
+    FnSink::new(move |_batch: &Batch<String>| {
+        let fail = dice.percent() < fail_percent;
+        async move {
+            if fail {
+                Err(SinkError::transient("demo sink: simulated outage"))
             } else {
-                let backoff = 100u64 << failures.min(4);
-                sleep_unless(
-                    &stop,
-                    Duration::from_millis(backoff + dice.next() % backoff),
-                );
+                Ok(())
             }
         }
-    }
+    })
+}
+
+/// Starts the real [`Shipper`] on its own thread (none for a stalled sink: its consumer
+/// exists but nothing is ever delivered).
+fn start_shipper(
+    wal: &Wal<LocalDisk>,
+    mode: SinkMode,
+    fail_percent: u32,
+) -> Result<Option<ShipperThread>, String> {
+    let consumer = wal.consumer("demo-sink").map_err(|e| e.to_string())?;
+    let fail_percent = match mode {
+        SinkMode::Stalled => return Ok(None),
+        SinkMode::Ok => 0,
+        SinkMode::Flaky => fail_percent,
+    };
+    let shipper = Shipper::builder(consumer, flaky_sink(fail_percent))
+        .batch_max(500)
+        .linger(Duration::from_millis(100))
+        .backoff(Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+            ..Backoff::default()
+        })
+        .breaker(Breaker {
+            failure_threshold: 3,
+            open_for: Duration::from_secs(3),
+        })
+        .build();
+    shipper
+        .spawn_on_thread()
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 /// A second consumer, `warehouse`, that loads records in bulk and commits what was
@@ -247,124 +223,15 @@ fn lagging_reader(wal: Wal<LocalDisk>, lag: Duration, stop: Arc<AtomicBool>) {
     }
 }
 
-/// Archive bookkeeping shared by the archiver thread, the retention hook and the
-/// metrics.
-#[derive(Debug, Default)]
-struct ArchiveState {
-    /// Sealed, not yet uploaded: base → (last_seq, bytes).
-    pending: BTreeMap<u64, (u64, u64)>,
-    archived_through: u64,
-}
-
-#[derive(Debug)]
-struct ArchiveHook(Arc<Mutex<ArchiveState>>);
-
-impl RetentionHook for ArchiveHook {
-    fn may_delete(&self, base_seq: u64) -> bool {
-        !self
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pending
-            .contains_key(&base_seq)
-    }
-}
-
-/// The demo's archiver: copies each sealed segment to
-/// `{archive}/{wal_id}/{first_seq:020}-{last_seq:020}.seg`, reads it back to verify,
-/// and only then lets retention delete it.
-fn start_archiver(
-    wal: &Wal<LocalDisk>,
-    archive: PathBuf,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<()> {
-    let state = Arc::new(Mutex::new(ArchiveState::default()));
-    let (tx, rx) = mpsc::channel::<(u64, u64, u64)>();
-    for (base, last, bytes) in wal.sealed_segments() {
-        state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pending
-            .insert(base, (last, bytes));
-        let _ = tx.send((base, last, bytes));
-    }
-    {
-        let state = state.clone();
-        let tx = Mutex::new(tx);
-        wal.on_sealed(Arc::new(move |s| {
-            state
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pending
-                .insert(s.base_seq, (s.last_seq, s.bytes));
-            let _ = tx
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .send((s.base_seq, s.last_seq, s.bytes));
-        }));
-    }
-    {
-        let state = state.clone();
-        wal.set_archive_status(Arc::new(move || {
-            let st = state.lock().unwrap_or_else(|e| e.into_inner());
-            ArchiveStatus {
-                lag_segments: st.pending.len() as u64,
-                lag_bytes: st.pending.values().map(|v| v.1).sum(),
-                archived_through_seq: st.archived_through,
-            }
-        }));
-    }
-    wal.add_retention_hook(Arc::new(ArchiveHook(state.clone())));
-    let wal = wal.clone();
-    std::thread::Builder::new()
-        .name("demo-archiver".into())
-        .spawn(move || {
-            let dest = archive.join(wal.id());
-            while !stop.load(Ordering::Relaxed) {
-                let Ok((base, last, _)) = rx.recv_timeout(Duration::from_millis(200)) else {
-                    continue;
-                };
-                let src = wal.storage().segment_path(base);
-                let r = upload(&src, &dest, base, last);
-                match r {
-                    Ok(()) => {
-                        let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
-                        st.pending.remove(&base);
-                        st.archived_through = st.archived_through.max(last);
-                        drop(st);
-                        wal.record_archive_success();
-                        wal.nudge_retention();
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        // Dropped by bounds before it could be archived.
-                        state
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .pending
-                            .remove(&base);
-                    }
-                    Err(e) => {
-                        eprintln!("demo: archive {}: {e}", src.display());
-                        wal.record_archive_error();
-                    }
-                }
-            }
-        })
-        .expect("spawn archiver")
-}
-
-fn upload(src: &Path, dest_dir: &Path, first: u64, last: u64) -> std::io::Result<()> {
-    let bytes = std::fs::read(src)?;
-    std::fs::create_dir_all(dest_dir)?;
-    let name = format!("{first:020}-{last:020}.seg");
-    let tmp = dest_dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, &bytes)?;
-    if std::fs::read(&tmp)? != bytes {
-        return Err(std::io::Error::other(
-            "archived copy differs from the segment",
-        ));
-    }
-    std::fs::rename(&tmp, dest_dir.join(name))
+/// Starts the real [`Archiver`] on `file://{archive}`.
+fn start_archiver(wal: &Wal<LocalDisk>, archive: &Path) -> Result<Archiver<LocalDisk>, String> {
+    std::fs::create_dir_all(archive).map_err(|e| format!("create {}: {e}", archive.display()))?;
+    let abs = archive
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", archive.display()))?;
+    let store =
+        ArchiveStore::open(&format!("file://{}", abs.display())).map_err(|e| e.to_string())?;
+    Archiver::start(wal, store, ArchiverOptions::default()).map_err(|e| e.to_string())
 }
 
 /// One status line for `--headless`.
@@ -411,20 +278,17 @@ pub fn run(o: DemoOptions) -> Result<i32, String> {
         let rate = o.rate;
         threads.push(std::thread::spawn(move || appender(w, rate, s)));
     }
-    {
-        let (w, s) = (wal.clone(), stop.clone());
-        let (mode, pct) = (o.sink, o.fail_percent);
-        threads.push(std::thread::spawn(move || shipper(w, mode, pct, s)));
-    }
+    let shipper = start_shipper(&wal, o.sink, o.fail_percent)?;
     {
         let (w, s) = (wal.clone(), stop.clone());
         threads.push(std::thread::spawn(move || {
             lagging_reader(w, Duration::from_secs(4), s)
         }));
     }
-    if let Some(archive) = &o.archive_dir {
-        threads.push(start_archiver(&wal, archive.clone(), stop.clone()));
-    }
+    let archiver = match &o.archive_dir {
+        Some(a) => Some(start_archiver(&wal, a)?),
+        None => None,
+    };
     let started = Instant::now();
     let printed = AtomicU64::new(0);
     let code = if o.headless {
@@ -463,6 +327,14 @@ pub fn run(o: DemoOptions) -> Result<i32, String> {
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         let _ = t.join();
+    }
+    if let Some(s) = shipper {
+        if let Err(e) = s.shutdown() {
+            eprintln!("demo: shipper: {e}");
+        }
+    }
+    if let Some(a) = archiver {
+        block_on(a.shutdown());
     }
     block_on(wal.close()).map_err(|e| e.to_string())?;
     if o.headless {
