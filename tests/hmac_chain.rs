@@ -64,7 +64,7 @@ type Frame = (usize, u64, u64, [u8; MAC_LEN], Vec<u8>);
 
 fn frames(bytes: &[u8]) -> (usize, Vec<Frame>) {
     let h = SegmentHeader::decode(&bytes[..HEADER_MAX_LEN.min(bytes.len())], "t").unwrap();
-    let mut pos = h.len();
+    let mut pos = h.data_offset();
     let mut out = Vec::new();
     while let Decoded::Frame(f, n) = decode_frame_with(&bytes[pos..], true) {
         let mut m = [0u8; MAC_LEN];
@@ -128,7 +128,7 @@ fn edited_payload_with_recomputed_crc() {
     let enc = encode(&victim); // a valid CRC over the edited bytes
     b[at..at + enc.len()].copy_from_slice(&enc);
     std::fs::write(seg, &b).unwrap();
-    let err = verify(&f.wal_dir, &[f.key.clone()], None).unwrap_err();
+    let err = verify(&f.wal_dir, std::slice::from_ref(&f.key), None).unwrap_err();
     assert!(
         err.segment
             .ends_with(seg.file_name().unwrap().to_str().unwrap()),
@@ -148,7 +148,7 @@ fn deleted_record() {
     let mut out = b[..start].to_vec();
     out.extend_from_slice(&b[end..]);
     std::fs::write(seg, &out).unwrap();
-    let err = verify(&f.wal_dir, &[f.key.clone()], None).unwrap_err();
+    let err = verify(&f.wal_dir, std::slice::from_ref(&f.key), None).unwrap_err();
     assert_eq!(err.offset, start as u64, "{err}");
     assert_eq!(err.seq, Some(fr[6].1), "{err}");
     assert!(err.reason.contains("expected sequence"), "{err}");
@@ -170,7 +170,7 @@ fn swapped_records_renumbered() {
     out.extend_from_slice(&b[fr[5].0..]);
     assert_eq!(out.len(), b.len());
     std::fs::write(seg, &out).unwrap();
-    let err = verify(&f.wal_dir, &[f.key.clone()], None).unwrap_err();
+    let err = verify(&f.wal_dir, std::slice::from_ref(&f.key), None).unwrap_err();
     assert_eq!(
         (err.offset, err.seq),
         (fr[3].0 as u64, Some(fr[3].1)),
@@ -184,7 +184,7 @@ fn middle_segment_removed() {
     let f = fixture(300);
     let segs = segments(&f.wal_dir);
     std::fs::remove_file(&segs[2]).unwrap();
-    let err = verify(&f.wal_dir, &[f.key.clone()], None).unwrap_err();
+    let err = verify(&f.wal_dir, std::slice::from_ref(&f.key), None).unwrap_err();
     assert!(
         err.segment
             .ends_with(segs[3].file_name().unwrap().to_str().unwrap()),
@@ -209,10 +209,10 @@ fn truncated_at_a_segment_boundary() {
         std::fs::remove_file(s).unwrap();
     }
     assert!(
-        verify(&f.wal_dir, &[f.key.clone()], None).is_ok(),
+        verify(&f.wal_dir, std::slice::from_ref(&f.key), None).is_ok(),
         "undetectable without the writer's record"
     );
-    let err = verify(&f.wal_dir, &[f.key.clone()], Some(last)).unwrap_err();
+    let err = verify(&f.wal_dir, std::slice::from_ref(&f.key), Some(last)).unwrap_err();
     assert!(err.reason.contains("truncated"), "{err}");
     assert!(
         err.segment
@@ -238,7 +238,7 @@ fn appended_without_the_key() {
     );
     b.extend(encode(&forged));
     std::fs::write(&seg, &b).unwrap();
-    let err = verify(&f.wal_dir, &[f.key.clone()], None).unwrap_err();
+    let err = verify(&f.wal_dir, std::slice::from_ref(&f.key), None).unwrap_err();
     assert_eq!(
         (err.offset, err.seq),
         (end as u64, Some(last.1 + 1)),

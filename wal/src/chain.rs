@@ -53,7 +53,7 @@ pub(crate) fn hex(b: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
     (0..s.len())
@@ -298,7 +298,7 @@ pub fn verify_chain<S: Storage>(
                 Some((key.clone(), ch.seed))
             }
         };
-        let mut pos = header.len();
+        let mut pos = header.data_offset();
         let mut expect = header.base_seq;
         let mut mac_prev = key.as_ref().map(|k| k.1);
         loop {

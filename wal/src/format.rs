@@ -107,8 +107,8 @@ pub struct ChainHeader {
 }
 
 impl SegmentHeader {
-    /// Bytes of header before the first frame.
-    pub fn len(&self) -> usize {
+    /// Bytes of header before the first frame: where the first frame starts.
+    pub fn data_offset(&self) -> usize {
         if self.chain.is_some() {
             HEADER_MAX_LEN
         } else {
@@ -123,7 +123,7 @@ impl SegmentHeader {
 
     /// Encodes the header (32 bytes, or 88 when chained).
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = vec![0u8; self.len()];
+        let mut b = vec![0u8; self.data_offset()];
         b[0..8].copy_from_slice(&MAGIC);
         b[HEADER_VERSION_OFFSET..HEADER_VERSION_OFFSET + 2]
             .copy_from_slice(&self.version.to_le_bytes());

@@ -264,10 +264,10 @@ pub fn scan_segment<S: Storage + ?Sized>(
     let mut body_crc = crc32fast::Hasher::new();
     body_crc.update(&hdr);
     let chained = header.is_chained();
-    scan.valid_len = header.len() as u64;
+    scan.valid_len = header.data_offset() as u64;
 
     let mut buf: Vec<u8> = Vec::new();
-    let mut buf_at = header.len() as u64;
+    let mut buf_at = header.data_offset() as u64;
     let mut pos = 0usize;
     let mut eof = false;
     loop {
@@ -557,7 +557,7 @@ impl<S: Storage + ?Sized> Iterator for Records<'_, S> {
                 };
                 self.chained = header.is_chained();
                 self.buf.clear();
-                self.buf_at = header.len() as u64;
+                self.buf_at = header.data_offset() as u64;
                 self.pos = 0;
                 self.eof = false;
             }

@@ -90,7 +90,7 @@ impl<S: Storage> RawReader<S> {
                     self.seg = Some(base);
                     self.buf.clear();
                     self.pos = 0;
-                    self.buf_at = h.len() as u64;
+                    self.buf_at = h.data_offset() as u64;
                     base
                 }
             };

@@ -72,6 +72,11 @@ pub(crate) enum Op {
     },
 }
 
+/// What queuing a batch gives: first sequence number, count, and the receiver that
+/// resolves once the batch is as durable as the configured `Durability` (none for
+/// `Buffered`).
+type Enqueued = (u64, u64, Option<oneshot::Receiver<Result<()>>>);
+
 /// The HMAC chain as appenders extend it (under the state lock).
 pub(crate) struct ChainState {
     pub key: Arc<HmacKey>,
@@ -558,10 +563,7 @@ impl<S: Storage> Wal<S> {
     }
 
     /// Phase one of an append: wait for room, assign sequence numbers, queue the frames.
-    async fn enqueue(
-        &self,
-        payloads: Vec<Vec<u8>>,
-    ) -> Result<(u64, u64, Option<oneshot::Receiver<Result<()>>>)> {
+    async fn enqueue(&self, payloads: Vec<Vec<u8>>) -> Result<Enqueued> {
         let max = self.inner.opts.max_record_len();
         if let Some(p) = payloads.iter().find(|p| p.len() > max) {
             return Err(Error::RecordTooLarge { size: p.len(), max });
@@ -714,11 +716,7 @@ impl<S: Storage> Wal<S> {
 }
 
 impl<S: Storage> Inner<S> {
-    fn try_enqueue(
-        &self,
-        st: &mut State,
-        payloads: &[Vec<u8>],
-    ) -> Result<Option<(u64, u64, Option<oneshot::Receiver<Result<()>>>)>> {
+    fn try_enqueue(&self, st: &mut State, payloads: &[Vec<u8>]) -> Result<Option<Enqueued>> {
         if let Some((c, k)) = &st.poisoned {
             return Err(Error::Poisoned {
                 cause: c.clone(),
@@ -1040,7 +1038,7 @@ fn last_mac_of<S: Storage>(storage: &S, base: u64, len: u64) -> Result<Option<[u
     let h = SegmentHeader::decode(&b[..b.len().min(HEADER_MAX_LEN)], &name)?;
     let Some(c) = h.chain else { return Ok(None) };
     let mut last = c.seed;
-    let mut pos = h.len();
+    let mut pos = h.data_offset();
     while let Decoded::Frame(f, n) = decode_frame_with(&b[pos..], true) {
         if let Some(m) = f.mac {
             last.copy_from_slice(m);
@@ -1159,7 +1157,7 @@ fn recover_tail<S: Storage>(
         });
     }
     let chained = header.is_chained();
-    let hlen = header.len();
+    let hlen = header.data_offset();
     let mut crc = crc32fast::Hasher::new();
     crc.update(&hdr[..hlen]);
     let mut t = TailState {
@@ -1548,14 +1546,14 @@ impl Writer {
                 s.last_seq = self.last_seq;
                 s.last_ts_us = Some(self.last_ts);
             }
-            segs.push(new_meta(new_base, header.len() as u64));
+            segs.push(new_meta(new_base, header.data_offset() as u64));
         }
         let listeners = lock(&inner.seal_listeners).clone();
         for l in listeners {
             l(sealed);
         }
         self.cur = new_base;
-        self.offset = header.len() as u64;
+        self.offset = header.data_offset() as u64;
         self.crc = crc32fast::Hasher::new();
         self.crc.update(&header.encode());
         self.count = 0;

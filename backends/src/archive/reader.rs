@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
-use walspool_wal::format::{decode_frame, Decoded, SegmentHeader, HEADER_LEN};
+use walspool_wal::format::{decode_frame_with, Decoded, SegmentHeader, HEADER_MAX_LEN};
 use walspool_wal::{Entry, ReadStream, Storage, Wal};
 
 use super::store::get_range;
@@ -22,6 +22,8 @@ struct Cursor {
     pos: usize,
     /// Object offset of `buf[0]`.
     buf_at: u64,
+    /// Frames carry HMAC chain MACs.
+    chained: bool,
 }
 
 /// Reads records in sequence order from a WAL's archived segments alone, from any
@@ -90,7 +92,7 @@ impl ArchiveReader {
                     return Err(e);
                 }
                 let head = self
-                    .fetch(&seg, 0..(HEADER_LEN as u64).min(seg.size))
+                    .fetch(&seg, 0..(HEADER_MAX_LEN as u64).min(seg.size))
                     .await?;
                 let name = seg.key.to_string();
                 let h = SegmentHeader::decode(&head, &name)?;
@@ -108,7 +110,8 @@ impl ArchiveReader {
                     seg,
                     buf: Vec::new(),
                     pos: 0,
-                    buf_at: HEADER_LEN as u64,
+                    buf_at: h.data_offset() as u64,
+                    chained: h.is_chained(),
                 });
             }
             let cur = self.cur.as_mut().expect("cursor set above");
@@ -118,7 +121,7 @@ impl ArchiveReader {
                 offset: at,
                 reason,
             };
-            match decode_frame(&cur.buf[cur.pos..]) {
+            match decode_frame_with(&cur.buf[cur.pos..], cur.chained) {
                 Decoded::Frame(f, n) => {
                     if f.seq < self.next {
                         cur.pos += n;
