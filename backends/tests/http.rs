@@ -524,7 +524,8 @@ fn http_sink_classifies_answers_and_connection_failures() {
     );
 }
 
-/// Throughput to the loopback server (records/s). Runs only with
+/// Throughput to the loopback server and to a no-op sink (records/s), from a
+/// `LocalDisk` WAL (so every commit is an fsync'd checkpoint). Runs only with
 /// `WALSPOOL_SHIP_BENCH=1`, in release mode:
 /// `WALSPOOL_SHIP_BENCH=1 cargo test --release -p walspool-backends --features http --test http -- --nocapture measure`
 #[test]
@@ -532,27 +533,42 @@ fn measure_http_throughput() {
     if std::env::var_os("WALSPOOL_SHIP_BENCH").is_none() {
         return;
     }
+    let total = 200_000u64;
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(
+        walspool_backends::LocalDisk::open(dir.path()).unwrap(),
+        Options::default(),
+    )
+    .unwrap();
+    for chunk in events(1, total).chunks(10_000) {
+        futures::executor::block_on(wal.append_batch(chunk)).unwrap();
+    }
+    let run = |name: &str, sink: Box<dyn Sink<Event>>| {
+        let shipper = Shipper::<_, Event>::builder(wal.consumer(name).unwrap(), sink).build();
+        let start = Instant::now();
+        let t = shipper.spawn_on_thread().unwrap();
+        assert!(t.handle().wait_committed(total, DEADLINE));
+        let secs = start.elapsed().as_secs_f64();
+        let st = t.shutdown().unwrap();
+        (secs, st.batches_acked)
+    };
+    let noop = walspool_wal::shipper::FnSink::new(|_: &Batch<Event>| async { Ok(()) });
+    let (secs, batches) = run("noop", Box::new(noop));
+    println!(
+        "no-op sink, LocalDisk, batch 2000: {total} records in {secs:.2}s = {:.0} records/s ({batches} batches)",
+        total as f64 / secs
+    );
     for gzip in [false, true] {
-        let total = 200_000u64;
         let server = Server::start(Mode::Ok, gzip);
-        let wal = Wal::open(Memory::new(), Options::default()).unwrap();
-        for chunk in events(1, total).chunks(10_000) {
-            futures::executor::block_on(wal.append_batch(chunk)).unwrap();
-        }
         let sink = HttpSink::builder(server.addr.clone())
             .bearer_token(TOKEN)
             .gzip(gzip)
             .build()
             .unwrap();
-        let shipper = Shipper::<_, Event>::builder(wal.consumer("bench").unwrap(), sink).build();
-        let start = Instant::now();
-        let t = shipper.spawn_on_thread().unwrap();
-        assert!(t.handle().wait_committed(total, DEADLINE));
-        let secs = start.elapsed().as_secs_f64();
-        t.shutdown().unwrap();
+        let (secs, _) = run(&format!("http-gzip-{gzip}"), Box::new(sink));
         let st = server.state.lock().unwrap();
         println!(
-            "HTTP sink, loopback, JSON lines, gzip={gzip}, batch 2000: {total} records in {secs:.2}s = {:.0} records/s ({} requests, {:.1} MB on the wire)",
+            "HTTP sink, LocalDisk, loopback, JSON lines, gzip={gzip}, batch 2000: {total} records in {secs:.2}s = {:.0} records/s ({} requests, {:.1} MB on the wire)",
             total as f64 / secs,
             st.requests,
             st.bytes_in as f64 / 1e6

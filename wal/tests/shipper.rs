@@ -674,3 +674,41 @@ fn ship_errors_total_survives_a_reopen() {
     let wal = Wal::open(storage, Options::default()).unwrap();
     assert_eq!(wal.metrics().ship_errors_total, 2);
 }
+
+/// Throughput to a no-op sink (records/s). Runs only with `WALSPOOL_SHIP_BENCH=1`, in
+/// release mode:
+/// `WALSPOOL_SHIP_BENCH=1 cargo test --release -p walspool-wal --test shipper -- --nocapture measure`
+#[test]
+fn measure_noop_sink_throughput() {
+    if std::env::var_os("WALSPOOL_SHIP_BENCH").is_none() {
+        return;
+    }
+    let total = 1_000_000u64;
+    let wal = Wal::open(Memory::new(), Options::default()).unwrap();
+    let recs: Vec<(u64, String)> = (1..=total).map(|i| (i, format!("event {i} with a payload of roughly one hundred bytes, as audit lines tend to be"))).collect();
+    for chunk in recs.chunks(20_000) {
+        futures::executor::block_on(wal.append_batch(chunk)).unwrap();
+    }
+    drop(recs);
+    let bytes = wal.metrics().appended_bytes_total;
+    for batch_max in [2000usize, 200] {
+        let name = format!("noop-{batch_max}");
+        let shipper = Shipper::builder(
+            wal.consumer(&name).unwrap(),
+            FnSink::new(|_: &Batch<(u64, String)>| async { Ok(()) }),
+        )
+        .batch_max(batch_max)
+        .build();
+        let start = Instant::now();
+        let t = shipper.spawn_on_thread().unwrap();
+        assert!(t.handle().wait_committed(total, DEADLINE));
+        let secs = start.elapsed().as_secs_f64();
+        let st = t.shutdown().unwrap();
+        println!(
+            "no-op sink, batch_max {batch_max}: {total} records ({:.0} MB payload) in {secs:.2}s = {:.0} records/s, {} batches",
+            bytes as f64 / 1e6,
+            total as f64 / secs,
+            st.batches_acked
+        );
+    }
+}
