@@ -39,7 +39,9 @@
 //! [`Wal::redrive_dead_letters`] (a record leaves the dead letter only once that sink
 //! acknowledged it), or drop one on purpose with [`Wal::remove_dead_letter`]. Another
 //! WAL can be the store instead ([`ShipperBuilder::dead_letter`] with a `Wal<D>`). No
-//! record is ever silently discarded.
+//! record is ever silently discarded. The default store writes each letter with one
+//! durable metadata write on the shipper's task: fine for the rare poison record; a
+//! sink that refuses records by the thousand wants a dead-letter `Wal` instead.
 //!
 //! # Running it
 //!
