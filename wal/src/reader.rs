@@ -114,10 +114,39 @@ impl<S: Storage> RawReader<S> {
                     return Ok(Some((f.seq, f.ts_us, f.payload.to_vec())));
                 }
                 Decoded::Footer(_) => {
-                    self.seg = None;
-                    let later = lock(&self.inner.segments).iter().any(|s| s.base > seg);
-                    if !later {
-                        return Ok(None);
+                    let later = lock(&self.inner.segments)
+                        .iter()
+                        .find(|s| s.base > seg)
+                        .map(|s| s.base);
+                    match later {
+                        None => {
+                            self.seg = None;
+                            return Ok(None);
+                        }
+                        Some(b) if b == self.next => self.seg = None,
+                        Some(b) if b > self.next => {
+                            // A segment is missing from the middle of the log.
+                            let e = Error::Corrupt {
+                                segment: self.inner.storage.segment_name(b),
+                                offset: 0,
+                                reason: format!(
+                                    "records {}..{} are missing: the previous segment ends at {} (a segment was removed?)",
+                                    self.next,
+                                    b - 1,
+                                    self.next - 1
+                                ),
+                            };
+                            self.skip_segment_or(e)?;
+                        }
+                        Some(_) => {
+                            // Segments overlap: the next one starts before this one ended.
+                            let e = Error::Corrupt {
+                                segment: self.inner.storage.segment_name(seg),
+                                offset: self.buf_at + self.pos as u64,
+                                reason: "the next segment starts before this one ends".into(),
+                            };
+                            self.skip_segment_or(e)?;
+                        }
                     }
                     continue;
                 }
