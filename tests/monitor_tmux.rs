@@ -319,13 +319,11 @@ fn top_in_tmux_follows_live_writers_drops_a_killed_writer_and_quits_cleanly() {
 }
 
 fn fmt_count(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    let digits = n.to_string().into_bytes();
+    let groups: Vec<String> = digits
+        .rchunks(3)
+        .rev()
+        .map(|g| String::from_utf8_lossy(g).into_owned())
+        .collect();
+    groups.join(",")
 }

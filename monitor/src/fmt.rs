@@ -2,15 +2,13 @@
 
 /// `1234567` → `1,234,567`.
 pub fn count(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    let digits = n.to_string().into_bytes();
+    let groups: Vec<&str> = digits
+        .rchunks(3)
+        .rev()
+        .map(|g| std::str::from_utf8(g).unwrap_or("?"))
+        .collect();
+    groups.join(",")
 }
 
 /// Bytes in binary units: `512 B`, `12.3 KiB`, `4.0 MiB`.

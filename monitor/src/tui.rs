@@ -45,6 +45,10 @@ impl TerminalGuard {
             std::panic::set_hook(Box::new(move |info| {
                 restore_terminal();
                 prev(info);
+                // A panic on any thread (a collector, the input reader) ends `top`: the
+                // terminal is already restored, and drawing on would put it back in raw
+                // mode behind the user's back.
+                std::process::exit(101);
             }));
         });
         enable_raw_mode()?;
@@ -162,4 +166,52 @@ pub fn run_top(opts: TopOptions) -> io::Result<()> {
     drop(terminal);
     drop(guard);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn press(code: KeyCode, modifiers: KeyModifiers) -> Option<Key> {
+        map_key(KeyEvent::new(code, modifiers))
+    }
+
+    #[test]
+    fn keys_map_to_dashboard_actions() {
+        assert_eq!(
+            press(KeyCode::Char('q'), KeyModifiers::NONE),
+            Some(Key::Quit)
+        );
+        assert_eq!(press(KeyCode::Esc, KeyModifiers::NONE), Some(Key::Quit));
+        assert_eq!(
+            press(KeyCode::Char('c'), KeyModifiers::CONTROL),
+            Some(Key::Quit)
+        );
+        assert_eq!(
+            press(KeyCode::Char('c'), KeyModifiers::NONE),
+            Some(Key::Other)
+        );
+        assert_eq!(
+            press(KeyCode::Char('p'), KeyModifiers::NONE),
+            Some(Key::Pause)
+        );
+        assert_eq!(
+            press(KeyCode::Char('?'), KeyModifiers::SHIFT),
+            Some(Key::Help)
+        );
+        assert_eq!(press(KeyCode::Tab, KeyModifiers::NONE), Some(Key::Next));
+        assert_eq!(press(KeyCode::Right, KeyModifiers::NONE), Some(Key::Next));
+        assert_eq!(
+            press(KeyCode::BackTab, KeyModifiers::SHIFT),
+            Some(Key::Prev)
+        );
+        assert_eq!(press(KeyCode::Left, KeyModifiers::NONE), Some(Key::Prev));
+        assert_eq!(
+            press(KeyCode::Char('3'), KeyModifiers::NONE),
+            Some(Key::Select(2))
+        );
+        let mut release = KeyEvent::new(KeyCode::Char('q'), KeyModifiers::NONE);
+        release.kind = KeyEventKind::Release;
+        assert_eq!(map_key(release), None);
+    }
 }
