@@ -305,7 +305,7 @@ fn key_rotation() {
     }
     let rep = verify(&f.wal_dir, &[f.key.clone(), new_key.clone()], Some(102)).unwrap();
     assert_eq!((rep.records, rep.rotations), (102, 1));
-    let err = verify(&f.wal_dir, &[new_key.clone()], None).unwrap_err();
+    let err = verify(&f.wal_dir, std::slice::from_ref(&new_key), None).unwrap_err();
     assert!(err.reason.contains("not among the keys"), "{err}");
     // The WAL now opens with the new key only; the old key is refused.
     let err = Wal::open(

@@ -8,8 +8,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use walspool::format::{decode_frame, Decoded, HEADER_LEN};
 use walspool::{
-    Durability, Error, LocalDisk, Memory, Options, RecoveryMode, Storage, StorageExt, Tear, Wal,
-    WhenFull,
+    Durability, Error, LocalDisk, Memory, Options, RecoveryMode, Storage, Tear, Wal, WhenFull,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -312,11 +311,8 @@ fn bounds_block<B: Backend>() {
     });
     // The appender stops making progress: it is blocked at the bound.
     let mut last = 0;
-    loop {
-        match rx.recv_timeout(Duration::from_millis(500)) {
-            Ok(i) => last = i,
-            Err(_) => break,
-        }
+    while let Ok(i) = rx.recv_timeout(Duration::from_millis(500)) {
+        last = i;
     }
     assert!(last < 600, "appender was never blocked");
     let m = wal.metrics();
@@ -333,7 +329,7 @@ fn bounds_block<B: Backend>() {
             let e = s.next().await.unwrap().unwrap();
             assert_eq!(e.seq, seen + 1);
             seen = e.seq;
-            if seen % 20 == 0 || seen == 600 {
+            if seen.is_multiple_of(20) || seen == 600 {
                 slow.commit(seen).await.unwrap();
             }
         }
