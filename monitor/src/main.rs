@@ -118,6 +118,10 @@ enum Cmd {
     Verify {
         /// The WAL directory.
         dir: PathBuf,
+        /// HMAC key file(s) of a chained WAL: checks every record's MAC and the chain
+        /// across segments. Give every key the WAL used (old and new after a rotation).
+        #[arg(long = "key-file")]
+        key_files: Vec<PathBuf>,
     },
 }
 
@@ -216,7 +220,7 @@ fn main() -> ExitCode {
             &mut out,
         )
         .unwrap_or(1),
-        Cmd::Verify { dir } => cli::verify(&dir, &mut out).unwrap_or(1),
+        Cmd::Verify { dir, key_files } => cli::verify(&dir, &key_files, &mut out).unwrap_or(1),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
 }
