@@ -1231,10 +1231,16 @@ fn recover_tail<S: Storage>(
         storage
             .truncate(base, t.offset)
             .map_err(|e| Error::io("truncate torn tail", name.clone(), e))?;
-        storage
-            .sync(base)
-            .map_err(|e| Error::io("fdatasync", name, e))?;
     }
+    // Always fdatasync what recovery keeps: it is handed to readers and consumers as
+    // durable. After a process crash the tail can hold records that were written but
+    // never fsynced (a failed fsync, Periodic or Buffered durability); without this, a
+    // power loss after the restart loses records that readers already returned, a
+    // consumer checkpoint can point past the end of the log, and their sequence numbers
+    // are reused for different records.
+    storage
+        .sync(base)
+        .map_err(|e| Error::io("fdatasync", name, e))?;
     Ok(t)
 }
 
