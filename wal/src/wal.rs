@@ -1303,8 +1303,11 @@ fn writer_main<S: Storage>(inner: Arc<Inner<S>>, tail: TailState) {
                 }
                 timeout = timeout.min(due - now);
             }
-            if st.roll_requested
-                || age_limit.is_some_and(|a| w.count > 0 && w.opened.elapsed() >= a)
+            // A poisoned WAL does no more I/O: an age-based roll would write a footer and
+            // start a segment whose base skips the sequence numbers of failed appends.
+            if st.poisoned.is_none()
+                && (st.roll_requested
+                    || age_limit.is_some_and(|a| w.count > 0 && w.opened.elapsed() >= a))
             {
                 st.roll_requested = false;
                 if st.seg_records > 0 {
