@@ -1127,15 +1127,31 @@ fn recover_tail<S: Storage>(
         Err(e) => {
             // A torn header can only come from a crash right after the segment was
             // created: nothing after it can be valid yet. Anything else is corruption.
+            // Look at the whole first frame, whatever its size (a record longer than
+            // the first read, or a segment shorter than a chained header, must not pass
+            // for "nothing written yet" and be wiped).
             let looks_used = [HEADER_LEN, HEADER_MAX_LEN].iter().any(|&at| {
-                storage
-                    .read_vec(base, at as u64, FRAME_HEADER_LEN + MAC_LEN + 64)
-                    .is_ok_and(|rest| {
-                        matches!(decode_frame_with(&rest, false), Decoded::Frame(..))
-                            || matches!(decode_frame_with(&rest, true), Decoded::Frame(..))
-                    })
+                [false, true].iter().any(|&chained| {
+                    let mut want = FRAME_HEADER_LEN + MAC_LEN + 64;
+                    loop {
+                        let Ok(rest) = storage.read_vec(base, at as u64, want) else {
+                            return false;
+                        };
+                        match decode_frame_with(&rest, chained) {
+                            Decoded::Frame(..) => return true,
+                            Decoded::Incomplete { needed }
+                                if rest.len() == want
+                                    && needed > want
+                                    && (at + needed) as u64 <= len =>
+                            {
+                                want = needed
+                            }
+                            _ => return false,
+                        }
+                    }
+                })
             });
-            if len <= HEADER_MAX_LEN as u64 || !looks_used {
+            if !looks_used {
                 storage
                     .truncate(base, 0)
                     .map_err(|e| Error::io("truncate", name.clone(), e))?;
