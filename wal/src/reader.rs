@@ -223,6 +223,8 @@ impl<S: Storage> RawReader<S> {
 ///
 /// Items are `Result`s. [`Error::Gap`] is not fatal: records were dropped by retention
 /// bounds before this reader got to them and the stream continues after the gap.
+/// [`Error::Decode`] (an intact record of another type) skips that record. Any other
+/// error (corruption, I/O) is the stream's last item; open a new reader to retry.
 /// Reads are short `pread`s of data that is almost always in the page cache; they run
 /// on the task polling the stream.
 pub struct ReadStream<S: Storage, T> {
@@ -292,7 +294,15 @@ impl<S: Storage, T: DeserializeOwned> Stream for ReadStream<S, T> {
         for attempt in 0..2 {
             match this.try_next_raw() {
                 Ok(Some(e)) => return Poll::Ready(Some(decode_entry(e))),
-                Err(e) => return Poll::Ready(Some(Err(e))),
+                Err(e) => {
+                    // The reader cannot get past corruption or an I/O error: end the
+                    // stream rather than yield the same error forever (a consumer that
+                    // logs and skips errors would spin). A gap is not fatal.
+                    if !matches!(e, Error::Gap { .. }) {
+                        this.done = true;
+                    }
+                    return Poll::Ready(Some(Err(e)));
+                }
                 Ok(None) => {}
             }
             let finished = this.until.is_some_and(|u| this.raw.next > u)
