@@ -145,7 +145,7 @@ fn child(dir: &str) -> ! {
         let wal = wal.clone();
         let out = out.clone();
         threads.push(std::thread::spawn(move || {
-            let mut rng = Rng(seed ^ (writer as u64 + 1) * 0x1234_5678_9abc);
+            let mut rng = Rng(seed ^ ((writer as u64 + 1) * 0x1234_5678_9abc));
             let mut n = 0u64;
             loop {
                 if writer < 3 {

@@ -89,6 +89,9 @@ fn walk_decoder(b: &[u8]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Records read back (seq, payload) and the first error, if any.
+type ReadBack = (Vec<(u64, Vec<u8>)>, Option<Error>);
+
 /// Opens a WAL over `mem` and reads every record through the `Stream` API. Returns
 /// what was read (seq, payload) and the first error, if any. Bounded: a stream that
 /// keeps yielding after `limit` items fails the test (a loop).
@@ -96,7 +99,7 @@ fn open_and_read(
     mem: &Memory,
     mode: RecoveryMode,
     limit: usize,
-) -> Result<(Vec<(u64, Vec<u8>)>, Option<Error>), TestCaseError> {
+) -> Result<ReadBack, TestCaseError> {
     let opts = Options::default()
         .segment_size(4096)
         .stats_interval(None)
