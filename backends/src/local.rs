@@ -331,6 +331,24 @@ impl Storage for LocalDisk {
         Ok(())
     }
 
+    fn preallocate(&self, id: SegmentId, len: u64) -> io::Result<()> {
+        self.check_writable()?;
+        let f = self.file(id)?;
+        let cur = f.metadata()?.len();
+        if cur >= len {
+            return Ok(());
+        }
+        // Measured on this ext4 VM: fdatasync after a 256-byte write inside a
+        // fallocated range takes ~105 µs (p50) against ~155 µs when the write grows the
+        // file, because the size change need not be journaled (BENCHMARKS.md).
+        match rustix::fs::fallocate(&*f, rustix::fs::FallocateFlags::empty(), cur, len - cur) {
+            Ok(()) => Ok(()),
+            // File systems without fallocate (tmpfs on old kernels, some FUSE): fine.
+            Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => Ok(()),
+            Err(e) => Err(io::Error::from(e)),
+        }
+    }
+
     fn release(&self) {
         self.files.lock().unwrap_or_else(|e| e.into_inner()).clear();
         // Dropping the file releases the flock.

@@ -81,7 +81,7 @@ impl Default for Options {
             when_full: WhenFull::Block,
             recovery: RecoveryMode::Strict,
             stats_interval: Some(Duration::from_millis(500)),
-            max_buffered_bytes: 32 << 20,
+            max_buffered_bytes: 8 << 20,
             wal_id: None,
             hmac: None,
         }
@@ -130,7 +130,7 @@ impl Options {
         self.stats_interval = every;
         self
     }
-    /// Bound on bytes waiting for the writer thread; appenders wait beyond it (default 32 MiB).
+    /// Bound on bytes waiting for the writer thread; appenders wait beyond it (default 8 MiB).
     pub fn max_buffered_bytes(mut self, bytes: usize) -> Self {
         self.max_buffered_bytes = bytes;
         self

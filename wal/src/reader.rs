@@ -35,6 +35,7 @@ pub(crate) struct RawReader<S: Storage> {
     pos: usize,
     buf_at: u64,
     chained: bool,
+    refreshed_at: Option<(u64, u64)>,
 }
 
 const READ_CHUNK: usize = 256 << 10;
@@ -49,6 +50,7 @@ impl<S: Storage> RawReader<S> {
             pos: 0,
             buf_at: 0,
             chained: false,
+            refreshed_at: None,
         }
     }
 
@@ -154,13 +156,16 @@ impl<S: Storage> RawReader<S> {
                     self.buf.drain(..self.pos);
                     self.buf_at += self.pos as u64;
                     self.pos = 0;
-                    let want = READ_CHUNK.max(needed);
+                    let mut want = READ_CHUNK.max(needed);
+                    let from = self.buf_at + self.buf.len() as u64;
+                    // In the active segment, read only what the writer has written:
+                    // past it lies preallocated space (zeros) that later becomes frames.
+                    if self.inner.current_base.load(Ordering::Acquire) == seg {
+                        let written = self.inner.current_offset.load(Ordering::Acquire);
+                        want = want.min(written.saturating_sub(from) as usize);
+                    }
                     let name = || self.inner.storage.segment_name(seg);
-                    let more = match self.inner.storage.read_vec(
-                        seg,
-                        self.buf_at + self.buf.len() as u64,
-                        want,
-                    ) {
+                    let more = match self.inner.storage.read_vec(seg, from, want) {
                         Ok(m) => m,
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                             self.seg = None;
@@ -168,6 +173,12 @@ impl<S: Storage> RawReader<S> {
                         }
                         Err(e) => return Err(Error::io("read", name(), e)),
                     };
+                    let at = self.buf_at + self.buf.len() as u64;
+                    if more.is_empty() && self.refreshed_at != Some((seg, at)) {
+                        // Raced with a roll's update of the write position: look again.
+                        self.refreshed_at = Some((seg, at));
+                        continue;
+                    }
                     if more.is_empty() {
                         // A durable record must be on storage in full.
                         let e = Error::Corrupt {
@@ -181,6 +192,14 @@ impl<S: Storage> RawReader<S> {
                     self.buf.extend_from_slice(&more);
                 }
                 Decoded::Invalid(reason) => {
+                    let at = self.buf_at + self.pos as u64;
+                    if self.refreshed_at != Some((seg, at)) {
+                        // The buffer may hold bytes read before the writer wrote them
+                        // (preallocated zeros); read them again before judging.
+                        self.refreshed_at = Some((seg, at));
+                        self.buf.truncate(self.pos);
+                        continue;
+                    }
                     let e = Error::Corrupt {
                         segment: self.inner.storage.segment_name(seg),
                         offset: self.buf_at + self.pos as u64,

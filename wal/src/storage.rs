@@ -71,6 +71,12 @@ pub trait Storage: Send + Sync + 'static {
     fn publish(&self, name: &str, value: &[u8]) -> io::Result<()> {
         self.put_meta(name, value)
     }
+    /// Reserves space for a segment up to `len` bytes (e.g. `fallocate`), so that
+    /// appends inside it do not change the file size and fdatasync has less metadata to
+    /// write. The reserved range reads as zeros. Optional: the default does nothing.
+    fn preallocate(&self, _id: SegmentId, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
     /// Called once when the WAL is closed: release locks and handles so that the
     /// storage can be opened again (by this or another process) while old handles live.
     fn release(&self) {}
@@ -152,6 +158,9 @@ impl<S: Storage> Storage for std::sync::Arc<S> {
     }
     fn release(&self) {
         (**self).release()
+    }
+    fn preallocate(&self, id: SegmentId, len: u64) -> io::Result<()> {
+        (**self).preallocate(id, len)
     }
     fn segment_name(&self, id: SegmentId) -> String {
         (**self).segment_name(id)

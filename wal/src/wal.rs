@@ -72,6 +72,18 @@ pub(crate) enum Op {
     },
 }
 
+/// Size of the buffers appenders encode frames into; the writer writes each with one
+/// `pwrite`.
+const FRAME_CHUNK: usize = 1 << 20;
+
+/// Reserves the rest of a new segment on storage (see [`Storage::preallocate`]);
+/// failure only costs speed, so it is logged, not fatal.
+fn preallocate<S: Storage>(inner: &Inner<S>, id: u64) {
+    if let Err(e) = inner.storage.preallocate(id, inner.opts.segment_size) {
+        tracing::debug!(segment = %inner.storage.segment_name(id), error = %e, "could not preallocate segment");
+    }
+}
+
 /// What queuing a batch gives: first sequence number, count, and the receiver that
 /// resolves once the batch is as durable as the configured `Durability` (none for
 /// `Buffered`).
@@ -95,6 +107,8 @@ pub(crate) struct State {
     waiters: Vec<Waiter>,
     flushes: Vec<oneshot::Sender<Result<()>>>,
     pending_bytes: usize,
+    /// Bytes the writer took and has not written yet (they count against the bound).
+    inflight_bytes: usize,
     seg_planned: u64,
     seg_records: u64,
     /// Bytes of all segments, including what is planned for the active one.
@@ -401,6 +415,9 @@ impl<S: Storage> Wal<S> {
                 }
             }
         };
+        if let Err(e) = storage.preallocate(tail.base, opts.segment_size) {
+            tracing::debug!(error = %e, "could not preallocate the tail segment");
+        }
         if torn_cut > 0 {
             tracing::warn!(
                 location = %storage.location(),
@@ -430,6 +447,7 @@ impl<S: Storage> Wal<S> {
                 waiters: Vec::new(),
                 flushes: Vec::new(),
                 pending_bytes: 0,
+                inflight_bytes: 0,
                 seg_planned: tail.offset,
                 seg_records: tail.count,
                 used_bytes: used,
@@ -728,7 +746,8 @@ impl<S: Storage> Inner<S> {
         }
         let overhead = st.frame_overhead();
         let total: usize = payloads.iter().map(|p| p.len() + overhead).sum();
-        if st.pending_bytes > 0 && st.pending_bytes + total > self.opts.max_buffered_bytes {
+        let buffered = st.pending_bytes + st.inflight_bytes;
+        if buffered > 0 && buffered + total > self.opts.max_buffered_bytes {
             return Ok(None);
         }
         if let Some(max) = self.opts.max_bytes {
@@ -769,15 +788,15 @@ impl<S: Storage> Inner<S> {
                     last_seq,
                     last_ts,
                     count,
-                }) => {
+                }) if bytes.len() + frame_len as usize <= FRAME_CHUNK.max(bytes.capacity()) => {
                     encode_frame_with(bytes, seq, ts, mac.as_ref(), p);
                     *last_seq = seq;
                     *last_ts = ts;
                     *count += 1;
                 }
                 _ => {
-                    let mut bytes =
-                        Vec::with_capacity((total.min(self.opts.max_buffered_bytes)).max(64 << 10));
+                    // Fixed-size chunks: no doubling reallocations of a large buffer.
+                    let mut bytes = Vec::with_capacity(FRAME_CHUNK.max(frame_len as usize));
                     encode_frame_with(&mut bytes, seq, ts, mac.as_ref(), p);
                     st.ops.push(Op::Frames {
                         bytes,
@@ -1021,6 +1040,9 @@ fn seal_tail<S: Storage>(storage: &S, t: &mut TailState) -> Result<()> {
         .write_at(t.base, t.offset, &footer.encode())
         .map_err(|e| Error::io("write footer", name.clone(), e))?;
     storage
+        .truncate(t.base, t.offset + FOOTER_LEN as u64)
+        .map_err(|e| Error::io("truncate", name.clone(), e))?;
+    storage
         .sync(t.base)
         .map_err(|e| Error::io("fdatasync", name, e))?;
     t.offset += FOOTER_LEN as u64;
@@ -1243,7 +1265,13 @@ fn recover_tail<S: Storage>(
     }
     t.crc = crc;
     if len > t.offset {
-        t.cut_bytes = len - t.offset;
+        // Zeros after the last frame are preallocated space, not a torn write.
+        let after = storage
+            .read_vec(base, t.offset, 4096)
+            .map_err(|e| Error::io("read", name.clone(), e))?;
+        if after.iter().any(|&b| b != 0) {
+            t.cut_bytes = len - t.offset;
+        }
         storage
             .truncate(base, t.offset)
             .map_err(|e| Error::io("truncate torn tail", name.clone(), e))?;
@@ -1351,10 +1379,9 @@ fn writer_main<S: Storage>(inner: Arc<Inner<S>>, tail: TailState) {
         let waiters = std::mem::take(&mut st.waiters);
         let flushes = std::mem::take(&mut st.flushes);
         let closing = st.closing;
+        st.inflight_bytes = st.pending_bytes;
         st.pending_bytes = 0;
-        let space = std::mem::take(&mut st.space_wakers);
         drop(st);
-        space.into_iter().for_each(Waker::wake);
 
         let mut result = Ok(());
         let mut rolled = false;
@@ -1375,6 +1402,14 @@ fn writer_main<S: Storage>(inner: Arc<Inner<S>>, tail: TailState) {
                 result = Err(e);
                 break;
             }
+        }
+        {
+            // Written (or failed): the buffer space is free again.
+            let mut st = lock(&inner.state);
+            st.inflight_bytes = 0;
+            let space = std::mem::take(&mut st.space_wakers);
+            drop(st);
+            space.into_iter().for_each(Waker::wake);
         }
         if result.is_ok() {
             inner.written_seq.store(w.last_seq, Ordering::Release);
@@ -1430,6 +1465,16 @@ fn writer_main<S: Storage>(inner: Arc<Inner<S>>, tail: TailState) {
         if closing {
             let st = lock(&inner.state);
             if st.ops.is_empty() {
+                let healthy = st.poisoned.is_none();
+                drop(st);
+                if healthy {
+                    // A clean close leaves the tail at its logical size (no preallocated
+                    // zeros for tools to look at); the next open preallocates again.
+                    let _ = inner
+                        .storage
+                        .truncate(w.cur, w.offset)
+                        .and_then(|()| inner.storage.sync(w.cur));
+                }
                 return;
             }
         }
@@ -1533,6 +1578,11 @@ impl Writer {
             return Err(inner.poison("write footer", &e));
         }
         self.offset += FOOTER_LEN as u64;
+        // Give back the preallocated space after the footer; the same fdatasync makes
+        // the footer and the new size durable.
+        if let Err(e) = inner.storage.truncate(self.cur, self.offset) {
+            return Err(inner.poison("truncate sealed segment", &e));
+        }
         self.dirty = true;
         self.sync(inner)?;
         inner.durable_seq.store(self.last_seq, Ordering::Release);
@@ -1554,6 +1604,7 @@ impl Writer {
         if let Err(e) = inner.storage.write_at(new_base, 0, &header.encode()) {
             return Err(inner.poison("write segment header", &e));
         }
+        preallocate(inner, new_base);
         // The header is durable before any frame goes in, so a crash can't tear it.
         if let Err(e) = inner.storage.sync(new_base) {
             return Err(inner.poison("fdatasync", &e));
