@@ -9,7 +9,7 @@ use futures::channel::oneshot;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use serde::{Deserialize, Serialize};
-use walspool_wal::format::{SegmentFooter, SegmentHeader, FOOTER_LEN, HEADER_LEN};
+use walspool_wal::format::{SegmentFooter, SegmentHeader, FOOTER_LEN, HEADER_LEN, HEADER_MAX_LEN};
 use walspool_wal::{ArchiveStatus, RetentionHook, Storage, StorageExt, Wal};
 
 use super::store::get_range;
@@ -563,7 +563,7 @@ impl<S: Storage> Worker<S> {
             ));
         }
         // Header and footer first: is this the sealed segment we think it is?
-        let header = match self.read_local(base, 0, HEADER_LEN).await {
+        let header = match self.read_local(base, 0, HEADER_MAX_LEN).await {
             Ok(h) => h,
             Err(ArchiveError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>

@@ -3,7 +3,7 @@
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
-use walspool_wal::format::{SegmentFooter, SegmentHeader, FOOTER_LEN, HEADER_LEN};
+use walspool_wal::format::{SegmentFooter, SegmentHeader, FOOTER_LEN, HEADER_LEN, HEADER_MAX_LEN};
 use walspool_wal::Storage;
 
 use super::archiver::save_state;
@@ -256,8 +256,8 @@ impl RestoreTask {
                 }
                 let body_end = footer_at.saturating_sub(at).min(chunk.len() as u64) as usize;
                 body.update(&chunk[..body_end]);
-                if head.len() < HEADER_LEN {
-                    let n = (HEADER_LEN - head.len()).min(chunk.len());
+                if head.len() < HEADER_MAX_LEN {
+                    let n = (HEADER_MAX_LEN - head.len()).min(chunk.len());
                     head.extend_from_slice(&chunk[..n]);
                 }
                 tail.extend_from_slice(&chunk[body_end..]);

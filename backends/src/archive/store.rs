@@ -182,15 +182,21 @@ impl ArchiveStore {
                 if bucket.is_empty() {
                     return Err(ArchiveError::Config(format!("{url:?} names no bucket")));
                 }
-                let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+                // Client options (timeouts, allow-http) first: `with_client_options`
+                // replaces them all, including an `AWS_ALLOW_HTTP` read from the
+                // environment, which is therefore read here.
+                let env_http = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+                let endpoint_http = opts.endpoint.as_deref().is_some_and(|e| e.starts_with("http://"));
+                let allow_http = opts.allow_http.unwrap_or(env_http || endpoint_http);
+                let client = object_store::ClientOptions::new()
+                    .with_timeout(opts.request_timeout)
+                    .with_connect_timeout(opts.connect_timeout)
+                    .with_allow_http(allow_http);
+                let mut b = object_store::aws::AmazonS3Builder::from_env()
+                    .with_client_options(client)
+                    .with_bucket_name(bucket);
                 if let Some(e) = &opts.endpoint {
                     b = b.with_endpoint(e);
-                    if opts.allow_http.is_none() && e.starts_with("http://") {
-                        b = b.with_allow_http(true);
-                    }
-                }
-                if let Some(a) = opts.allow_http {
-                    b = b.with_allow_http(a);
                 }
                 if let Some(r) = &opts.region {
                     b = b.with_region(r);
@@ -210,12 +216,8 @@ impl ArchiveStore {
                     max_retries: opts.client_retries,
                     retry_timeout: opts.request_timeout,
                 };
-                let client = object_store::ClientOptions::new()
-                    .with_timeout(opts.request_timeout)
-                    .with_connect_timeout(opts.connect_timeout);
                 let s3 = b
                     .with_retry(retry)
-                    .with_client_options(client)
                     .build()
                     .map_err(|e| ArchiveError::Config(format!("{url}: {e}")))?;
                 Self::with_identity(Arc::new(s3), prefix, format!("s3://{bucket}"))
