@@ -1022,3 +1022,23 @@ fn missing_middle_segment() {
     assert_eq!(got.len() as u64 + wal.metrics().corrupt_skipped_total, 300);
     block_on(wal.close()).unwrap();
 }
+
+/// A backend that panics kills the writer thread: pending and later appends fail,
+/// close returns an error, nothing hangs and nothing is acknowledged.
+#[test]
+fn writer_thread_panic_fails_everything_cleanly() {
+    let mem = Memory::new();
+    let wal = Wal::open(mem.clone(), Options::default()).unwrap();
+    block_on(wal.append(&rec(1))).unwrap();
+    mem.panic_nth_write(1);
+    let r = block_on(wal.append(&rec(2)));
+    assert!(
+        matches!(r, Err(Error::Poisoned { .. }) | Err(Error::Closed)),
+        "{r:?}"
+    );
+    let later = block_on(wal.append(&rec(3)));
+    assert!(matches!(later, Err(Error::Poisoned { .. })), "{later:?}");
+    let closed = block_on(wal.close());
+    assert!(closed.is_err(), "close must report the dead writer");
+    assert_eq!(wal.durable_seq(), 1);
+}

@@ -54,6 +54,7 @@ struct Inner {
     write_calls: u64,
     sync_calls: u64,
     fail_write_at: Option<u64>,
+    panic_write_at: Option<u64>,
     fail_sync_at: Option<u64>,
     fail_all_syncs: bool,
     capacity: Option<u64>,
@@ -124,6 +125,13 @@ impl Memory {
     pub fn fail_nth_write(&self, n: u64) {
         let mut g = self.lock();
         g.fail_write_at = Some(g.write_calls + n);
+    }
+
+    /// The `n`th `write_at` call from now panics: a buggy backend, to test that the WAL
+    /// neither hangs nor acknowledges anything after its writer thread dies.
+    pub fn panic_nth_write(&self, n: u64) {
+        let mut g = self.lock();
+        g.panic_write_at = Some(g.write_calls + n);
     }
 
     /// The `n`th `sync` call from now (1 = the next) fails with an I/O error.
@@ -217,6 +225,11 @@ impl Storage for Memory {
     fn write_at(&self, id: SegmentId, offset: u64, data: &[u8]) -> io::Result<()> {
         let mut g = self.lock();
         g.write_calls += 1;
+        if g.panic_write_at == Some(g.write_calls) {
+            g.panic_write_at = None;
+            drop(g);
+            panic!("injected panic in Memory::write_at");
+        }
         if g.fail_write_at == Some(g.write_calls) {
             g.fail_write_at = None;
             return Err(io::Error::other("injected write failure (EIO)"));

@@ -502,9 +502,34 @@ impl<S: Storage> Wal<S> {
         let writer = std::thread::Builder::new()
             .name("walspool-writer".into())
             .spawn(move || {
-                writer_main(w.clone(), tail);
-                w.writer_done.store(true, Ordering::Release);
-                w.wake_readers();
+                /// Marks the writer gone even if it panics, so that nothing waits on
+                /// it forever and later appends fail instead of hanging.
+                struct Done<S: Storage>(Arc<Inner<S>>);
+                impl<S: Storage> Drop for Done<S> {
+                    fn drop(&mut self) {
+                        if std::thread::panicking() {
+                            let e = io::Error::other("the walspool writer thread panicked");
+                            let err = self.0.poison("writer", &e);
+                            let mut st = lock(&self.0.state);
+                            let waiters = std::mem::take(&mut st.waiters);
+                            let flushes = std::mem::take(&mut st.flushes);
+                            // Under the lock: `close` either sees the writer gone or
+                            // queued its flush before this drain.
+                            self.0.writer_done.store(true, Ordering::Release);
+                            drop(st);
+                            for w in waiters {
+                                let _ = w.tx.send(Err(clone_err(&err)));
+                            }
+                            for f in flushes {
+                                let _ = f.send(Err(clone_err(&err)));
+                            }
+                        }
+                        self.0.writer_done.store(true, Ordering::Release);
+                        self.0.wake_readers();
+                    }
+                }
+                let _done = Done(w.clone());
+                writer_main(w, tail);
             })
             .map_err(|e| Error::io("spawn writer thread", "walspool-writer", e))?;
         housekeeper::start(inner.clone())?;
@@ -650,10 +675,22 @@ impl<S: Storage> Wal<S> {
                 drop(st);
                 return Ok(());
             }
-            st.flushes.push(tx);
+            if self.inner.writer_done.load(Ordering::Acquire) {
+                // The writer thread is gone (it panicked): nothing can be flushed.
+                drop(st);
+                drop(tx);
+            } else {
+                st.flushes.push(tx);
+            }
         }
         self.inner.begin_close();
-        let r = rx.await.unwrap_or(Ok(()));
+        // The sender is dropped without an answer only if the writer thread died.
+        let r = rx.await.unwrap_or_else(|_| {
+            Err(Error::Poisoned {
+                cause: "the walspool writer thread stopped before close completed".into(),
+                kind: io::ErrorKind::Other,
+            })
+        });
         housekeeper::stop(&self.inner);
         // Wait (briefly) for the writer thread to finish before releasing the storage.
         let t = Instant::now();
