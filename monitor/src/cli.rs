@@ -370,3 +370,58 @@ fn verify_crc(dir: &Path, out: &mut dyn Write) -> std::io::Result<i32> {
         }
     }
 }
+
+/// Runs `restore`: rebuilds `to` from the archive at `from`, printing progress to
+/// stderr; returns the exit code (0 done, 1 failed).
+pub fn restore(
+    from: &str,
+    to: &Path,
+    wal_id: Option<String>,
+    endpoint: Option<String>,
+    allow_http: bool,
+    out: &mut dyn Write,
+) -> std::io::Result<i32> {
+    use std::sync::Arc;
+    use walspool_backends::archive::{
+        restore_from_url, RestoreOptions, RestoreProgress, StoreOptions,
+    };
+    let mut store = StoreOptions::default();
+    if let Some(e) = endpoint {
+        store = store.endpoint(e);
+    }
+    if allow_http {
+        store = store.allow_http(true);
+    }
+    let mut opts = RestoreOptions::default().progress(Arc::new(|p: &RestoreProgress| {
+        eprintln!(
+            "restore {}: segment {}/{} ({} of {})",
+            p.wal_id,
+            p.segments_done,
+            p.segments_total,
+            fmt::bytes(p.bytes_done),
+            fmt::bytes(p.bytes_total)
+        );
+    }));
+    if let Some(id) = wal_id {
+        opts = opts.wal_id(id);
+    }
+    match futures::executor::block_on(restore_from_url(from, store, to, opts)) {
+        Ok(r) => {
+            writeln!(
+                out,
+                "restored WAL {} into {}: {} segments, {}, records {}..{}",
+                r.wal_id,
+                r.dir.display(),
+                r.segments,
+                fmt::bytes(r.bytes),
+                r.first_seq,
+                r.last_seq
+            )?;
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("walspool restore: {e}");
+            Ok(1)
+        }
+    }
+}

@@ -114,6 +114,24 @@ enum Cmd {
         #[arg(long, default_value_t = 16)]
         preview: usize,
     },
+    /// Rebuild a WAL directory from its archive (s3://bucket/prefix, file:///path).
+    Restore {
+        /// Archive URL, as given to the archiver.
+        #[arg(long)]
+        from: String,
+        /// Directory to create (must be empty or absent).
+        #[arg(long)]
+        to: PathBuf,
+        /// Which WAL, when the archive holds several.
+        #[arg(long)]
+        wal_id: Option<String>,
+        /// S3 endpoint (e.g. http://127.0.0.1:5055 for a local server); else AWS_ENDPOINT_URL.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Allow plain http:// to the endpoint.
+        #[arg(long)]
+        allow_http: bool,
+    },
     /// Check every frame CRC, sequence continuity, headers and footers.
     Verify {
         /// The WAL directory.
@@ -220,6 +238,13 @@ fn main() -> ExitCode {
             &mut out,
         )
         .unwrap_or(1),
+        Cmd::Restore {
+            from,
+            to,
+            wal_id,
+            endpoint,
+            allow_http,
+        } => cli::restore(&from, &to, wal_id, endpoint, allow_http, &mut out).unwrap_or(1),
         Cmd::Verify { dir, key_files } => cli::verify(&dir, &key_files, &mut out).unwrap_or(1),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
