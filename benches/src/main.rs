@@ -71,7 +71,8 @@ struct Args {
 
 fn all_subjects() -> Vec<Box<dyn Subject>> {
     vec![
-        Box::new(walspool_cases::Walspool),
+        Box::new(walspool_cases::Walspool { hmac: false }),
+        Box::new(walspool_cases::Walspool { hmac: true }),
         Box::new(peers::OkayWal),
         Box::new(peers::RaftEngine),
         Box::new(peers::NanoWal),
@@ -152,7 +153,7 @@ fn run(args: Args) -> Res<()> {
                 || Some(baselines::raw_fsync(&cfg, &p, false)),
             ),
         );
-        for s in &subjects {
+        for s in subjects.iter().filter(|s| s.cases().contains('a')) {
             if let Some(mut r) = measure(
                 &cfg,
                 &format!("a/{}", s.name()),
@@ -193,7 +194,7 @@ fn run(args: Args) -> Res<()> {
                     || Some(baselines::group_commit(&cfg, &p, n, true)),
                 ),
             );
-            for s in &subjects {
+            for s in subjects.iter().filter(|s| s.cases().contains('b')) {
                 for (m, mode) in s.concurrent_modes().iter().enumerate() {
                     let imp = if mode.is_empty() {
                         s.name().to_string()
@@ -243,7 +244,7 @@ fn run(args: Args) -> Res<()> {
                 || Some(baselines::bufwriter_sync_1000(&cfg, &p, true)),
             ),
         );
-        for s in &subjects {
+        for s in subjects.iter().filter(|s| s.cases().contains('c')) {
             if let Some(mut r) = measure(
                 &cfg,
                 &format!("c/{}", s.name()),
@@ -274,7 +275,7 @@ fn run(args: Args) -> Res<()> {
                 || Some(baselines::bufwriter_nosync(&cfg, &p)),
             ),
         );
-        for s in &subjects {
+        for s in subjects.iter().filter(|s| s.cases().contains('d')) {
             if let Some(mut r) = measure(
                 &cfg,
                 &format!("d/{}", s.name()),
@@ -382,7 +383,7 @@ fn case_e(
     foot: &mut Vec<String>,
 ) -> Res<()> {
     let opens = cfg.reps;
-    for s in subjects {
+    for s in subjects.iter().filter(|s| s.cases().contains('e')) {
         let dir = tmpdir(cfg, &format!("hist-{}", s.name()))?;
         let mut written = 0u64;
         let mut first: Option<Duration> = None;
@@ -536,7 +537,7 @@ fn case_g(
 ) -> Res<()> {
     let exe = std::env::current_exe()?;
     let mut baseline_hwm = None;
-    for s in subjects {
+    for s in subjects.iter().filter(|s| s.cases().contains('g')) {
         let dir = tmpdir(cfg, &format!("rss-{}", s.name()))?;
         let wal_dir = dir.path().join("wal");
         for phase in ["build", "read"] {

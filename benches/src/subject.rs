@@ -11,6 +11,11 @@ pub trait Subject: Sync {
     /// Name in the table.
     fn name(&self) -> &'static str;
 
+    /// The case letters this implementation runs (default all).
+    fn cases(&self) -> &'static str {
+        "abcdefg"
+    }
+
     /// (a) durable, one writer, each append awaited before the next; per-op latency.
     fn durable_serial(&self, cfg: &Cfg, p: &Payloads) -> Option<Res<Sample>>;
 

@@ -20,26 +20,32 @@ use crate::subject::Subject;
 /// walspool with its default options except `segment_size` (64 MiB, also the
 /// default) and the durability under test. Records are `serde_bytes::ByteBuf`s of
 /// 256 random bytes (postcard: 2-byte length + payload).
+/// With `hmac`, every record also carries the HMAC-SHA256 chain (issue 10), to show
+/// what tamper evidence costs.
 #[derive(Debug)]
-pub struct Walspool;
+pub struct Walspool {
+    /// Chain every record with HMAC-SHA256.
+    pub hmac: bool,
+}
 
 /// On-disk bytes per record: 24-byte frame header + postcard(ByteBuf(256)).
 const FRAME_BYTES: u64 = 24 + 2 + PAYLOAD as u64;
 /// Segment header + footer.
 const SEG_OVERHEAD: u64 = 32 + 48;
 
-fn open(cfg: &Cfg, dir: &Path, d: Durability) -> Res<Wal<LocalDisk>> {
+fn open_with(cfg: &Cfg, dir: &Path, d: Durability, hmac: bool) -> Res<Wal<LocalDisk>> {
     // A WAL closed and dropped by this process a moment ago should be reopenable at
     // once; retry briefly (and say so) if its directory lock is still held.
     let mut tries = 0;
     loop {
         let r = LocalDisk::open(dir).and_then(|s| {
-            Wal::open(
-                s,
-                Options::default()
-                    .durability(d)
-                    .segment_size(cfg.segment_size),
-            )
+            let mut o = Options::default()
+                .durability(d)
+                .segment_size(cfg.segment_size);
+            if hmac {
+                o = o.hmac_key(walspool_wal::HmacKey::new(vec![7u8; 32])?);
+            }
+            Wal::open(s, o)
         });
         match r {
             Err(walspool_wal::Error::Locked { .. }) if tries < 100 => {
@@ -58,6 +64,10 @@ fn open(cfg: &Cfg, dir: &Path, d: Durability) -> Res<Wal<LocalDisk>> {
             }
         }
     }
+}
+
+fn open(cfg: &Cfg, dir: &Path, d: Durability) -> Res<Wal<LocalDisk>> {
+    open_with(cfg, dir, d, false)
 }
 
 /// Appends `records` records (payload numbers from `first`) with `append_batch`.
@@ -148,13 +158,25 @@ fn concurrent_tasks(cfg: &Cfg, p: &Payloads, wal: &Wal<LocalDisk>, n: usize) -> 
 
 impl Subject for Walspool {
     fn name(&self) -> &'static str {
-        "walspool"
+        if self.hmac {
+            "walspool+hmac"
+        } else {
+            "walspool"
+        }
+    }
+
+    fn cases(&self) -> &'static str {
+        if self.hmac {
+            "acd"
+        } else {
+            "abcdefg"
+        }
     }
 
     fn durable_serial(&self, cfg: &Cfg, p: &Payloads) -> Option<Res<Sample>> {
         Some((|| {
-            let dir = tmpdir(cfg, "walspool")?;
-            let wal = open(cfg, dir.path(), Durability::Sync)?;
+            let dir = tmpdir(cfg, self.name())?;
+            let wal = open_with(cfg, dir.path(), Durability::Sync, self.hmac)?;
             let s = block_on(serial_async(&wal, p, cfg.run_for, cfg.max_sync_records, 1))?;
             block_on(wal.close())?;
             Ok(s)
@@ -193,8 +215,8 @@ impl Subject for Walspool {
 
     fn durable_batch(&self, cfg: &Cfg, p: &Payloads) -> Option<Res<Sample>> {
         Some((|| {
-            let dir = tmpdir(cfg, "walspool")?;
-            let wal = open(cfg, dir.path(), Durability::Sync)?;
+            let dir = tmpdir(cfg, self.name())?;
+            let wal = open_with(cfg, dir.path(), Durability::Sync, self.hmac)?;
             let s = serial_loop(cfg.run_for, u64::MAX, BATCH as u64, 1, |b| {
                 block_on(wal.append_batch(p.batch_bufs(b)))?;
                 Ok(())
@@ -206,8 +228,8 @@ impl Subject for Walspool {
 
     fn buffered_serial(&self, cfg: &Cfg, p: &Payloads) -> Option<Res<Sample>> {
         Some((|| {
-            let dir = tmpdir(cfg, "walspool")?;
-            let wal = open(cfg, dir.path(), Durability::Buffered)?;
+            let dir = tmpdir(cfg, self.name())?;
+            let wal = open_with(cfg, dir.path(), Durability::Buffered, self.hmac)?;
             let s = block_on(serial_async(&wal, p, cfg.run_for, u64::MAX, SAMPLE_EVERY))?;
             block_on(wal.close())?;
             Ok(s)
