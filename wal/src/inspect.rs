@@ -351,6 +351,15 @@ pub fn scan_segment<S: Storage + ?Sized>(
         }
     }
     scan.trailing_bytes = len.saturating_sub(scan.valid_len);
+    if active && scan.trailing_bytes > 0 {
+        // Zeros after the last frame are the writer's preallocated space, not a tear.
+        let after = storage
+            .read_vec(id, scan.valid_len, 4096)
+            .map_err(|e| Error::io("read segment", name.clone(), e))?;
+        if after.iter().all(|&b| b == 0) {
+            scan.trailing_bytes = 0;
+        }
+    }
     if scan.problem.is_none() && !active && scan.footer.is_none() {
         scan.problem = Some(problem(
             scan.valid_len,
