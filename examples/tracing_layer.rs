@@ -37,7 +37,7 @@ fn parse_duration(s: &str) -> Duration {
 #[tracing::instrument]
 fn handle_request(id: u64) {
     tracing::info!(request = id, path = "/checkout", "request served");
-    if id % 10 == 0 {
+    if id.is_multiple_of(10) {
         tracing::warn!(request = id, "slow upstream");
     }
     tracing::debug!("not selected by the filter: never written");
