@@ -1346,6 +1346,9 @@ fn writer_main<S: Storage>(inner: Arc<Inner<S>>, tail: TailState) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
+    // Durable appenders completed by the last fsync, and how long to wait for them.
+    let mut last_group = 0usize;
+    let mut linger = Duration::ZERO;
     loop {
         let mut st = lock(&inner.state);
         let mut sync_due = false;
@@ -1412,6 +1415,25 @@ fn writer_main<S: Storage>(inner: Arc<Inner<S>>, tail: TailState) {
                 .unwrap_or_else(|e| e.into_inner().0);
             st.writer_idle = false;
         }
+        // Group commit: the appenders woken by the previous fsync come back one by one.
+        // Give them a moment (a fraction of an fsync) to join this batch instead of
+        // leaving most of them for the next fsync. A lone appender never waits.
+        if periodic.is_none() && last_group > 1 && !st.closing {
+            let deadline = Instant::now() + linger;
+            while st.waiters.len() < last_group && !st.closing && st.poisoned.is_none() {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                st.writer_idle = true;
+                st = inner
+                    .work
+                    .wait_timeout(st, deadline - now)
+                    .map(|r| r.0)
+                    .unwrap_or_else(|e| e.into_inner().0);
+                st.writer_idle = false;
+            }
+        }
         let ops = std::mem::take(&mut st.ops);
         let waiters = std::mem::take(&mut st.waiters);
         let flushes = std::mem::take(&mut st.flushes);
@@ -1456,8 +1478,12 @@ fn writer_main<S: Storage>(inner: Arc<Inner<S>>, tail: TailState) {
                 || waiters.iter().any(|x| x.need_sync)
                 || periodic.is_some_and(|p| w.last_sync.elapsed() >= p);
             if need_sync && w.dirty {
+                let t = Instant::now();
                 result = w.sync(&inner);
+                // A quarter of an fsync, at most 250 µs.
+                linger = (t.elapsed() / 4).min(Duration::from_micros(250));
             }
+            last_group = waiters.iter().filter(|x| x.need_sync).count();
             if result.is_ok() && !w.dirty {
                 inner.durable_seq.store(w.last_seq, Ordering::Release);
                 inner.wake_readers();
