@@ -351,8 +351,12 @@ impl Storage for LocalDisk {
 
     fn release(&self) {
         self.files.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        // Dropping the file releases the flock.
-        self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // Unlock explicitly: a child process caught between fork and exec holds a
+        // duplicate of the descriptor, and merely closing ours would leave the lock held
+        // until that child execs.
+        if let Some(f) = self.lock.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = f.unlock();
+        }
     }
 
     fn segment_name(&self, id: SegmentId) -> String {
@@ -361,5 +365,14 @@ impl Storage for LocalDisk {
 
     fn location(&self) -> String {
         self.dir.display().to_string()
+    }
+}
+
+impl Drop for LocalDisk {
+    fn drop(&mut self) {
+        // Release the lock explicitly (see `release`).
+        if let Some(f) = self.lock.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = f.unlock();
+        }
     }
 }
