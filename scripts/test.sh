@@ -38,4 +38,4 @@ cleanup() {
 trap cleanup EXIT
 
 echo "test.sh: S3 endpoint $WALSPOOL_S3_ENDPOINT" >&2
-cargo test --workspace --all-features "$@"
+cargo test --workspace --all-features --no-fail-fast "$@"
