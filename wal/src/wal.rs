@@ -72,6 +72,59 @@ pub(crate) enum Op {
     },
 }
 
+/// Records encoded with postcard into one buffer (no allocation per record).
+pub(crate) struct Encoded {
+    buf: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Encoded {
+    fn one<T: Serialize + ?Sized>(record: &T) -> Result<Self> {
+        let buf = postcard::to_allocvec(record).map_err(|e| Error::Encode(e.to_string()))?;
+        Ok(Encoded {
+            ends: vec![buf.len()],
+            buf,
+        })
+    }
+
+    fn many<T: Serialize>(records: &[T]) -> Result<Self> {
+        let mut buf = Vec::with_capacity(records.len() * 64);
+        let mut ends = Vec::with_capacity(records.len());
+        for r in records {
+            buf = postcard::to_extend(r, buf).map_err(|e| Error::Encode(e.to_string()))?;
+            ends.push(buf.len());
+        }
+        Ok(Encoded { buf, ends })
+    }
+
+    fn from_vecs(v: Vec<Vec<u8>>) -> Self {
+        let mut ends = Vec::with_capacity(v.len());
+        let mut buf = Vec::with_capacity(v.iter().map(Vec::len).sum());
+        for p in v {
+            buf.extend_from_slice(&p);
+            ends.push(buf.len());
+        }
+        Encoded { buf, ends }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let s = &self.buf[start..end];
+            start = end;
+            s
+        })
+    }
+
+    fn count(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn payload_bytes(&self) -> usize {
+        self.buf.len()
+    }
+}
+
 /// Size of the buffers appenders encode frames into; the writer writes each with one
 /// `pwrite`.
 const FRAME_CHUNK: usize = 1 << 20;
@@ -119,6 +172,8 @@ pub(crate) struct State {
     space_wakers: Vec<Waker>,
     roll_requested: bool,
     chain: Option<ChainState>,
+    /// Frame buffers the writer has written, for appenders to reuse.
+    spare: Vec<Vec<u8>>,
 }
 
 impl State {
@@ -456,6 +511,7 @@ impl<S: Storage> Wal<S> {
                 poisoned: None,
                 space_wakers: Vec::new(),
                 roll_requested: false,
+                spare: Vec::new(),
                 chain: key.clone().map(|k| ChainState {
                     key: k,
                     prev: tail.last_mac.unwrap_or([0; MAC_LEN]),
@@ -560,8 +616,7 @@ impl<S: Storage> Wal<S> {
     /// Appends one record; resolves with its sequence number once it is as durable as
     /// the configured [`Durability`].
     pub async fn append<T: Serialize + ?Sized>(&self, record: &T) -> Result<u64> {
-        let payload = postcard::to_allocvec(record).map_err(|e| Error::Encode(e.to_string()))?;
-        let (first, _) = self.append_payloads(vec![payload]).await?;
+        let (first, _) = self.append_encoded(Encoded::one(record)?).await?;
         Ok(first)
     }
 
@@ -572,17 +627,17 @@ impl<S: Storage> Wal<S> {
             let next = lock(&self.inner.state).next_seq;
             return Ok(next..next);
         }
-        let mut payloads = Vec::with_capacity(records.len());
-        for r in records {
-            payloads.push(postcard::to_allocvec(r).map_err(|e| Error::Encode(e.to_string()))?);
-        }
-        let (first, n) = self.append_payloads(payloads).await?;
+        let (first, n) = self.append_encoded(Encoded::many(records)?).await?;
         Ok(first..first + n)
     }
 
     /// Appends already-encoded payloads (postcard bytes, or any bytes when the WAL is
     /// read raw). Returns the first sequence number and the count.
     pub async fn append_payloads(&self, payloads: Vec<Vec<u8>>) -> Result<(u64, u64)> {
+        self.append_encoded(Encoded::from_vecs(payloads)).await
+    }
+
+    async fn append_encoded(&self, payloads: Encoded) -> Result<(u64, u64)> {
         let (first, n, rx) = self.enqueue(payloads).await?;
         if let Some(rx) = rx {
             match rx.await {
@@ -600,13 +655,12 @@ impl<S: Storage> Wal<S> {
     /// `WhenFull::Block` (back-pressure). A later failure poisons the WAL; use
     /// [`flush`](Self::flush) to learn that everything queued is durable.
     pub fn append_nowait<T: Serialize + ?Sized>(&self, record: &T) -> Result<u64> {
-        let payload = postcard::to_allocvec(record).map_err(|e| Error::Encode(e.to_string()))?;
-        let (first, _, _rx) = futures::executor::block_on(self.enqueue(vec![payload]))?;
+        let (first, _, _rx) = futures::executor::block_on(self.enqueue(Encoded::one(record)?))?;
         Ok(first)
     }
 
     /// Phase one of an append: wait for room, assign sequence numbers, queue the frames.
-    async fn enqueue(&self, payloads: Vec<Vec<u8>>) -> Result<Enqueued> {
+    async fn enqueue(&self, payloads: Encoded) -> Result<Enqueued> {
         let max = self.inner.opts.max_record_len();
         if let Some(p) = payloads.iter().find(|p| p.len() > max) {
             return Err(Error::RecordTooLarge { size: p.len(), max });
@@ -771,7 +825,7 @@ impl<S: Storage> Wal<S> {
 }
 
 impl<S: Storage> Inner<S> {
-    fn try_enqueue(&self, st: &mut State, payloads: &[Vec<u8>]) -> Result<Option<Enqueued>> {
+    fn try_enqueue(&self, st: &mut State, payloads: &Encoded) -> Result<Option<Enqueued>> {
         if let Some((c, k)) = &st.poisoned {
             return Err(Error::Poisoned {
                 cause: c.clone(),
@@ -807,7 +861,7 @@ impl<S: Storage> Inner<S> {
         let ts = now_us();
         let first = st.next_seq;
         let seg_size = self.opts.segment_size;
-        for p in payloads {
+        for p in payloads.iter() {
             let frame_len = (overhead + p.len()) as u64;
             if st.seg_records > 0 && st.seg_planned + frame_len + FOOTER_LEN as u64 > seg_size {
                 st.push_roll(None);
@@ -832,8 +886,14 @@ impl<S: Storage> Inner<S> {
                     *count += 1;
                 }
                 _ => {
-                    // Fixed-size chunks: no doubling reallocations of a large buffer.
-                    let mut bytes = Vec::with_capacity(FRAME_CHUNK.max(frame_len as usize));
+                    // Fixed-size chunks, recycled by the writer: no doubling
+                    // reallocations of a large buffer, no fresh mapping per batch.
+                    let mut bytes = st
+                        .spare
+                        .pop()
+                        .unwrap_or_else(|| Vec::with_capacity(FRAME_CHUNK));
+                    bytes.clear();
+                    bytes.reserve(frame_len as usize);
                     encode_frame_with(&mut bytes, seq, ts, mac.as_ref(), p);
                     st.ops.push(Op::Frames {
                         bytes,
@@ -848,14 +908,13 @@ impl<S: Storage> Inner<S> {
             st.used_bytes += frame_len;
             st.pending_bytes += frame_len as usize;
         }
-        let n = payloads.len() as u64;
+        let n = payloads.count() as u64;
         self.counters
             .appended_records
             .fetch_add(n, Ordering::Relaxed);
-        self.counters.appended_bytes.fetch_add(
-            payloads.iter().map(|p| p.len() as u64).sum(),
-            Ordering::Relaxed,
-        );
+        self.counters
+            .appended_bytes
+            .fetch_add(payloads.payload_bytes() as u64, Ordering::Relaxed);
         let rx = match self.opts.durability {
             Durability::Buffered => None,
             d => {
@@ -1444,6 +1503,7 @@ fn writer_main<S: Storage>(inner: Arc<Inner<S>>, tail: TailState) {
 
         let mut result = Ok(());
         let mut rolled = false;
+        let mut used = Vec::new();
         for op in ops {
             let r = match op {
                 Op::Frames {
@@ -1451,7 +1511,11 @@ fn writer_main<S: Storage>(inner: Arc<Inner<S>>, tail: TailState) {
                     last_seq,
                     last_ts,
                     count,
-                } => w.write_frames(&inner, &bytes, last_seq, last_ts, count),
+                } => {
+                    let r = w.write_frames(&inner, &bytes, last_seq, last_ts, count);
+                    used.push(bytes);
+                    r
+                }
                 Op::Roll { new_base, chain } => {
                     rolled = true;
                     w.roll(&inner, new_base, chain)
@@ -1466,6 +1530,11 @@ fn writer_main<S: Storage>(inner: Arc<Inner<S>>, tail: TailState) {
             // Written (or failed): the buffer space is free again.
             let mut st = lock(&inner.state);
             st.inflight_bytes = 0;
+            for b in used {
+                if st.spare.len() < 4 && b.capacity() <= 2 * FRAME_CHUNK {
+                    st.spare.push(b);
+                }
+            }
             let space = std::mem::take(&mut st.space_wakers);
             drop(st);
             space.into_iter().for_each(Waker::wake);
