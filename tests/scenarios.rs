@@ -1042,3 +1042,19 @@ fn writer_thread_panic_fails_everything_cleanly() {
     assert!(closed.is_err(), "close must report the dead writer");
     assert_eq!(wal.durable_seq(), 1);
 }
+
+/// Error and drop counters count since the WAL was created: they survive a reopen.
+#[test]
+fn counters_survive_reopen() {
+    let mem = Memory::new();
+    {
+        let wal = Wal::open(mem.clone(), Options::default()).unwrap();
+        wal.record_archive_error();
+        wal.record_archive_error();
+        wal.record_ship_error();
+        block_on(wal.close()).unwrap();
+    }
+    let wal = Wal::open(mem, Options::default()).unwrap();
+    let m = wal.metrics();
+    assert_eq!((m.archive_errors_total, m.ship_errors_total), (2, 1));
+}

@@ -247,6 +247,13 @@ impl<S: Storage> Wal<S> {
             .counters
             .archive_errors
             .fetch_add(1, Ordering::Relaxed);
+        let mut p = lock(&self.inner.persisted);
+        p.archive_errors_total += 1;
+        // Persist it: `archive_errors_total` counts since the WAL was created.
+        let _ = self.inner.storage.put_meta(
+            crate::wal::META_COUNTERS,
+            &serde_json::to_vec(&*p).unwrap_or_default(),
+        );
     }
 
     /// Reports a successful archive upload (for archivers).

@@ -327,9 +327,11 @@ impl Counters {
 
 /// Persistent counters, stored in the `counters` metadata key as JSON.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub(crate) struct PersistedCounters {
     pub dropped_records_total: u64,
     pub ship_errors_total: u64,
     pub torn_tail_bytes_cut_total: u64,
     pub dead_letter_total: u64,
+    pub archive_errors_total: u64,
 }

@@ -553,6 +553,10 @@ impl<S: Storage> Wal<S> {
             .counters
             .dead_letter
             .store(persisted.dead_letter_total, Ordering::Relaxed);
+        inner
+            .counters
+            .archive_errors
+            .store(persisted.archive_errors_total, Ordering::Relaxed);
 
         let w = inner.clone();
         let writer = std::thread::Builder::new()
