@@ -207,11 +207,8 @@ impl<S: Storage> Wal<S> {
             .fetch_add(1, Ordering::Relaxed);
         let mut p = lock(&self.inner.persisted);
         p.ship_errors_total += 1;
-        // Persist it: `ship_errors_total` counts since the WAL was created.
-        let _ = self.inner.storage.put_meta(
-            crate::wal::META_COUNTERS,
-            &serde_json::to_vec(&*p).unwrap_or_default(),
-        );
+        drop(p);
+        self.inner.mark_counters_dirty();
     }
 
     /// Reports a successful delivery (for shippers).
@@ -230,10 +227,8 @@ impl<S: Storage> Wal<S> {
             .fetch_add(n, Ordering::Relaxed);
         let mut p = lock(&self.inner.persisted);
         p.dead_letter_total += n;
-        let _ = self.inner.storage.put_meta(
-            crate::wal::META_COUNTERS,
-            &serde_json::to_vec(&*p).unwrap_or_default(),
-        );
+        drop(p);
+        self.inner.mark_counters_dirty();
     }
 
     /// Reports a shipper's circuit-breaker state (`closed`, `open`, `half-open`).
@@ -249,11 +244,8 @@ impl<S: Storage> Wal<S> {
             .fetch_add(1, Ordering::Relaxed);
         let mut p = lock(&self.inner.persisted);
         p.archive_errors_total += 1;
-        // Persist it: `archive_errors_total` counts since the WAL was created.
-        let _ = self.inner.storage.put_meta(
-            crate::wal::META_COUNTERS,
-            &serde_json::to_vec(&*p).unwrap_or_default(),
-        );
+        drop(p);
+        self.inner.mark_counters_dirty();
     }
 
     /// Reports a successful archive upload (for archivers).

@@ -92,15 +92,20 @@ fn run<S: Storage>(weak: std::sync::Weak<Inner<S>>, rx: mpsc::Receiver<HkMsg>) {
             Ok(HkMsg::Retention) | Ok(HkMsg::Rolled) => retention(&inner),
             Ok(HkMsg::Stop(done)) => {
                 retention(&inner);
+                inner.persist_counters();
                 publish_stats(&inner, true);
                 let _ = done.send(());
                 return;
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
+                inner.persist_counters();
                 publish_stats(&inner, true);
                 return;
             }
+        }
+        if inner.counters_dirty.load(Ordering::Acquire) {
+            inner.persist_counters();
         }
         if inner.opts.max_age.is_some() && last_age_check.elapsed() >= Duration::from_millis(200) {
             last_age_check = Instant::now();

@@ -241,6 +241,7 @@ pub(crate) struct Inner<S: Storage> {
     pub archive_status: Mutex<Option<Arc<dyn Fn() -> ArchiveStatus + Send + Sync>>>,
     pub closed: AtomicBool,
     pub writer_done: AtomicBool,
+    pub counters_dirty: AtomicBool,
     pub current_offset: AtomicU64,
     pub current_base: AtomicU64,
     pub drop_log: Mutex<(Option<Instant>, u64)>,
@@ -531,6 +532,7 @@ impl<S: Storage> Wal<S> {
             archive_status: Mutex::new(None),
             closed: AtomicBool::new(false),
             writer_done: AtomicBool::new(false),
+            counters_dirty: AtomicBool::new(false),
             current_offset: AtomicU64::new(tail.offset),
             current_base: AtomicU64::new(tail.base),
             drop_log: Mutex::new((None, 0)),
@@ -949,6 +951,21 @@ impl<S: Storage> Inner<S> {
         self.wake_readers();
     }
 
+    /// Counters changed by a caller (shipper, archiver): the housekeeping thread
+    /// persists them at its next tick, off the caller's task.
+    pub(crate) fn mark_counters_dirty(&self) {
+        self.counters_dirty.store(true, Ordering::Release);
+    }
+
+    /// Writes the persistent counters (`meta/counters`), durably.
+    pub(crate) fn persist_counters(&self) {
+        self.counters_dirty.store(false, Ordering::Release);
+        let bytes = serde_json::to_vec(&*lock(&self.persisted)).unwrap_or_default();
+        if let Err(e) = self.storage.put_meta(META_COUNTERS, &bytes) {
+            tracing::warn!(error = %e, "could not persist the WAL's counters");
+        }
+    }
+
     pub(crate) fn wake_readers(&self) {
         let wakers = std::mem::take(&mut *lock(&self.read_wakers));
         for w in wakers {
@@ -991,13 +1008,9 @@ impl<S: Storage> Inner<S> {
         self.counters
             .dropped_records
             .fetch_add(lost, Ordering::Relaxed);
-        {
-            let mut p = lock(&self.persisted);
-            p.dropped_records_total += lost;
-            let _ = self
-                .storage
-                .put_meta(META_COUNTERS, &serde_json::to_vec(&*p).unwrap_or_default());
-        }
+        lock(&self.persisted).dropped_records_total += lost;
+        // Drops happen on walspool's own threads, next to a segment deletion: persist now.
+        self.persist_counters();
         let mut dl = lock(&self.drop_log);
         dl.1 += lost;
         let due = dl.0.is_none_or(|t| t.elapsed() >= Duration::from_secs(5));
