@@ -140,6 +140,15 @@ impl HmacKey {
         m.finalize().into_bytes().into()
     }
 
+    /// `HMAC-SHA256(key, "walspool-end" || record)`: authenticates the durable end of
+    /// the log (`meta/end`), so that a cut-off tail cannot pass for the whole log.
+    pub fn mac_end(&self, record: &[u8]) -> [u8; MAC_LEN] {
+        let mut m = HmacSha256::new_from_slice(&self.key).expect("HMAC takes keys of any length");
+        m.update(b"walspool-end");
+        m.update(record);
+        m.finalize().into_bytes().into()
+    }
+
     /// The seed of the first segment under `new_fp`, authenticated by this (old) key.
     pub fn rotation_seed(&self, last_mac: &[u8; MAC_LEN], new_fp: &[u8; 8]) -> [u8; MAC_LEN] {
         let mut m = HmacSha256::new_from_slice(&self.key).expect("HMAC takes keys of any length");

@@ -107,6 +107,8 @@ fn run<S: Storage>(weak: std::sync::Weak<Inner<S>>, rx: mpsc::Receiver<HkMsg>) {
         if inner.counters_dirty.load(Ordering::Acquire) {
             inner.persist_counters();
         }
+        // The recovery point follows the fdatasyncs (see `recovery`).
+        inner.persist_end(0);
         if inner.opts.max_age.is_some() && last_age_check.elapsed() >= Duration::from_millis(200) {
             last_age_check = Instant::now();
             enforce_max_age(&inner);

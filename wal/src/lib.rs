@@ -40,6 +40,7 @@
 
 pub mod chain;
 pub mod consumer;
+mod cursor;
 pub mod error;
 pub mod format;
 mod housekeeper;
@@ -48,6 +49,7 @@ pub mod memory;
 pub mod metrics;
 pub mod options;
 pub mod reader;
+pub mod recovery;
 pub mod shipper;
 pub mod storage;
 mod wal;

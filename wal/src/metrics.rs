@@ -332,6 +332,7 @@ pub(crate) struct PersistedCounters {
     pub dropped_records_total: u64,
     pub ship_errors_total: u64,
     pub torn_tail_bytes_cut_total: u64,
+    pub corrupt_skipped_total: u64,
     pub dead_letter_total: u64,
     pub archive_errors_total: u64,
 }

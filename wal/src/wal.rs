@@ -13,13 +13,17 @@ use serde::Serialize;
 use crate::chain::HmacKey;
 use crate::error::{Error, Result};
 use crate::format::{
-    decode_frame_with, encode_frame_with, ChainHeader, Decoded, SegmentFooter, SegmentHeader,
-    FOOTER_LEN, FORMAT_VERSION, FRAME_HEADER_LEN, HEADER_LEN, HEADER_MAX_LEN, MAC_LEN,
+    encode_frame_with, ChainHeader, SegmentFooter, SegmentHeader, FOOTER_LEN, FORMAT_VERSION,
+    FRAME_HEADER_LEN, HEADER_LEN, HEADER_MAX_LEN, MAC_LEN,
 };
 use crate::housekeeper::{self, HkMsg};
 use crate::metrics::{Counters, PersistedCounters};
-use crate::options::{Durability, Options, WhenFull};
-use crate::storage::{SegmentId, Storage, StorageExt};
+use crate::options::{Durability, Options, RecoveryMode, WhenFull};
+use crate::recovery::{
+    create_segment, floor_next_seq, last_mac_of, read_end, recover_tail, seal_tail, write_end,
+    write_header, LogEnd, TailState, END_CLEAN, END_POISONED, META_END,
+};
+use crate::storage::{SegmentId, Storage};
 
 /// Metadata key of the WAL id.
 pub(crate) const META_WAL_ID: &str = "wal_id";
@@ -69,6 +73,8 @@ pub(crate) enum Op {
     Roll {
         new_base: u64,
         chain: Option<ChainHeader>,
+        /// The key the new segment is MACed with (chained WALs).
+        key: Option<Arc<HmacKey>>,
     },
 }
 
@@ -146,6 +152,10 @@ type Enqueued = (u64, u64, Option<oneshot::Receiver<Result<()>>>);
 pub(crate) struct ChainState {
     pub key: Arc<HmacKey>,
     pub prev: [u8; MAC_LEN],
+    /// The key and MAC the active segment's header chains from (for rewriting the
+    /// header of an empty segment on a key rotation).
+    pub anchor_key: Arc<HmacKey>,
+    pub anchor_mac: [u8; MAC_LEN],
 }
 
 struct Waiter {
@@ -178,36 +188,56 @@ pub(crate) struct State {
 
 impl State {
     /// Queues a roll to a new segment at `next_seq` (optionally rotating the HMAC key).
+    /// When the active segment holds no records (a key rotation on a fresh WAL, or two
+    /// in a row), nothing is sealed: the writer rewrites the segment's header instead.
     fn push_roll(&mut self, rotate_to: Option<Arc<HmacKey>>) {
         let new_base = self.next_seq;
-        let chain = self.chain.as_mut().map(|c| match rotate_to {
-            Some(newk) => {
-                let new_fp = newk.fingerprint();
-                let seed = c.key.rotation_seed(&c.prev, &new_fp);
-                let prev_key_fp = c.key.fingerprint();
-                c.key = newk;
-                c.prev = seed;
-                ChainHeader {
-                    key_fp: new_fp,
-                    prev_key_fp,
-                    seed,
-                }
+        let empty = self.seg_records == 0;
+        let chain = self.chain.as_mut().map(|c| {
+            if empty {
+                // The empty segment's header is replaced: chain from what preceded it.
+                c.key = c.anchor_key.clone();
+                c.prev = c.anchor_mac;
+            } else {
+                c.anchor_key = c.key.clone();
+                c.anchor_mac = c.prev;
             }
-            None => ChainHeader {
-                key_fp: c.key.fingerprint(),
-                prev_key_fp: [0; 8],
-                seed: c.prev,
-            },
+            match rotate_to {
+                Some(newk) if newk.fingerprint() != c.key.fingerprint() => {
+                    let new_fp = newk.fingerprint();
+                    let seed = c.key.rotation_seed(&c.prev, &new_fp);
+                    let prev_key_fp = c.key.fingerprint();
+                    c.key = newk;
+                    c.prev = seed;
+                    ChainHeader {
+                        key_fp: new_fp,
+                        prev_key_fp,
+                        seed,
+                    }
+                }
+                _ => ChainHeader {
+                    key_fp: c.key.fingerprint(),
+                    prev_key_fp: [0; 8],
+                    seed: c.prev,
+                },
+            }
         });
         let hlen = if chain.is_some() {
             HEADER_MAX_LEN
         } else {
             HEADER_LEN
         } as u64;
-        self.ops.push(Op::Roll { new_base, chain });
+        let key = self.chain.as_ref().map(|c| c.key.clone());
+        self.ops.push(Op::Roll {
+            new_base,
+            chain,
+            key,
+        });
+        if !empty {
+            self.used_bytes += FOOTER_LEN as u64 + hlen;
+        }
         self.seg_planned = hlen;
         self.seg_records = 0;
-        self.used_bytes += FOOTER_LEN as u64 + hlen;
     }
 
     fn frame_overhead(&self) -> usize {
@@ -246,6 +276,10 @@ pub(crate) struct Inner<S: Storage> {
     pub current_base: AtomicU64,
     pub drop_log: Mutex<(Option<Instant>, u64)>,
     pub seal_listeners: Mutex<Vec<SealListener>>,
+    /// The last fdatasync'd position and the key of its segment (chained WALs).
+    pub synced: Mutex<(LogEnd, Option<Arc<HmacKey>>)>,
+    /// The recovery point last written to `meta/end`.
+    pub end_written: Mutex<LogEnd>,
 }
 
 /// Called on the writer thread right after a segment is sealed (keep it short: send on
@@ -411,22 +445,64 @@ impl<S: Storage> Wal<S> {
                 seed: prev_mac.unwrap_or([0; MAC_LEN]),
             })
         };
+        let strict = opts.recovery == RecoveryMode::Strict;
+        let end_keys: Vec<&HmacKey> = key.iter().map(|k| &**k).collect();
+        let end = match read_end(&storage, &end_keys) {
+            Ok(e) => e,
+            Err(e) if !strict => {
+                tracing::warn!(error = %e, "lenient recovery: ignoring an unreadable end-of-log record");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        if end.is_none() && key.is_some() && !segments.is_empty() {
+            let why = format!(
+                "{}/meta {META_END} is missing from an HMAC-chained WAL: a cut-off tail could not be detected (if the WAL was last written by walspool 0.1 before meta/end existed, open it once with RecoveryMode::Lenient)",
+                storage.location()
+            );
+            if strict {
+                return Err(Error::Corrupt {
+                    segment: format!("{}/meta {META_END}", storage.location()),
+                    offset: 0,
+                    reason: why,
+                });
+            }
+            tracing::warn!("{why}");
+        }
         let mut torn_cut = 0u64;
+        let mut skipped = 0u64;
         let tail = match segments.last().cloned() {
             None => {
+                // The recovery point first: a crash right after creating the segment
+                // then still finds one.
+                let initial = LogEnd {
+                    base: 1,
+                    offset: 0,
+                    last_seq: 0,
+                    flags: 0,
+                };
+                write_end(&storage, &initial, key.as_deref())?;
                 let t = create_segment(&storage, 1, chain_from(None))?;
                 segments.push(new_meta(1, t.offset));
                 t
             }
             Some(last) => {
                 let prev = segments.len().checked_sub(2).map(|i| segments[i].clone());
-                let mut t = recover_tail(&storage, last.base, last.bytes, || match &prev {
-                    Some(p) if key.is_some() => {
-                        Ok(chain_from(last_mac_of(&storage, p.base, p.bytes)?))
-                    }
-                    _ => Ok(chain_from(None)),
-                })?;
+                let mut t = recover_tail(
+                    &storage,
+                    last.base,
+                    last.bytes,
+                    end.as_ref(),
+                    opts.recovery,
+                    || match &prev {
+                        Some(p) if key.is_some() => {
+                            Ok(chain_from(last_mac_of(&storage, p.base, p.bytes)?))
+                        }
+                        _ => Ok(chain_from(None)),
+                    },
+                )?;
                 torn_cut = t.cut_bytes;
+                skipped = t.skipped;
                 match (&t.chain, &key) {
                     (Some(c), None) => {
                         return Err(Error::Config(format!(
@@ -443,12 +519,33 @@ impl<S: Storage> Wal<S> {
                     }
                     _ => {}
                 }
+                // Never reuse a sequence number that may have been acknowledged or seen
+                // by a consumer: the log must reach the recovery point and every
+                // checkpoint.
+                let mut next_base = t.last_seq + 1;
+                if let Some((need, why)) = floor_next_seq(t.last_seq, end.as_ref(), &consumers) {
+                    if strict {
+                        return Err(Error::Corrupt {
+                            segment: storage.segment_name(t.base),
+                            offset: t.offset,
+                            reason: format!(
+                                "{why}. Open with RecoveryMode::Lenient to count them as lost and continue after sequence {need}, or restore the WAL from its archive"
+                            ),
+                        });
+                    }
+                    tracing::error!(location = %storage.location(), "lenient recovery: {why}; continuing after sequence {need}");
+                    skipped += need - t.last_seq;
+                    next_base = need + 1;
+                }
                 let idx = segments.len() - 1;
-                if !t.sealed && t.chain.is_none() && key.is_some() {
-                    // Start the chain in a fresh segment.
+                let restart_chain = !t.sealed && t.chain.is_none() && key.is_some();
+                let jump = next_base != t.last_seq + 1;
+                if !t.sealed && (restart_chain || jump || t.skipped > 0) {
                     if t.count > 0 {
+                        // Seal it: what was skipped stays in sealed history, and new
+                        // records go to a fresh segment (chained, or after the jump).
                         seal_tail(&storage, &mut t)?;
-                    } else {
+                    } else if !jump {
                         storage
                             .truncate(t.base, 0)
                             .map_err(|e| Error::io("truncate", storage.segment_name(t.base), e))?;
@@ -458,12 +555,19 @@ impl<S: Storage> Wal<S> {
                     }
                 }
                 segments[idx].bytes = t.offset;
-                if t.sealed {
-                    segments[idx].sealed = true;
-                    segments[idx].last_seq = t.last_seq;
-                    let base = t.last_seq + 1;
-                    let fresh = create_segment(&storage, base, chain_from(t.last_mac))?;
-                    segments.push(new_meta(base, fresh.offset));
+                if t.sealed || jump {
+                    let fresh = create_segment(&storage, next_base, chain_from(t.last_mac))?;
+                    if t.sealed {
+                        segments[idx].sealed = true;
+                        segments[idx].last_seq = t.last_seq;
+                    } else {
+                        // An empty tail before the jump: replaced by the new segment.
+                        storage.remove_segment(t.base).map_err(|e| {
+                            Error::io("remove segment", storage.segment_name(t.base), e)
+                        })?;
+                        segments.pop();
+                    }
+                    segments.push(new_meta(next_base, fresh.offset));
                     fresh
                 } else {
                     segments[idx].created_us = Some(t.created_us);
@@ -479,15 +583,24 @@ impl<S: Storage> Wal<S> {
                 location = %storage.location(),
                 segment = %storage.segment_name(tail.base),
                 bytes = torn_cut,
-                "cut a torn or corrupt tail at the last good record"
+                "cut a torn tail (bytes written after the last fdatasync) at the last good record"
             );
         }
+        // The recovered end is the new recovery point.
+        let recovered_end = LogEnd {
+            base: tail.base,
+            offset: tail.offset,
+            last_seq: tail.last_seq,
+            flags: 0,
+        };
+        write_end(&storage, &recovered_end, key.as_deref())?;
 
         let next_seq = tail.last_seq + 1;
         let used: u64 = segments.iter().map(|s| s.bytes).sum();
         let mut persisted = persisted;
         persisted.torn_tail_bytes_cut_total += torn_cut;
-        if torn_cut > 0 {
+        persisted.corrupt_skipped_total += skipped;
+        if torn_cut > 0 || skipped > 0 {
             let _ = storage.put_meta(
                 META_COUNTERS,
                 &serde_json::to_vec(&persisted).unwrap_or_default(),
@@ -514,6 +627,8 @@ impl<S: Storage> Wal<S> {
                 roll_requested: false,
                 spare: Vec::new(),
                 chain: key.clone().map(|k| ChainState {
+                    anchor_key: k.clone(),
+                    anchor_mac: tail.chain.map_or([0; MAC_LEN], |c| c.seed),
                     key: k,
                     prev: tail.last_mac.unwrap_or([0; MAC_LEN]),
                 }),
@@ -537,6 +652,8 @@ impl<S: Storage> Wal<S> {
             current_base: AtomicU64::new(tail.base),
             drop_log: Mutex::new((None, 0)),
             seal_listeners: Mutex::new(Vec::new()),
+            synced: Mutex::new((recovered_end, key.clone())),
+            end_written: Mutex::new(recovered_end),
             storage,
         });
         inner
@@ -551,6 +668,10 @@ impl<S: Storage> Wal<S> {
             .counters
             .torn_tail_bytes
             .store(persisted.torn_tail_bytes_cut_total, Ordering::Relaxed);
+        inner
+            .counters
+            .corrupt_skipped
+            .store(persisted.corrupt_skipped_total, Ordering::Relaxed);
         inner
             .counters
             .dead_letter
@@ -957,6 +1078,30 @@ impl<S: Storage> Inner<S> {
         self.counters_dirty.store(true, Ordering::Release);
     }
 
+    /// Moves the recovery point (`meta/end`) to the last fdatasync'd position, with
+    /// `flags` ([`END_CLEAN`] on a clean close, [`END_POISONED`] after a failed sync).
+    pub(crate) fn persist_end(&self, flags: u32) {
+        let (pos, key) = {
+            let g = lock(&self.synced);
+            (g.0, g.1.clone())
+        };
+        let e = LogEnd { flags, ..pos };
+        // Held across the write: the writer and the housekeeper never race, so the
+        // recovery point never moves back.
+        let mut written = lock(&self.end_written);
+        let same_place =
+            (written.base, written.offset, written.last_seq) == (e.base, e.offset, e.last_seq);
+        if *written == e || (flags == 0 && same_place) {
+            return;
+        }
+        match write_end(&self.storage, &e, key.as_deref()) {
+            Ok(()) => *written = e,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not write the recovery point (meta/end)")
+            }
+        }
+    }
+
     /// Writes the persistent counters (`meta/counters`), durably.
     pub(crate) fn persist_counters(&self) {
         self.counters_dirty.store(false, Ordering::Release);
@@ -1089,100 +1234,6 @@ fn new_meta(base: u64, bytes: u64) -> SegMeta {
     }
 }
 
-/// Creates a segment with its header (durably); returns the writer's view of it.
-fn create_segment<S: Storage>(
-    storage: &S,
-    base: u64,
-    chain: Option<ChainHeader>,
-) -> Result<TailState> {
-    let name = storage.segment_name(base);
-    storage
-        .create_segment(base)
-        .map_err(|e| Error::io("create segment", name.clone(), e))?;
-    write_header(storage, base, chain)
-}
-
-/// Writes (or rewrites) a segment's header durably; the segment must be empty.
-fn write_header<S: Storage>(
-    storage: &S,
-    base: u64,
-    chain: Option<ChainHeader>,
-) -> Result<TailState> {
-    let name = storage.segment_name(base);
-    let h = SegmentHeader {
-        version: FORMAT_VERSION,
-        flags: 0,
-        base_seq: base,
-        created_us: now_us(),
-        chain,
-    };
-    let hb = h.encode();
-    storage
-        .write_at(base, 0, &hb)
-        .map_err(|e| Error::io("write segment header", name.clone(), e))?;
-    storage
-        .sync(base)
-        .map_err(|e| Error::io("fdatasync", name, e))?;
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&hb);
-    Ok(TailState {
-        base,
-        offset: hb.len() as u64,
-        count: 0,
-        last_seq: base - 1,
-        last_ts: 0,
-        crc,
-        sealed: false,
-        cut_bytes: 0,
-        created_us: h.created_us,
-        chain,
-        last_mac: chain.map(|c| c.seed),
-    })
-}
-
-/// Seals a recovered tail that has records (writes its footer, durably).
-fn seal_tail<S: Storage>(storage: &S, t: &mut TailState) -> Result<()> {
-    let name = storage.segment_name(t.base);
-    let footer = SegmentFooter {
-        last_seq: t.last_seq,
-        count: t.count,
-        last_ts_us: t.last_ts,
-        body_crc: t.crc.clone().finalize(),
-    };
-    storage
-        .write_at(t.base, t.offset, &footer.encode())
-        .map_err(|e| Error::io("write footer", name.clone(), e))?;
-    storage
-        .truncate(t.base, t.offset + FOOTER_LEN as u64)
-        .map_err(|e| Error::io("truncate", name.clone(), e))?;
-    storage
-        .sync(t.base)
-        .map_err(|e| Error::io("fdatasync", name, e))?;
-    t.offset += FOOTER_LEN as u64;
-    t.sealed = true;
-    Ok(())
-}
-
-/// The last MAC of a (sealed) chained segment, by scanning it. Only used in the rare
-/// case of a torn header right after a roll.
-fn last_mac_of<S: Storage>(storage: &S, base: u64, len: u64) -> Result<Option<[u8; MAC_LEN]>> {
-    let name = storage.segment_name(base);
-    let b = storage
-        .read_vec(base, 0, len as usize)
-        .map_err(|e| Error::io("read", name.clone(), e))?;
-    let h = SegmentHeader::decode(&b[..b.len().min(HEADER_MAX_LEN)], &name)?;
-    let Some(c) = h.chain else { return Ok(None) };
-    let mut last = c.seed;
-    let mut pos = h.data_offset();
-    while let Decoded::Frame(f, n) = decode_frame_with(&b[pos..], true) {
-        if let Some(m) = f.mac {
-            last.copy_from_slice(m);
-        }
-        pos += n;
-    }
-    Ok(Some(last))
-}
-
 pub(crate) fn load_consumers<S: Storage>(storage: &S) -> Result<BTreeMap<String, u64>> {
     let mut out = BTreeMap::new();
     let keys = storage
@@ -1222,183 +1273,6 @@ pub(crate) fn decode_checkpoint(b: &[u8], what: &str) -> Result<u64> {
         });
     }
     Ok(crate::format::u64_at(b, 0))
-}
-
-/// What recovery found in the tail segment; then the writer's view of it.
-struct TailState {
-    base: u64,
-    offset: u64,
-    count: u64,
-    last_seq: u64,
-    last_ts: u64,
-    crc: crc32fast::Hasher,
-    sealed: bool,
-    cut_bytes: u64,
-    created_us: u64,
-    chain: Option<ChainHeader>,
-    last_mac: Option<[u8; MAC_LEN]>,
-}
-
-/// Scans the tail segment; cuts anything after the last good frame. `fresh_chain`
-/// gives the chain header to write if the segment's own header turns out to be torn.
-fn recover_tail<S: Storage>(
-    storage: &S,
-    base: u64,
-    len: u64,
-    fresh_chain: impl FnOnce() -> Result<Option<ChainHeader>>,
-) -> Result<TailState> {
-    let name = storage.segment_name(base);
-    let mut hdr = storage
-        .read_vec(base, 0, HEADER_LEN)
-        .map_err(|e| Error::io("read segment header", name.clone(), e))?;
-    if crate::format::header_len_from_fixed(&hdr) > HEADER_LEN {
-        hdr = storage
-            .read_vec(base, 0, HEADER_MAX_LEN)
-            .map_err(|e| Error::io("read segment header", name.clone(), e))?;
-    }
-    let header = match SegmentHeader::decode(&hdr, &name) {
-        Ok(h) => h,
-        Err(e @ Error::UnsupportedVersion { .. }) => return Err(e),
-        Err(e) => {
-            // A torn header can only come from a crash right after the segment was
-            // created: nothing after it can be valid yet. Anything else is corruption.
-            // Look at the whole first frame, whatever its size (a record longer than
-            // the first read, or a segment shorter than a chained header, must not pass
-            // for "nothing written yet" and be wiped).
-            let looks_used = [HEADER_LEN, HEADER_MAX_LEN].iter().any(|&at| {
-                [false, true].iter().any(|&chained| {
-                    let mut want = FRAME_HEADER_LEN + MAC_LEN + 64;
-                    loop {
-                        let Ok(rest) = storage.read_vec(base, at as u64, want) else {
-                            return false;
-                        };
-                        match decode_frame_with(&rest, chained) {
-                            Decoded::Frame(..) => return true,
-                            Decoded::Incomplete { needed }
-                                if rest.len() == want
-                                    && needed > want
-                                    && (at + needed) as u64 <= len =>
-                            {
-                                want = needed
-                            }
-                            _ => return false,
-                        }
-                    }
-                })
-            });
-            if !looks_used {
-                storage
-                    .truncate(base, 0)
-                    .map_err(|e| Error::io("truncate", name.clone(), e))?;
-                let mut t = write_header(storage, base, fresh_chain()?)?;
-                t.cut_bytes = len;
-                return Ok(t);
-            }
-            return Err(e);
-        }
-    };
-    if header.base_seq != base {
-        return Err(Error::Corrupt {
-            segment: name,
-            offset: 0,
-            reason: format!(
-                "header says base sequence {} but the file name says {base}",
-                header.base_seq
-            ),
-        });
-    }
-    let chained = header.is_chained();
-    let hlen = header.data_offset();
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&hdr[..hlen]);
-    let mut t = TailState {
-        base,
-        offset: hlen as u64,
-        count: 0,
-        last_seq: base - 1,
-        last_ts: 0,
-        crc: crc32fast::Hasher::new(),
-        sealed: false,
-        cut_bytes: 0,
-        created_us: header.created_us,
-        chain: header.chain,
-        last_mac: header.chain.map(|c| c.seed),
-    };
-    // Stream through the segment in chunks.
-    const CHUNK: usize = 1 << 20;
-    let mut buf: Vec<u8> = Vec::new();
-    let mut buf_at = hlen as u64; // file offset of buf[0]
-    let mut pos = 0usize; // position in buf
-    let mut eof = false;
-    loop {
-        match decode_frame_with(&buf[pos..], chained) {
-            Decoded::Frame(f, n) => {
-                if f.seq != t.last_seq + 1 {
-                    break;
-                }
-                crc.update(&buf[pos..pos + n]);
-                t.last_seq = f.seq;
-                t.last_ts = f.ts_us;
-                t.count += 1;
-                if let (Some(m), Some(last)) = (f.mac, t.last_mac.as_mut()) {
-                    last.copy_from_slice(m);
-                }
-                pos += n;
-                t.offset = buf_at + pos as u64;
-            }
-            Decoded::Footer(f) => {
-                if f.last_seq == t.last_seq && f.count == t.count {
-                    t.sealed = true;
-                    t.offset += FOOTER_LEN as u64;
-                }
-                break;
-            }
-            Decoded::Incomplete { needed } => {
-                if eof {
-                    break;
-                }
-                // Refill: keep the unconsumed part, read more.
-                buf.drain(..pos);
-                buf_at += pos as u64;
-                pos = 0;
-                let want = CHUNK.max(needed);
-                let more = storage
-                    .read_vec(base, buf_at + buf.len() as u64, want)
-                    .map_err(|e| Error::io("read", name.clone(), e))?;
-                if more.len() < want {
-                    eof = true;
-                }
-                if more.is_empty() {
-                    break;
-                }
-                buf.extend_from_slice(&more);
-            }
-            Decoded::Invalid(_) => break,
-        }
-    }
-    t.crc = crc;
-    if len > t.offset {
-        // Zeros after the last frame are preallocated space, not a torn write.
-        let after = storage
-            .read_vec(base, t.offset, 4096)
-            .map_err(|e| Error::io("read", name.clone(), e))?;
-        if after.iter().any(|&b| b != 0) {
-            t.cut_bytes = len - t.offset;
-        }
-        storage
-            .truncate(base, t.offset)
-            .map_err(|e| Error::io("truncate torn tail", name.clone(), e))?;
-    }
-    // Always fdatasync what recovery keeps: it is handed to readers and consumers as
-    // durable. After a process crash the tail can hold records that were written but
-    // never fsynced (a failed fsync, Periodic or Buffered durability); without this, a
-    // power loss after the restart loses records that readers already returned, a
-    // consumer checkpoint can point past the end of the log, and their sequence numbers
-    // are reused for different records.
-    storage
-        .sync(base)
-        .map_err(|e| Error::io("fdatasync", name, e))?;
-    Ok(t)
 }
 
 fn writer_main<S: Storage>(inner: Arc<Inner<S>>, tail: TailState) {
@@ -1533,9 +1407,13 @@ fn writer_main<S: Storage>(inner: Arc<Inner<S>>, tail: TailState) {
                     used.push(bytes);
                     r
                 }
-                Op::Roll { new_base, chain } => {
+                Op::Roll {
+                    new_base,
+                    chain,
+                    key,
+                } => {
                     rolled = true;
-                    w.roll(&inner, new_base, chain)
+                    w.roll(&inner, new_base, chain, key)
                 }
             };
             if let Err(e) = r {
@@ -1619,10 +1497,14 @@ fn writer_main<S: Storage>(inner: Arc<Inner<S>>, tail: TailState) {
                 if healthy {
                     // A clean close leaves the tail at its logical size (no preallocated
                     // zeros for tools to look at); the next open preallocates again.
-                    let _ = inner
+                    // Then the recovery point records the exact end.
+                    let trimmed = inner
                         .storage
                         .truncate(w.cur, w.offset)
                         .and_then(|()| inner.storage.sync(w.cur));
+                    if trimmed.is_ok() && !w.dirty {
+                        inner.persist_end(END_CLEAN);
+                    }
                 }
                 return;
             }
@@ -1699,11 +1581,60 @@ impl Writer {
     fn sync<S: Storage>(&mut self, inner: &Inner<S>) -> Result<()> {
         let t = Instant::now();
         if let Err(e) = inner.storage.sync(self.cur) {
+            // What was written since the last good fdatasync may now be "clean" in the
+            // page cache without being on disk: tell the next recovery to cut it.
+            inner.persist_end(END_POISONED);
             return Err(inner.poison("fdatasync", &e));
+        }
+        {
+            let mut g = lock(&inner.synced);
+            g.0 = LogEnd {
+                base: self.cur,
+                offset: self.offset,
+                last_seq: self.last_seq,
+                flags: 0,
+            };
         }
         inner.counters.record_fsync(t.elapsed().as_micros() as u64);
         self.dirty = false;
         self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// Replaces the header of the active segment, which holds no records.
+    fn rewrite_header<S: Storage>(
+        &mut self,
+        inner: &Inner<S>,
+        chain: Option<ChainHeader>,
+        key: Option<Arc<HmacKey>>,
+    ) -> Result<()> {
+        debug_assert_eq!(self.count, 0);
+        let header = SegmentHeader {
+            version: FORMAT_VERSION,
+            flags: 0,
+            base_seq: self.cur,
+            created_us: now_us(),
+            chain,
+        };
+        let hb = header.encode();
+        if let Err(e) = inner.storage.write_at(self.cur, 0, &hb) {
+            return Err(inner.poison("write segment header", &e));
+        }
+        if let Err(e) = inner.storage.truncate(self.cur, hb.len() as u64) {
+            return Err(inner.poison("truncate", &e));
+        }
+        preallocate(inner, self.cur);
+        self.offset = hb.len() as u64;
+        self.crc = crc32fast::Hasher::new();
+        self.crc.update(&hb);
+        self.dirty = true;
+        self.sync(inner)?;
+        lock(&inner.synced).1 = key;
+        inner.persist_end(0);
+        inner.current_offset.store(self.offset, Ordering::Release);
+        if let Some(s) = lock(&inner.segments).last_mut() {
+            s.bytes = self.offset;
+        }
         Ok(())
     }
 
@@ -1712,7 +1643,12 @@ impl Writer {
         inner: &Inner<S>,
         new_base: u64,
         chain: Option<ChainHeader>,
+        key: Option<Arc<HmacKey>>,
     ) -> Result<()> {
+        if self.count == 0 {
+            // Nothing to seal (a key rotation on an empty segment): rewrite its header.
+            return self.rewrite_header(inner, chain, key);
+        }
         debug_assert_eq!(new_base, self.last_seq + 1);
         let footer = SegmentFooter {
             last_seq: self.last_seq,
@@ -1756,8 +1692,20 @@ impl Writer {
         preallocate(inner, new_base);
         // The header is durable before any frame goes in, so a crash can't tear it.
         if let Err(e) = inner.storage.sync(new_base) {
+            inner.persist_end(END_POISONED);
             return Err(inner.poison("fdatasync", &e));
         }
+        *lock(&inner.synced) = (
+            LogEnd {
+                base: new_base,
+                offset: header.data_offset() as u64,
+                last_seq: self.last_seq,
+                flags: 0,
+            },
+            key,
+        );
+        // Once per segment, the recovery point follows right away.
+        inner.persist_end(0);
         let sealed = SealedSegment {
             base_seq: self.cur,
             last_seq: self.last_seq,

@@ -1,0 +1,232 @@
+//! One frame cursor: reads a segment's frames in chunks, and finds the next intact
+//! frame after damage. Recovery, `verify` and the lenient reader all walk segments
+//! through it.
+
+use std::io;
+
+use crate::format::{
+    decode_frame_with, Decoded, RawFrame, SegmentFooter, FRAME_HEADER_LEN, MAC_LEN, MAX_PAYLOAD_LEN,
+};
+use crate::storage::{SegmentId, Storage, StorageExt};
+
+/// Size of the reads the cursor makes.
+const CHUNK: usize = 1 << 20;
+/// Smallest unit a disk writes atomically; a lost unsynced write leaves whole sectors
+/// of zeros (or of their old content, which for new or preallocated space is zeros).
+pub(crate) const SECTOR: u64 = 512;
+
+/// What the cursor found at its position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// An intact frame at `at`, `len` bytes long. The cursor moved past it;
+    /// [`FrameCursor::last_frame`] gives its fields.
+    Frame {
+        at: u64,
+        len: usize,
+        seq: u64,
+        ts_us: u64,
+    },
+    /// An intact footer at `at` (the cursor stays on it).
+    Footer { at: u64, footer: SegmentFooter },
+    /// The segment ends exactly at `at`.
+    End { at: u64 },
+    /// The segment ends inside a frame that starts at `at`.
+    Truncated { at: u64 },
+    /// The bytes at `at` are not a frame.
+    Invalid { at: u64, reason: &'static str },
+}
+
+/// Reads the frames of one segment from an offset on.
+pub(crate) struct FrameCursor<'s, S: Storage + ?Sized> {
+    storage: &'s S,
+    id: SegmentId,
+    chained: bool,
+    buf: Vec<u8>,
+    /// File offset of `buf[0]`.
+    buf_at: u64,
+    pos: usize,
+    last: (usize, usize),
+    eof: bool,
+}
+
+impl<'s, S: Storage + ?Sized> FrameCursor<'s, S> {
+    /// A cursor at file offset `at` (the first frame is at the header's data offset).
+    pub fn new(storage: &'s S, id: SegmentId, at: u64, chained: bool) -> Self {
+        FrameCursor {
+            storage,
+            id,
+            chained,
+            buf: Vec::new(),
+            buf_at: at,
+            pos: 0,
+            last: (0, 0),
+            eof: false,
+        }
+    }
+
+    /// The file offset the cursor is at.
+    pub fn at(&self) -> u64 {
+        self.buf_at + self.pos as u64
+    }
+
+    /// Moves the cursor to file offset `at`.
+    pub fn seek(&mut self, at: u64) {
+        self.buf.clear();
+        self.buf_at = at;
+        self.pos = 0;
+        self.eof = false;
+    }
+
+    fn fill(&mut self, needed: usize) -> io::Result<bool> {
+        if self.eof {
+            return Ok(false);
+        }
+        self.buf.drain(..self.pos);
+        self.buf_at += self.pos as u64;
+        self.pos = 0;
+        let want = CHUNK.max(needed);
+        let more = self
+            .storage
+            .read_vec(self.id, self.buf_at + self.buf.len() as u64, want)?;
+        if more.len() < want {
+            self.eof = true;
+        }
+        let got = !more.is_empty();
+        self.buf.extend_from_slice(&more);
+        Ok(got)
+    }
+
+    /// Decodes what is at the cursor; moves past it if it is a frame.
+    pub fn next(&mut self) -> io::Result<Step> {
+        loop {
+            let at = self.at();
+            match decode_frame_with(&self.buf[self.pos..], self.chained) {
+                Decoded::Frame(f, n) => {
+                    let (seq, ts_us) = (f.seq, f.ts_us);
+                    self.last = (self.pos, n);
+                    self.pos += n;
+                    return Ok(Step::Frame {
+                        at,
+                        len: n,
+                        seq,
+                        ts_us,
+                    });
+                }
+                Decoded::Footer(footer) => return Ok(Step::Footer { at, footer }),
+                Decoded::Invalid(reason) => return Ok(Step::Invalid { at, reason }),
+                Decoded::Incomplete { needed } => {
+                    if !self.fill(needed)? {
+                        return Ok(if self.pos == self.buf.len() {
+                            Step::End { at }
+                        } else {
+                            Step::Truncated { at }
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// The whole encoded frame the last [`Step::Frame`] returned.
+    pub fn last_bytes(&self) -> &[u8] {
+        &self.buf[self.last.0..self.last.0 + self.last.1]
+    }
+
+    /// The fields of the frame the last [`Step::Frame`] returned.
+    pub fn last_frame(&self) -> RawFrame<'_> {
+        let b = self.last_bytes();
+        let mac_len = if self.chained { MAC_LEN } else { 0 };
+        let u64_at = |at: usize| crate::format::u64_at(b, at);
+        RawFrame {
+            seq: u64_at(crate::format::FRAME_SEQ_OFFSET),
+            ts_us: u64_at(crate::format::FRAME_TS_OFFSET),
+            mac: self
+                .chained
+                .then(|| &b[FRAME_HEADER_LEN..FRAME_HEADER_LEN + MAC_LEN]),
+            payload: &b[FRAME_HEADER_LEN + mac_len..],
+        }
+    }
+
+    /// Reads `from..to` of the segment (short at its end; `None`: to the end).
+    pub fn read_range(&self, from: u64, to: Option<u64>) -> io::Result<Vec<u8>> {
+        if let Some(to) = to {
+            return self
+                .storage
+                .read_vec(self.id, from, to.saturating_sub(from) as usize);
+        }
+        let mut out = Vec::new();
+        loop {
+            let b = self
+                .storage
+                .read_vec(self.id, from + out.len() as u64, CHUNK)?;
+            let short = b.len() < CHUNK;
+            out.extend_from_slice(&b);
+            if short {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Whether every byte from `at` to the end of the segment is zero (preallocated
+    /// space the writer has not reached, or nothing at all).
+    pub fn zeros_from(&self, at: u64) -> io::Result<bool> {
+        let mut off = at;
+        loop {
+            let b = self.storage.read_vec(self.id, off, CHUNK)?;
+            if b.iter().any(|&x| x != 0) {
+                return Ok(false);
+            }
+            if b.len() < CHUNK {
+                return Ok(true);
+            }
+            off += b.len() as u64;
+        }
+    }
+
+    /// Looks for the first intact frame after offset `after` whose sequence number is
+    /// above `last_seq` (a frame a writer appended later than the damaged one). Returns
+    /// its offset and sequence number and leaves the cursor on it, or `None` (the cursor
+    /// is then at the end).
+    pub fn resync(&mut self, after: u64, last_seq: u64) -> io::Result<Option<(u64, u64)>> {
+        let rest = self.read_range(after + 1, None)?;
+        let mac_len = if self.chained { MAC_LEN } else { 0 };
+        let hdr = FRAME_HEADER_LEN + mac_len;
+        let mut i = 0usize;
+        while i + hdr <= rest.len() {
+            let b = &rest[i..];
+            let len = crate::format::u32_at(b, 0);
+            let seq = crate::format::u64_at(b, crate::format::FRAME_SEQ_OFFSET);
+            // Cheap checks first: a plausible length and a later sequence number.
+            if len <= MAX_PAYLOAD_LEN
+                && seq > last_seq
+                && seq - last_seq < (1 << 32)
+                && hdr + len as usize <= b.len()
+            {
+                if let Decoded::Frame(..) = decode_frame_with(b, self.chained) {
+                    let at = after + 1 + i as u64;
+                    self.seek(at);
+                    return Ok(Some((at, seq)));
+                }
+            }
+            i += 1;
+        }
+        self.seek(after + 1 + rest.len() as u64);
+        self.eof = true;
+        Ok(None)
+    }
+}
+
+/// Whether `bytes` (which start at file offset `at`) hold a whole sector-aligned run of
+/// zeros: the mark of a write that never reached the disk (etcd's torn-write test).
+pub(crate) fn has_zero_sector(bytes: &[u8], at: u64) -> bool {
+    let first = at.div_ceil(SECTOR) * SECTOR;
+    let mut s = first;
+    while s + SECTOR <= at + bytes.len() as u64 {
+        let i = (s - at) as usize;
+        if bytes[i..i + SECTOR as usize].iter().all(|&b| b == 0) {
+            return true;
+        }
+        s += SECTOR;
+    }
+    false
+}

@@ -1,0 +1,677 @@
+//! Recovery on open, and the durable end of the log.
+//!
+//! # What recovery can tell apart
+//!
+//! A torn write can only damage bytes written after the last completed fdatasync. The
+//! WAL therefore keeps a **recovery point** in `meta/end` ([`LogEnd`]): a position in the
+//! tail segment and a sequence number that are known to be durable. The housekeeping
+//! thread moves it forward after fdatasyncs (at most every stats interval, and at least
+//! once a second), the writer sets it exactly on a clean close, and recovery rewrites it
+//! after every open. With an HMAC key it carries a MAC, so it cannot be forged or moved
+//! back without the key.
+//!
+//! Scanning the tail segment, the first frame that is not intact at offset `d` is judged:
+//!
+//! * `d` lies before the recovery point: synced data is damaged — **corruption**.
+//! * nothing intact follows it (the rest is zeros, a partial frame or garbage up to the
+//!   end): a **torn tail**, cut and counted.
+//! * intact frames with later sequence numbers follow, and the damaged span holds a
+//!   whole zero sector: a write that never reached the disk while later pages did (out
+//!   of order writeback before a power cut). Nothing after it was synced (an fdatasync
+//!   covers everything before the synced frame), so it is a torn tail too.
+//! * intact frames follow and the damage is not a lost write: **corruption**.
+//!
+//! Then the recovered end is compared with the recovery point: a log that ends before
+//! the sequence number the recovery point names lost its tail (a deleted or shortened
+//! newest segment) — also corruption.
+//!
+//! Corruption is an [`Error::Corrupt`] under [`RecoveryMode::Strict`] naming the segment,
+//! the offset and what follows. Under [`RecoveryMode::Lenient`] the damaged records are
+//! skipped and counted (`corrupt_skipped_total`), every intact record after them is
+//! kept, and the log continues after the highest sequence number that may have been
+//! acknowledged, so that no sequence number is ever reused.
+
+use std::collections::BTreeMap;
+
+use crate::chain::HmacKey;
+use crate::cursor::{has_zero_sector, FrameCursor, Step};
+use crate::error::{Error, Result};
+use crate::format::{
+    decode_frame_with, u32_at, u64_at, ChainHeader, Decoded, SegmentFooter, SegmentHeader,
+    FOOTER_LEN, FORMAT_VERSION, FRAME_HEADER_LEN, HEADER_LEN, HEADER_MAX_LEN, MAC_LEN,
+};
+use crate::options::RecoveryMode;
+use crate::storage::{Storage, StorageExt};
+use crate::wal::now_us;
+
+/// Metadata key of the durable end of the log.
+pub const META_END: &str = "end";
+/// Magic of the `meta/end` record.
+pub const END_MAGIC: [u8; 8] = *b"WSPLEND1";
+/// Length of the `meta/end` record without a MAC.
+pub const END_LEN: usize = 40;
+/// Length of the `meta/end` record with a key fingerprint and MAC.
+pub const END_MAC_LEN: usize = END_LEN + 8 + MAC_LEN;
+/// `meta/end` flag: written by a clean close; the log ends exactly here.
+pub const END_CLEAN: u32 = 1;
+/// `meta/end` flag: an fdatasync failed after this point; bytes after it were never
+/// confirmed durable (after a failed fdatasync Linux may keep them readable in the page
+/// cache and lose them later), so recovery cuts them.
+pub const END_POISONED: u32 = 2;
+
+/// The durable end of the log as recorded in `meta/end`: every record up to `last_seq`
+/// is durable, and the tail segment `base` is durable up to byte `offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogEnd {
+    /// Base sequence number of the segment the position is in.
+    pub base: u64,
+    /// Byte offset in that segment up to which it is durable.
+    pub offset: u64,
+    /// Every record up to this sequence number is durable (0: none yet).
+    pub last_seq: u64,
+    /// [`END_CLEAN`], [`END_POISONED`].
+    pub flags: u32,
+}
+
+impl LogEnd {
+    /// Whether it was written by a clean close.
+    pub fn clean(&self) -> bool {
+        self.flags & END_CLEAN != 0
+    }
+
+    /// Encodes it; with a key, appends the key's fingerprint and a MAC.
+    pub fn encode(&self, key: Option<&HmacKey>) -> Vec<u8> {
+        let mut b = Vec::with_capacity(END_MAC_LEN);
+        b.extend_from_slice(&END_MAGIC);
+        b.extend_from_slice(&self.base.to_le_bytes());
+        b.extend_from_slice(&self.offset.to_le_bytes());
+        b.extend_from_slice(&self.last_seq.to_le_bytes());
+        b.extend_from_slice(&self.flags.to_le_bytes());
+        let crc = crc32fast::hash(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        if let Some(k) = key {
+            b.extend_from_slice(&k.fingerprint());
+            let mac = k.mac_end(&b);
+            b.extend_from_slice(&mac);
+        }
+        b
+    }
+
+    /// Decodes and checks a `meta/end` record. With keys, a record must carry a MAC by
+    /// one of them; `what` names the record in errors.
+    pub fn decode(b: &[u8], keys: &[&HmacKey], what: &str) -> Result<LogEnd> {
+        let bad = |reason: String| Error::Corrupt {
+            segment: what.to_string(),
+            offset: 0,
+            reason,
+        };
+        if (b.len() != END_LEN && b.len() != END_MAC_LEN) || b[..8] != END_MAGIC {
+            return Err(bad("not a walspool end-of-log record".into()));
+        }
+        if crc32fast::hash(&b[..END_LEN - 4]) != u32_at(b, END_LEN - 4) {
+            return Err(bad("end-of-log record CRC mismatch".into()));
+        }
+        if !keys.is_empty() {
+            if b.len() != END_MAC_LEN {
+                return Err(bad(
+                    "the end-of-log record carries no MAC but the WAL is HMAC-chained: it was replaced or the tail was cut by someone without the key".into(),
+                ));
+            }
+            let fp = &b[END_LEN..END_LEN + 8];
+            let Some(k) = keys.iter().find(|k| k.fingerprint()[..] == fp[..]) else {
+                return Err(bad(format!(
+                    "the end-of-log record is MACed with key {} which is not among the keys given",
+                    crate::chain::hex(fp)
+                )));
+            };
+            if k.mac_end(&b[..END_LEN + 8])[..] != b[END_LEN + 8..] {
+                return Err(bad(
+                    "end-of-log record MAC mismatch: it was edited or written without the key (a cut-off tail?)".into(),
+                ));
+            }
+        }
+        Ok(LogEnd {
+            base: u64_at(b, 8),
+            offset: u64_at(b, 16),
+            last_seq: u64_at(b, 24),
+            flags: u32_at(b, 32),
+        })
+    }
+}
+
+/// Reads `meta/end`; `None` for a WAL written before it existed (or a new one).
+pub fn read_end<S: Storage + ?Sized>(storage: &S, keys: &[&HmacKey]) -> Result<Option<LogEnd>> {
+    let what = format!("{}/meta {META_END}", storage.location());
+    match storage
+        .get_meta(META_END)
+        .map_err(|e| Error::io("read end of log", what.clone(), e))?
+    {
+        None => Ok(None),
+        Some(b) => LogEnd::decode(&b, keys, &what).map(Some),
+    }
+}
+
+/// Writes `meta/end` (atomically and durably).
+pub(crate) fn write_end<S: Storage + ?Sized>(
+    storage: &S,
+    end: &LogEnd,
+    key: Option<&HmacKey>,
+) -> Result<()> {
+    storage
+        .put_meta(META_END, &end.encode(key))
+        .map_err(|e| Error::io("write end of log", storage.location(), e))
+}
+
+/// One place where the tail segment is damaged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// Byte offset of the first damaged byte (the start of the bad frame).
+    pub offset: u64,
+    /// What was wrong there.
+    pub reason: String,
+    /// The first intact later frame (offset and sequence number), if any.
+    pub resumes_at: Option<(u64, u64)>,
+    /// Intact records found after the damage (counting on from `resumes_at`).
+    pub intact_after: u64,
+    /// Last intact sequence number before the damage.
+    pub last_good_seq: u64,
+}
+
+/// What a scan of the tail segment found.
+pub(crate) struct TailScan {
+    #[allow(dead_code)]
+    pub header: SegmentHeader,
+    /// Where the next frame goes (after the last kept frame, or after the footer).
+    pub offset: u64,
+    pub count: u64,
+    pub last_seq: u64,
+    pub last_ts: u64,
+    /// CRC of every byte up to `offset`.
+    pub crc: crc32fast::Hasher,
+    pub last_mac: Option<[u8; MAC_LEN]>,
+    pub footer: Option<SegmentFooter>,
+    /// Bytes after `offset` that are neither zeros nor intact: a torn tail.
+    pub torn_bytes: u64,
+    /// Corruption: in strict mode the first one ends the scan; in lenient mode every
+    /// one is skipped and listed.
+    pub corrupt: Vec<Damage>,
+    /// Sequence numbers skipped over damage (lenient).
+    pub skipped: u64,
+}
+
+/// Scans the tail segment (read only). `synced_to` is the offset up to which the segment
+/// is known to be durable (from the recovery point); damage before it is corruption.
+pub(crate) fn scan_tail<S: Storage + ?Sized>(
+    storage: &S,
+    base: u64,
+    header: SegmentHeader,
+    header_bytes: &[u8],
+    synced_to: u64,
+    mode: RecoveryMode,
+) -> Result<TailScan> {
+    let name = storage.segment_name(base);
+    let io = |e| Error::io("read", name.clone(), e);
+    let hlen = header.data_offset() as u64;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&header_bytes[..hlen as usize]);
+    let mut t = TailScan {
+        header,
+        offset: hlen,
+        count: 0,
+        last_seq: base - 1,
+        last_ts: 0,
+        crc,
+        last_mac: header.chain.map(|c| c.seed),
+        footer: None,
+        torn_bytes: 0,
+        corrupt: Vec::new(),
+        skipped: 0,
+    };
+    let mut cur = FrameCursor::new(storage, base, hlen, header.is_chained());
+    loop {
+        let (at, reason) = match cur.next().map_err(io)? {
+            Step::Frame {
+                at,
+                len,
+                seq,
+                ts_us,
+            } => {
+                if seq == t.last_seq + 1 {
+                    t.crc.update(cur.last_bytes());
+                    t.last_seq = seq;
+                    t.last_ts = ts_us;
+                    t.count += 1;
+                    if let (Some(m), Some(last)) = (cur.last_frame().mac, t.last_mac.as_mut()) {
+                        last.copy_from_slice(m);
+                    }
+                    t.offset = at + len as u64;
+                    continue;
+                }
+                (
+                    at,
+                    format!("sequence {seq} where {} was expected", t.last_seq + 1),
+                )
+            }
+            Step::Footer { at, footer } => {
+                if footer.last_seq == t.last_seq && footer.count == t.count {
+                    t.footer = Some(footer);
+                    t.offset = at + FOOTER_LEN as u64;
+                    break;
+                }
+                (at, "footer does not match the records before it".into())
+            }
+            Step::End { at } => {
+                if at < synced_to && synced_to != u64::MAX {
+                    t.corrupt.push(Damage {
+                        offset: at,
+                        reason: format!(
+                            "the segment ends at byte {at} but it was durable up to byte {synced_to} (cut off?)"
+                        ),
+                        resumes_at: None,
+                        intact_after: 0,
+                        last_good_seq: t.last_seq,
+                    });
+                }
+                break;
+            }
+            Step::Truncated { at } => (at, "the segment ends inside a record".into()),
+            Step::Invalid { at, reason } => (at, reason.to_string()),
+        };
+        // Preallocated space the writer has not reached yet is zeros: the end of the log.
+        if at >= synced_to && cur.zeros_from(at).map_err(io)? {
+            break;
+        }
+        let next = cur.resync(at, t.last_seq).map_err(io)?;
+        let damaged = cur.read_range(at, next.map(|(o, _)| o)).map_err(io)?;
+        let lost_write = next.is_some() && has_zero_sector(&damaged, at);
+        if at >= synced_to && (next.is_none() || lost_write) {
+            // A torn tail: nothing after `at` was ever synced. Trailing zeros of
+            // preallocated space are not counted as torn bytes.
+            let all = cur.read_range(at, None).map_err(io)?;
+            let nonzero_end = all.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+            t.torn_bytes = nonzero_end as u64;
+            break;
+        }
+        let mut d = Damage {
+            offset: at,
+            reason,
+            resumes_at: next,
+            intact_after: 0,
+            last_good_seq: t.last_seq,
+        };
+        if let Some((o, s)) = next {
+            // Count the intact run that follows, for the error message.
+            let mut probe = FrameCursor::new(storage, base, o, header.is_chained());
+            let mut expect = s;
+            while let Step::Frame { seq, .. } = probe.next().map_err(io)? {
+                if seq != expect {
+                    break;
+                }
+                d.intact_after += 1;
+                expect += 1;
+            }
+        }
+        t.corrupt.push(d);
+        let Some((o, s)) = next else { break };
+        if mode == RecoveryMode::Strict {
+            break;
+        }
+        // Lenient: skip the damaged bytes (they stay in the body CRC) and go on.
+        t.crc.update(&damaged);
+        t.skipped += s - t.last_seq - 1;
+        t.last_seq = s - 1;
+        t.offset = o;
+        cur.seek(o);
+    }
+    Ok(t)
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (after sequence {})", self.reason, self.last_good_seq)?;
+        if let Some((o, s)) = self.resumes_at {
+            write!(
+                f,
+                "; {} intact record(s) follow from sequence {s} at byte {o}",
+                self.intact_after
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The writer's view of the tail after recovery.
+pub(crate) struct TailState {
+    pub base: u64,
+    pub offset: u64,
+    pub count: u64,
+    pub last_seq: u64,
+    pub last_ts: u64,
+    pub crc: crc32fast::Hasher,
+    pub sealed: bool,
+    pub cut_bytes: u64,
+    pub created_us: u64,
+    pub chain: Option<ChainHeader>,
+    pub last_mac: Option<[u8; MAC_LEN]>,
+    /// Sequence numbers skipped over corruption (lenient mode).
+    pub skipped: u64,
+}
+
+/// Recovers the tail segment: judges damage (see the module docs), cuts a torn tail,
+/// and fdatasyncs what it keeps. `fresh_chain` gives the chain header to write if the
+/// segment's own header turns out to be torn.
+pub(crate) fn recover_tail<S: Storage>(
+    storage: &S,
+    base: u64,
+    len: u64,
+    end: Option<&LogEnd>,
+    mode: RecoveryMode,
+    fresh_chain: impl FnOnce() -> Result<Option<ChainHeader>>,
+) -> Result<TailState> {
+    let name = storage.segment_name(base);
+    // How far this segment is known to be durable.
+    let synced_to = match end {
+        Some(e) if e.base == base => e.offset,
+        Some(e) if e.base > base => u64::MAX, // a later segment was durable: this one is whole
+        _ => 0,
+    };
+    let mut hdr = storage
+        .read_vec(base, 0, HEADER_LEN)
+        .map_err(|e| Error::io("read segment header", name.clone(), e))?;
+    if crate::format::header_len_from_fixed(&hdr) > HEADER_LEN {
+        hdr = storage
+            .read_vec(base, 0, HEADER_MAX_LEN)
+            .map_err(|e| Error::io("read segment header", name.clone(), e))?;
+    }
+    let header = match SegmentHeader::decode(&hdr, &name) {
+        Ok(h) => h,
+        Err(e @ Error::UnsupportedVersion { .. }) => return Err(e),
+        Err(e) => {
+            // A torn header can only come from a crash right after the segment was
+            // created: nothing after it can be valid yet, and the recovery point cannot
+            // be inside it. Anything else is corruption.
+            if synced_to <= HEADER_MAX_LEN as u64 && !looks_used(storage, base, len) {
+                storage
+                    .truncate(base, 0)
+                    .map_err(|e| Error::io("truncate", name.clone(), e))?;
+                let mut t = write_header(storage, base, fresh_chain()?)?;
+                t.cut_bytes = len;
+                return Ok(t);
+            }
+            return Err(e);
+        }
+    };
+    if header.base_seq != base {
+        return Err(Error::Corrupt {
+            segment: name,
+            offset: 0,
+            reason: format!(
+                "header says base sequence {} but the file name says {base}",
+                header.base_seq
+            ),
+        });
+    }
+    let mut scan = scan_tail(storage, base, header, &hdr, synced_to, mode)?;
+    if let Some(e) = end.filter(|e| e.base == base && e.flags & END_POISONED != 0) {
+        // An fdatasync failed after `e.offset`: what follows was never confirmed durable
+        // and may exist only in the page cache. Cut it (nothing after it was acknowledged).
+        if scan.offset > e.offset && scan.corrupt.is_empty() {
+            let cut = rescan_to(storage, base, header, &hdr, e.offset)?;
+            scan.torn_bytes += scan.offset - cut.offset;
+            scan = TailScan {
+                torn_bytes: scan.torn_bytes,
+                ..cut
+            };
+        }
+    }
+    if mode == RecoveryMode::Strict {
+        if let Some(d) = scan.corrupt.first() {
+            return Err(Error::Corrupt {
+                segment: name,
+                offset: d.offset,
+                reason: format!(
+                    "{d}. Synced (acknowledged) records are damaged; refusing to cut them. Open with RecoveryMode::Lenient to skip the damaged records and keep the rest, or restore the WAL from its archive"
+                ),
+            });
+        }
+    }
+    let t = TailState {
+        base,
+        offset: scan.offset,
+        count: scan.count,
+        last_seq: scan.last_seq,
+        last_ts: scan.last_ts,
+        crc: scan.crc,
+        sealed: scan.footer.is_some(),
+        cut_bytes: scan.torn_bytes,
+        created_us: header.created_us,
+        chain: header.chain,
+        last_mac: scan.last_mac,
+        skipped: scan.skipped,
+    };
+    if !t.sealed {
+        let file_len = storage
+            .segment_len(base)
+            .map_err(|e| Error::io("stat segment", name.clone(), e))?
+            .unwrap_or(len);
+        if file_len > t.offset {
+            storage
+                .truncate(base, t.offset)
+                .map_err(|e| Error::io("truncate torn tail", name.clone(), e))?;
+        }
+    }
+    // Always fdatasync what recovery keeps: it is handed to readers and consumers as
+    // durable. After a process crash the tail can hold records that were written but
+    // never fsynced (Periodic or Buffered durability); without this, a power loss after
+    // the restart loses records that readers already returned.
+    storage
+        .sync(base)
+        .map_err(|e| Error::io("fdatasync", name, e))?;
+    Ok(t)
+}
+
+/// Scans the segment again, keeping only frames that end at or before `limit`.
+fn rescan_to<S: Storage>(
+    storage: &S,
+    base: u64,
+    header: SegmentHeader,
+    hdr: &[u8],
+    limit: u64,
+) -> Result<TailScan> {
+    let name = storage.segment_name(base);
+    let hlen = header.data_offset() as u64;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&hdr[..hlen as usize]);
+    let mut t = TailScan {
+        header,
+        offset: hlen,
+        count: 0,
+        last_seq: base - 1,
+        last_ts: 0,
+        crc,
+        last_mac: header.chain.map(|c| c.seed),
+        footer: None,
+        torn_bytes: 0,
+        corrupt: Vec::new(),
+        skipped: 0,
+    };
+    let mut cur = FrameCursor::new(storage, base, hlen, header.is_chained());
+    while let Step::Frame {
+        at,
+        len,
+        seq,
+        ts_us,
+    } = cur.next().map_err(|e| Error::io("read", name.clone(), e))?
+    {
+        if at + len as u64 > limit || seq != t.last_seq + 1 {
+            break;
+        }
+        t.crc.update(cur.last_bytes());
+        t.last_seq = seq;
+        t.last_ts = ts_us;
+        t.count += 1;
+        if let (Some(m), Some(last)) = (cur.last_frame().mac, t.last_mac.as_mut()) {
+            last.copy_from_slice(m);
+        }
+        t.offset = at + len as u64;
+    }
+    Ok(t)
+}
+
+/// Whether an intact frame follows a (bad) header: then the header is not torn by a
+/// crash right after creation but damaged, and wiping the segment would lose records.
+fn looks_used<S: Storage>(storage: &S, base: u64, len: u64) -> bool {
+    [HEADER_LEN, HEADER_MAX_LEN].iter().any(|&at| {
+        [false, true].iter().any(|&chained| {
+            let mut want = FRAME_HEADER_LEN + MAC_LEN + 64;
+            loop {
+                let Ok(rest) = storage.read_vec(base, at as u64, want) else {
+                    return false;
+                };
+                match decode_frame_with(&rest, chained) {
+                    Decoded::Frame(..) => return true,
+                    Decoded::Incomplete { needed }
+                        if rest.len() == want && needed > want && (at + needed) as u64 <= len =>
+                    {
+                        want = needed
+                    }
+                    _ => return false,
+                }
+            }
+        })
+    })
+}
+
+/// Creates a segment with its header (durably); returns the writer's view of it.
+pub(crate) fn create_segment<S: Storage>(
+    storage: &S,
+    base: u64,
+    chain: Option<ChainHeader>,
+) -> Result<TailState> {
+    let name = storage.segment_name(base);
+    storage
+        .create_segment(base)
+        .map_err(|e| Error::io("create segment", name.clone(), e))?;
+    write_header(storage, base, chain)
+}
+
+/// Writes (or rewrites) a segment's header durably; the segment must be empty.
+pub(crate) fn write_header<S: Storage>(
+    storage: &S,
+    base: u64,
+    chain: Option<ChainHeader>,
+) -> Result<TailState> {
+    let name = storage.segment_name(base);
+    let h = SegmentHeader {
+        version: FORMAT_VERSION,
+        flags: 0,
+        base_seq: base,
+        created_us: now_us(),
+        chain,
+    };
+    let hb = h.encode();
+    storage
+        .write_at(base, 0, &hb)
+        .map_err(|e| Error::io("write segment header", name.clone(), e))?;
+    storage
+        .sync(base)
+        .map_err(|e| Error::io("fdatasync", name, e))?;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&hb);
+    Ok(TailState {
+        base,
+        offset: hb.len() as u64,
+        count: 0,
+        last_seq: base - 1,
+        last_ts: 0,
+        crc,
+        sealed: false,
+        cut_bytes: 0,
+        created_us: h.created_us,
+        chain,
+        last_mac: chain.map(|c| c.seed),
+        skipped: 0,
+    })
+}
+
+/// Seals a recovered tail that has records (writes its footer, durably).
+pub(crate) fn seal_tail<S: Storage>(storage: &S, t: &mut TailState) -> Result<()> {
+    let name = storage.segment_name(t.base);
+    let footer = SegmentFooter {
+        last_seq: t.last_seq,
+        count: t.count,
+        last_ts_us: t.last_ts,
+        body_crc: t.crc.clone().finalize(),
+    };
+    storage
+        .write_at(t.base, t.offset, &footer.encode())
+        .map_err(|e| Error::io("write footer", name.clone(), e))?;
+    storage
+        .truncate(t.base, t.offset + FOOTER_LEN as u64)
+        .map_err(|e| Error::io("truncate", name.clone(), e))?;
+    storage
+        .sync(t.base)
+        .map_err(|e| Error::io("fdatasync", name, e))?;
+    t.offset += FOOTER_LEN as u64;
+    t.sealed = true;
+    Ok(())
+}
+
+/// The last MAC of a (sealed) chained segment, by scanning it. Only used in the rare
+/// case of a torn header right after a roll.
+pub(crate) fn last_mac_of<S: Storage>(
+    storage: &S,
+    base: u64,
+    len: u64,
+) -> Result<Option<[u8; MAC_LEN]>> {
+    let name = storage.segment_name(base);
+    let b = storage
+        .read_vec(base, 0, len as usize)
+        .map_err(|e| Error::io("read", name.clone(), e))?;
+    let h = SegmentHeader::decode(&b[..b.len().min(HEADER_MAX_LEN)], &name)?;
+    let Some(c) = h.chain else { return Ok(None) };
+    let mut last = c.seed;
+    let mut pos = h.data_offset();
+    while let Decoded::Frame(f, n) = decode_frame_with(&b[pos..], true) {
+        if let Some(m) = f.mac {
+            last.copy_from_slice(m);
+        }
+        pos += n;
+    }
+    Ok(Some(last))
+}
+
+/// The lowest sequence number the next record may get: after everything the recovery
+/// point says was durable and after every consumer checkpoint (a sequence number a sink
+/// saw is never reused). Returns it and what demands it, when that is beyond the log.
+pub(crate) fn floor_next_seq(
+    recovered_last: u64,
+    end: Option<&LogEnd>,
+    consumers: &BTreeMap<String, u64>,
+) -> Option<(u64, String)> {
+    let mut need: Option<(u64, String)> = None;
+    if let Some(e) = end {
+        if e.last_seq > recovered_last {
+            need = Some((
+                e.last_seq,
+                format!(
+                    "records {}..={} are missing: the log ends at sequence {recovered_last} but its recovery point (meta/end) says {} was durable (the newest segment was deleted or cut short?)",
+                    recovered_last + 1,
+                    e.last_seq,
+                    e.last_seq
+                ),
+            ));
+        }
+    }
+    for (name, &c) in consumers {
+        if c > recovered_last && need.as_ref().is_none_or(|(n, _)| c > *n) {
+            need = Some((
+                c,
+                format!(
+                    "consumer {name:?} has committed sequence {c} but the log ends at {recovered_last}: records it has seen are missing"
+                ),
+            ));
+        }
+    }
+    need
+}
