@@ -32,6 +32,8 @@ use crate::format::{
     decode_frame_with, header_len_from_fixed, Decoded, SegmentFooter, SegmentHeader, FOOTER_LEN,
     HEADER_LEN, HEADER_MAX_LEN,
 };
+use crate::options::RecoveryMode;
+use crate::recovery::{floor_next_seq, read_end, scan_tail, LogEnd};
 use crate::storage::{SegmentId, SegmentInfo, Storage, StorageExt};
 use crate::wal::{decode_checkpoint, META_CONSUMER_PREFIX, META_COUNTERS, META_WAL_ID};
 
@@ -419,20 +421,36 @@ pub struct VerifyReport {
     /// Bytes at the end of the active segment that are not a whole valid frame (a torn
     /// tail that recovery will cut, or a frame being written right now).
     pub torn_tail_bytes: u64,
+    /// The recovery point (`meta/end`), when the WAL has one.
+    pub end: Option<LogEnd>,
 }
 
 /// Checks every segment: headers, every frame's CRC, sequence continuity within and
 /// across segments, and the footers of sealed segments (count, last sequence, body CRC).
+/// The active segment is judged as recovery judges it (see [`recovery`](crate::recovery)):
+/// damage before its recovery point, or followed by intact records, is corruption; bytes
+/// after the last intact record that were never synced are a torn tail. A log that ends
+/// before its recovery point (a deleted or shortened newest segment) is corrupt too.
 /// The first problem is returned as [`Error::Corrupt`] naming the segment and offset.
 /// A segment that disappears while it is being checked (retention of a live WAL) is
 /// skipped.
 pub fn verify<S: Storage + ?Sized>(storage: &S) -> Result<VerifyReport> {
     let list = list_segments(storage)?;
-    let mut report = VerifyReport::default();
+    let end = read_end(storage, &[])?;
+    let mut report = VerifyReport {
+        end,
+        ..VerifyReport::default()
+    };
     let mut expect: Option<u64> = None;
+    let mut last_name = storage.location();
+    let mut last_len = 0;
     for (i, info) in list.iter().enumerate() {
         let active = i + 1 == list.len();
-        let scan = match scan_segment(storage, info.id, expect, active) {
+        let scan = match if active {
+            scan_active(storage, info.id, expect, end.as_ref())
+        } else {
+            scan_segment(storage, info.id, expect, false)
+        } {
             Ok(s) => s,
             Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
                 expect = None;
@@ -454,13 +472,78 @@ pub fn verify<S: Storage + ?Sized>(storage: &S) -> Result<VerifyReport> {
         if active {
             report.torn_tail_bytes = scan.trailing_bytes;
         }
+        last_name = scan.name.clone();
+        last_len = scan.valid_len;
         expect = Some(match (scan.footer, scan.header) {
             (Some(f), _) => f.last_seq + 1,
             (None, Some(h)) => scan.seqs.map_or(h.base_seq, |s| s.1 + 1),
             (None, None) => info.id,
         });
     }
+    let log_last = expect.map_or(report.last_seq, |e| e.saturating_sub(1));
+    let consumers = crate::wal::load_consumers(storage)?;
+    if let Some((_, why)) = floor_next_seq(log_last, end.as_ref(), &consumers) {
+        return Err(Error::Corrupt {
+            segment: last_name,
+            offset: last_len,
+            reason: why,
+        });
+    }
     Ok(report)
+}
+
+/// Scans the active segment the way recovery does, without changing anything.
+fn scan_active<S: Storage + ?Sized>(
+    storage: &S,
+    id: SegmentId,
+    expect_first: Option<u64>,
+    end: Option<&LogEnd>,
+) -> Result<SegmentScan> {
+    let name = storage.segment_name(id);
+    let hdr =
+        read_header(storage, id).map_err(|e| Error::io("read segment header", name.clone(), e))?;
+    let header = match SegmentHeader::decode(&hdr, &name) {
+        Ok(h) if h.base_seq == id && expect_first.is_none_or(|e| e == id) => h,
+        // Anything unusual about the header: the full scan reports it.
+        _ => return scan_segment(storage, id, expect_first, true),
+    };
+    let synced_to = match end {
+        Some(e) if e.base == id => e.offset,
+        Some(e) if e.base > id => u64::MAX,
+        _ => 0,
+    };
+    let synced_seq = end.map_or(0, |e| e.last_seq);
+    let t = scan_tail(
+        storage,
+        id,
+        header,
+        &hdr,
+        synced_to,
+        synced_seq,
+        RecoveryMode::Strict,
+    )?;
+    let len = storage
+        .segment_len(id)
+        .map_err(|e| Error::io("stat segment", name.clone(), e))?
+        .unwrap_or(0);
+    let problem = t.corrupt.first().map(|d| Problem {
+        segment: name.clone(),
+        offset: d.offset,
+        reason: format!("{d} (synced records are damaged: recovery refuses to cut them)"),
+    });
+    Ok(SegmentScan {
+        id,
+        name,
+        len,
+        header: Some(header),
+        count: t.count,
+        seqs: (t.count > 0).then_some((t.last_seq + 1 - t.count, t.last_seq)),
+        last_ts_us: t.last_ts,
+        footer: t.footer,
+        valid_len: t.offset,
+        trailing_bytes: t.torn_bytes,
+        problem,
+    })
 }
 
 /// One record as stored, for `dump`.

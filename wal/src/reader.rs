@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use futures::Stream;
 use serde::de::DeserializeOwned;
 
+use crate::cursor::FrameCursor;
 use crate::error::{Error, Result};
 use crate::format::{decode_frame_with, Decoded, SegmentHeader, HEADER_MAX_LEN};
 use crate::options::RecoveryMode;
@@ -104,13 +105,22 @@ impl<S: Storage> RawReader<S> {
                         continue;
                     }
                     if f.seq != self.next {
-                        let e = Error::Corrupt {
-                            segment: self.inner.storage.segment_name(seg),
-                            offset: at,
-                            reason: format!("expected sequence {} but found {}", self.next, f.seq),
-                        };
-                        self.skip_segment_or(e)?;
-                        continue;
+                        if self.inner.opts.recovery == RecoveryMode::Lenient && f.seq > self.next {
+                            // Records skipped over damage (lenient recovery): count them.
+                            self.count_skipped(f.seq - self.next, at);
+                            self.next = f.seq;
+                        } else {
+                            let e = Error::Corrupt {
+                                segment: self.inner.storage.segment_name(seg),
+                                offset: at,
+                                reason: format!(
+                                    "expected sequence {} but found {}",
+                                    self.next, f.seq
+                                ),
+                            };
+                            self.skip_segment_or(e)?;
+                            continue;
+                        }
                     }
                     self.next += 1;
                     return Ok(Some((f.seq, f.ts_us, f.payload.to_vec())));
@@ -202,13 +212,37 @@ impl<S: Storage> RawReader<S> {
                     }
                     let e = Error::Corrupt {
                         segment: self.inner.storage.segment_name(seg),
-                        offset: self.buf_at + self.pos as u64,
+                        offset: at,
                         reason: reason.to_string(),
                     };
+                    if self.inner.opts.recovery == RecoveryMode::Lenient {
+                        // Resume at the next intact record of this segment.
+                        let mut cur = FrameCursor::new(&self.inner.storage, seg, at, self.chained);
+                        let found = cur.resync(at, self.next.saturating_sub(1)).map_err(|e| {
+                            Error::io("read", self.inner.storage.segment_name(seg), e)
+                        })?;
+                        if let Some((o, s)) = found {
+                            tracing::warn!(error = %e, resumed_at = s, "lenient read: skipping a damaged record");
+                            self.count_skipped(s - self.next, at);
+                            self.next = s;
+                            self.buf.clear();
+                            self.buf_at = o;
+                            self.pos = 0;
+                            continue;
+                        }
+                    }
                     self.skip_segment_or(e)?;
                 }
             }
         }
+    }
+
+    fn count_skipped(&self, n: u64, at: u64) {
+        let _ = at;
+        self.inner
+            .counters
+            .corrupt_skipped
+            .fetch_add(n, Ordering::Relaxed);
     }
 
     /// In lenient mode, skips to the next segment and counts; in strict mode, fails.

@@ -207,6 +207,7 @@ pub(crate) fn scan_tail<S: Storage + ?Sized>(
     header: SegmentHeader,
     header_bytes: &[u8],
     synced_to: u64,
+    synced_seq: u64,
     mode: RecoveryMode,
 ) -> Result<TailScan> {
     let name = storage.segment_name(base);
@@ -265,7 +266,8 @@ pub(crate) fn scan_tail<S: Storage + ?Sized>(
                     t.corrupt.push(Damage {
                         offset: at,
                         reason: format!(
-                            "the segment ends at byte {at} but it was durable up to byte {synced_to} (cut off?)"
+                            "the segment ends at byte {at} but it was durable up to byte {synced_to}: records {}..={synced_seq} are missing (cut off?)",
+                            t.last_seq + 1
                         ),
                         resumes_at: None,
                         intact_after: 0,
@@ -398,6 +400,30 @@ pub(crate) fn recover_tail<S: Storage>(
                 t.cut_bytes = len;
                 return Ok(t);
             }
+            let first = storage
+                .read_vec(base, HEADER_LEN as u64, FRAME_HEADER_LEN + 64)
+                .unwrap_or_default();
+            let unchained_frames_follow =
+                matches!(
+                    decode_frame_with(&first, false),
+                    Decoded::Frame(f, _) if f.seq == base
+                ) || looks_used_at(storage, base, HEADER_LEN, false, base);
+            if mode == RecoveryMode::Lenient && unchained_frames_follow {
+                // Lenient: an unchained header holds nothing the frames do not say
+                // again (the base is the file name): write it anew, keep the records.
+                tracing::error!(segment = %name, error = %e, "lenient recovery: rewriting the damaged header of the tail segment");
+                let h = SegmentHeader {
+                    version: FORMAT_VERSION,
+                    flags: 0,
+                    base_seq: base,
+                    created_us: now_us(),
+                    chain: None,
+                };
+                storage
+                    .write_at(base, 0, &h.encode())
+                    .map_err(|e| Error::io("write segment header", name.clone(), e))?;
+                return recover_tail(storage, base, len, end, mode, fresh_chain);
+            }
             return Err(e);
         }
     };
@@ -411,7 +437,8 @@ pub(crate) fn recover_tail<S: Storage>(
             ),
         });
     }
-    let mut scan = scan_tail(storage, base, header, &hdr, synced_to, mode)?;
+    let synced_seq = end.map_or(0, |e| e.last_seq);
+    let mut scan = scan_tail(storage, base, header, &hdr, synced_to, synced_seq, mode)?;
     if let Some(e) = end.filter(|e| e.base == base && e.flags & END_POISONED != 0) {
         // An fdatasync failed after `e.offset`: what follows was never confirmed durable
         // and may exist only in the page cache. Cut it (nothing after it was acknowledged).
@@ -521,25 +548,27 @@ fn rescan_to<S: Storage>(
 /// Whether an intact frame follows a (bad) header: then the header is not torn by a
 /// crash right after creation but damaged, and wiping the segment would lose records.
 fn looks_used<S: Storage>(storage: &S, base: u64, len: u64) -> bool {
+    let _ = len;
     [HEADER_LEN, HEADER_MAX_LEN].iter().any(|&at| {
-        [false, true].iter().any(|&chained| {
-            let mut want = FRAME_HEADER_LEN + MAC_LEN + 64;
-            loop {
-                let Ok(rest) = storage.read_vec(base, at as u64, want) else {
-                    return false;
-                };
-                match decode_frame_with(&rest, chained) {
-                    Decoded::Frame(..) => return true,
-                    Decoded::Incomplete { needed }
-                        if rest.len() == want && needed > want && (at + needed) as u64 <= len =>
-                    {
-                        want = needed
-                    }
-                    _ => return false,
-                }
-            }
-        })
+        [false, true]
+            .iter()
+            .any(|&chained| looks_used_at(storage, base, at, chained, 0))
     })
+}
+
+/// Whether an intact frame (with sequence `seq`, when not 0) starts at `at`.
+fn looks_used_at<S: Storage>(storage: &S, base: u64, at: usize, chained: bool, seq: u64) -> bool {
+    let mut want = FRAME_HEADER_LEN + MAC_LEN + 64;
+    loop {
+        let Ok(rest) = storage.read_vec(base, at as u64, want) else {
+            return false;
+        };
+        match decode_frame_with(&rest, chained) {
+            Decoded::Frame(f, _) => return seq == 0 || f.seq == seq,
+            Decoded::Incomplete { needed } if rest.len() == want && needed > want => want = needed,
+            _ => return false,
+        }
+    }
 }
 
 /// Creates a segment with its header (durably); returns the writer's view of it.

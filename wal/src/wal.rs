@@ -1234,7 +1234,7 @@ fn new_meta(base: u64, bytes: u64) -> SegMeta {
     }
 }
 
-pub(crate) fn load_consumers<S: Storage>(storage: &S) -> Result<BTreeMap<String, u64>> {
+pub(crate) fn load_consumers<S: Storage + ?Sized>(storage: &S) -> Result<BTreeMap<String, u64>> {
     let mut out = BTreeMap::new();
     let keys = storage
         .list_meta(META_CONSUMER_PREFIX)
