@@ -5,7 +5,10 @@
 //! test re-executes this test binary as the unprivileged user `nobody` (uid 65534, via
 //! `CommandExt::uid`, no `unsafe`) and runs the checks there; a read-only file system
 //! (a `ro` tmpfs, which refuses writes even to root) is tested too. As a normal user the
-//! permission checks run directly.
+//! permission checks run directly. `nobody` may not be able to reach the checkout, the
+//! target directory or `$TMPDIR` (a clone in `/root`, or in a `mktemp -d` folder of mode
+//! 0700), so the child runs from a copy of the binary in a fresh world-readable
+//! directory under `/tmp`, with its working directory and temporary files there too.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
@@ -134,7 +137,17 @@ fn no_permission_is_a_clear_error() {
         permission_checks(Path::new(&dir));
         return;
     }
-    let d = tempfile::tempdir().unwrap();
+    let root = is_root();
+    // As root the checks run as `nobody`: everything it needs is under a fresh
+    // directory in /tmp (mode 1777, enterable by anyone), not under $TMPDIR.
+    let d = if root {
+        tempfile::Builder::new()
+            .prefix("walspool-perm-")
+            .tempdir_in("/tmp")
+    } else {
+        tempfile::tempdir()
+    }
+    .unwrap();
     let base = d.path();
     std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::create_dir(base.join("locked")).unwrap();
@@ -148,13 +161,21 @@ fn no_permission_is_a_clear_error() {
         block_on(wal.append(&"private".to_string())).unwrap();
         block_on(wal.close()).unwrap();
     }
-    if !is_root() {
+    if !root {
         permission_checks(base);
         return;
     }
     // Root ignores permission bits: run the checks as `nobody`.
     std::fs::set_permissions(base.join("locked"), std::fs::Permissions::from_mode(0o700)).unwrap();
-    let out = Command::new(std::env::current_exe().unwrap())
+    // A copy of this binary that `nobody` can reach and execute, and a working and a
+    // temporary directory it may use.
+    let child_dir = base.join("child");
+    std::fs::create_dir(&child_dir).unwrap();
+    std::fs::set_permissions(&child_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let exe = base.join("bad_input-as-nobody");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(&exe)
         .args([
             "--exact",
             "no_permission_is_a_clear_error",
@@ -162,6 +183,8 @@ fn no_permission_is_a_clear_error() {
             "--test-threads=1",
         ])
         .env(PERM_CHILD_ENV, base)
+        .env("TMPDIR", &child_dir)
+        .current_dir(&child_dir)
         .uid(65534)
         .gid(65534)
         .output()
@@ -349,11 +372,24 @@ fn a_segment_from_a_newer_format_version_is_a_clear_error() {
 #[test]
 fn bad_consumer_names_are_clear_errors() {
     let wal = Wal::open(Memory::new(), Options::default()).unwrap();
-    for name in ["", "../escape", "a b", &"x".repeat(200)] {
+    // `x.tmp1234` is how temporary files of the directory backend used to be named: a
+    // checkpoint by that name could not be told apart from a crash leftover.
+    for name in [
+        "",
+        "../escape",
+        "a b",
+        &"x".repeat(200),
+        "x.tmp1234",
+        "a.b.tmp0",
+    ] {
         let e = wal.consumer(name).expect_err("bad name");
         assert!(
             matches!(e, Error::Consumer(_)) && e.to_string().contains("consumer name"),
             "{e}"
         );
+    }
+    // Names that merely contain `.tmp` are fine.
+    for name in ["s3.tmpq", "x.tmp", "tmp1", ".tmp.x"] {
+        wal.consumer(name).unwrap();
     }
 }

@@ -5,6 +5,7 @@ use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use walspool_wal::format::{parse_segment_file_name, segment_file_name};
@@ -15,12 +16,48 @@ pub const LOCK_FILE: &str = "LOCK";
 /// Name of the metadata subdirectory (consumer checkpoints, counters, the WAL id).
 pub const META_DIR: &str = "meta";
 
+/// Makes every temporary file name unique within the process (with the pid, across
+/// processes): two threads replacing the same key at once (the writer and the
+/// housekeeping thread both persist `meta/counters`) never share a temporary file.
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Whether a file name in the WAL directory or `meta/` is a temporary file of an
+/// atomic replacement: `.<key>.tmp<pid>.<n>` (a leading `.`, which no metadata key or
+/// published name may have), or `<key>.tmp<pid>` as written by versions before that
+/// (no valid key ends in `.tmp<digits>`).
+fn is_temp_file_name(name: &str) -> bool {
+    if name.starts_with('.') {
+        return name.contains(".tmp");
+    }
+    match name.rsplit_once(".tmp") {
+        Some((key, digits)) => {
+            !key.is_empty() && !digits.is_empty() && digits.bytes().all(|c| c.is_ascii_digit())
+        }
+        None => false,
+    }
+}
+
+/// Whether `key` may name a metadata entry (or a published document): 1 or more ASCII
+/// letters, digits, `.`, `-` or `_`, not starting with `.` and not ending in
+/// `.tmp<digits>` (the names temporary files have or had, see [`is_temp_file_name`]).
+fn is_valid_meta_key(key: &str) -> bool {
+    !key.is_empty()
+        && !key.starts_with('.')
+        && key
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
+        && !is_temp_file_name(key)
+}
+
 /// A WAL directory on the local file system.
 ///
 /// Layout: `{base_seq:020}.wal` segment files, `meta/` (one file per key, replaced
 /// atomically with write + fsync + rename + directory fsync), `stats.json` (the stats
 /// file, replaced atomically every interval) and `LOCK`, held with an exclusive
-/// `flock` for as long as the writer lives. Files are created mode 0600 and the
+/// `flock` for as long as the writer lives. A replacement writes a temporary file
+/// `.<key>.tmp<pid>.<n>` first, unique per write; such files left by a crash (and the
+/// `<key>.tmp<pid>` ones of older versions) are never listed as keys and are deleted
+/// when the directory is next opened for writing. Files are created mode 0600 and the
 /// directory 0700: WAL records are often audit data.
 #[derive(Debug)]
 pub struct LocalDisk {
@@ -95,6 +132,10 @@ impl LocalDisk {
         // Record the holder's pid, for operators.
         let _ = lock.set_len(0);
         let _ = (&lock).write_all(format!("{}\n", std::process::id()).as_bytes());
+        // Temporary files of replacements a crashed writer left behind. Nobody else
+        // writes here while we hold the lock.
+        remove_stale_temp_files(&dir);
+        remove_stale_temp_files(&meta);
         Ok(LocalDisk {
             dir,
             lock: Mutex::new(Some(lock)),
@@ -173,12 +214,7 @@ impl LocalDisk {
     }
 
     fn meta_path(&self, key: &str) -> io::Result<PathBuf> {
-        if key.is_empty()
-            || key.starts_with('.')
-            || !key
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
-        {
+        if !is_valid_meta_key(key) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("invalid metadata key {key:?}"),
@@ -187,27 +223,57 @@ impl LocalDisk {
         Ok(self.dir.join(META_DIR).join(key))
     }
 
-    fn write_atomic(dir: &Path, path: &Path, value: &[u8], durable: bool) -> io::Result<()> {
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(format!(".tmp{}", std::process::id()));
-        let tmp = PathBuf::from(tmp);
-        {
+    /// Replaces `dir/name` atomically: writes a temporary file unique to this call
+    /// (`.<name>.tmp<pid>.<n>`, created exclusively), then renames it over `name`.
+    /// Concurrent replacements of the same name each write their own file: the last
+    /// rename wins and every version read is whole.
+    fn write_atomic(dir: &Path, name: &str, value: &[u8], durable: bool) -> io::Result<()> {
+        let path = dir.join(name);
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".{name}.tmp{}.{n}", std::process::id()));
+        let written = (|| {
             let mut f = OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .mode(0o600)
                 .open(&tmp)?;
             f.write_all(value)?;
             if durable {
                 f.sync_all()?;
             }
+            fs::rename(&tmp, &path)
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
         }
-        fs::rename(&tmp, path)?;
         if durable {
             Self::sync_dir(dir)?;
         }
         Ok(())
+    }
+}
+
+/// Deletes the temporary files (see [`is_temp_file_name`]) in `dir`. Best effort: a
+/// leftover is harmless (never listed as a key), only wasted space.
+fn remove_stale_temp_files(dir: &Path) {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(n) = name.to_str() else {
+            continue;
+        };
+        if !is_temp_file_name(n) || !e.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        match fs::remove_file(e.path()) {
+            Ok(()) => tracing::info!(file = %e.path().display(), "removed a stale temporary file"),
+            Err(err) => {
+                tracing::warn!(file = %e.path().display(), error = %err, "could not remove a stale temporary file")
+            }
+        }
     }
 }
 
@@ -291,8 +357,8 @@ impl Storage for LocalDisk {
 
     fn put_meta(&self, key: &str, value: &[u8]) -> io::Result<()> {
         self.check_writable()?;
-        let path = self.meta_path(key)?;
-        Self::write_atomic(&self.dir.join(META_DIR), &path, value, true)
+        self.meta_path(key)?;
+        Self::write_atomic(&self.dir.join(META_DIR), key, value, true)
     }
 
     fn remove_meta(&self, key: &str) -> io::Result<()> {
@@ -314,7 +380,9 @@ impl Storage for LocalDisk {
         for e in rd {
             let e = e?;
             if let Some(n) = e.file_name().to_str() {
-                if n.starts_with(prefix) && !n.contains(".tmp") {
+                // Temporary files (`.x.tmp…`, or `x.tmp<pid>` of older versions) are
+                // not keys. Every valid key is listed, whatever it contains.
+                if n.starts_with(prefix) && is_valid_meta_key(n) {
                     out.push(n.to_string());
                 }
             }
@@ -325,8 +393,14 @@ impl Storage for LocalDisk {
 
     fn publish(&self, name: &str, value: &[u8]) -> io::Result<()> {
         self.check_writable()?;
+        if !is_valid_meta_key(name) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("invalid published name {name:?}"),
+            ));
+        }
         let path = self.dir.join(name);
-        Self::write_atomic(&self.dir, &path, value, false)?;
+        Self::write_atomic(&self.dir, name, value, false)?;
         let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o600));
         Ok(())
     }

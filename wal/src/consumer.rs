@@ -42,19 +42,32 @@ impl<S: Storage> Clone for Consumer<S> {
     }
 }
 
+/// Whether `name` ends in `.tmp` followed by digits: the name temporary files of
+/// directory backends had before they started with a `.` (`<key>.tmp<pid>`). Such a
+/// checkpoint could not be told apart from a leftover temporary file, so it is refused.
+fn looks_like_old_temp_file(name: &str) -> bool {
+    name.rsplit_once(".tmp")
+        .is_some_and(|(_, digits)| !digits.is_empty() && digits.bytes().all(|c| c.is_ascii_digit()))
+}
+
 fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && name
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Consumer(format!(
+    if !ok {
+        return Err(Error::Consumer(format!(
             "invalid consumer name {name:?}: use 1-128 ASCII letters, digits, '-', '_' or '.'"
-        )))
+        )));
     }
+    if looks_like_old_temp_file(name) {
+        return Err(Error::Consumer(format!(
+            "invalid consumer name {name:?}: it must not end in '.tmp' followed by digits \
+             (the name of a temporary file)"
+        )));
+    }
+    Ok(())
 }
 
 impl<S: Storage> Consumer<S> {
@@ -248,6 +261,19 @@ impl<S: Storage> Wal<S> {
         self.inner.mark_counters_dirty();
     }
 
+    /// Reports sealed segments that vanished locally (deleted by `max_age` or
+    /// `DropOldest`) before they could be archived (for archivers). Persisted, like
+    /// `archive_errors_total`.
+    pub fn record_archive_lost(&self, segments: u64) {
+        if segments == 0 {
+            return;
+        }
+        let mut p = lock(&self.inner.persisted);
+        p.archive_lost_segments_total += segments;
+        drop(p);
+        self.inner.mark_counters_dirty();
+    }
+
     /// Reports a successful archive upload (for archivers).
     pub fn record_archive_success(&self) {
         self.inner
@@ -372,6 +398,7 @@ impl<S: Storage> Inner<S> {
             breaker_state,
             dead_letter_total: self.counters.dead_letter.load(Ordering::Relaxed),
             archive_errors_total: self.counters.archive_errors.load(Ordering::Relaxed),
+            archive_lost_segments_total: lock(&self.persisted).archive_lost_segments_total,
             archive_lag_segments: arch.lag_segments,
             archive_lag_bytes: arch.lag_bytes,
             last_archive_ts: self.counters.last_archive_ts.load(Ordering::Relaxed),

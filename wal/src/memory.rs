@@ -6,6 +6,28 @@
 //! torn (garbage). Faults ([`Memory::fail_nth_write`], [`Memory::fail_nth_sync`],
 //! [`Memory::set_capacity`]) make calls fail the way a disk does. Counters
 //! ([`Memory::counters`]) let tests see how many writes, syncs and bytes read happened.
+//!
+//! # A failed sync loses the unsynced bytes for good
+//!
+//! `Memory` models what Linux does when `fdatasync` fails (the "fsyncgate" that
+//! PostgreSQL met in 2018): the kernel reports the error once and marks the dirty pages
+//! clean. The data stays readable from the page cache, but it is never written back: a
+//! later `fsync` "succeeds" without writing it, and a power loss loses it. So here, when
+//! a `sync` of a segment fails, every byte of that segment not yet durable (written
+//! since the last successful sync) becomes *lost*:
+//!
+//! * it still reads back, from [`read_at`](Storage::read_at), as written;
+//! * a later successful `sync` does not make it durable: the segment's durable length
+//!   grows past it (the file size is metadata, and is written) but the lost bytes are
+//!   durable as what was durable there before, or zeros where nothing was;
+//! * [`Memory::crash`] drops it: without a later sync the segment ends where the lost
+//!   bytes begin (no [`Tear`] keeps them or anything after them); after one, they read
+//!   as zeros (or the old durable bytes).
+//!
+//! Writing the same range again ([`write_at`](Storage::write_at)) makes those bytes
+//! dirty again, so the next successful sync makes them durable: rewriting is the only
+//! way to recover them. The model is per byte (Linux's is per page, so more survives
+//! there; nothing the model keeps can be lost on Linux).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -43,6 +65,102 @@ pub enum Tear {
 struct Seg {
     live: Vec<u8>,
     durable: Vec<u8>,
+    /// Byte ranges `[start, end)`, sorted and disjoint, that were dirty when a `sync`
+    /// failed: readable in `live`, never written back unless written again.
+    lost: Vec<(usize, usize)>,
+}
+
+impl Seg {
+    fn new(bytes: Vec<u8>) -> Seg {
+        Seg {
+            live: bytes.clone(),
+            durable: bytes,
+            lost: Vec::new(),
+        }
+    }
+
+    /// A sync failed: every byte not durable as it reads now is lost.
+    fn sync_failed(&mut self) {
+        let mut i = 0;
+        while i < self.live.len() {
+            let dirty = |i: usize| self.durable.get(i) != Some(&self.live[i]);
+            if !dirty(i) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < self.live.len() && dirty(i) {
+                i += 1;
+            }
+            self.add_lost(start, i);
+        }
+    }
+
+    fn add_lost(&mut self, start: usize, end: usize) {
+        let (mut start, mut end) = (start, end);
+        let mut out = Vec::with_capacity(self.lost.len() + 1);
+        for &(a, b) in &self.lost {
+            if b < start || a > end {
+                out.push((a, b));
+            } else {
+                start = start.min(a);
+                end = end.max(b);
+            }
+        }
+        out.push((start, end));
+        out.sort_unstable();
+        self.lost = out;
+    }
+
+    /// Bytes written again are dirty again: no longer lost.
+    fn rewritten(&mut self, start: usize, end: usize) {
+        let mut out = Vec::with_capacity(self.lost.len() + 1);
+        for &(a, b) in &self.lost {
+            if b <= start || a >= end {
+                out.push((a, b));
+                continue;
+            }
+            if a < start {
+                out.push((a, start));
+            }
+            if b > end {
+                out.push((end, b));
+            }
+        }
+        self.lost = out;
+    }
+
+    fn truncated(&mut self, len: usize) {
+        self.lost.retain(|&(a, _)| a < len);
+        if let Some(last) = self.lost.last_mut() {
+            last.1 = last.1.min(len);
+        }
+    }
+
+    /// A successful sync: the live bytes become durable, except the lost ones, which
+    /// keep what was durable there (zeros past the old durable end).
+    fn synced(&mut self) {
+        let mut durable = self.live.clone();
+        for &(a, b) in &self.lost {
+            for (i, byte) in durable
+                .iter_mut()
+                .enumerate()
+                .take(b.min(self.live.len()))
+                .skip(a)
+            {
+                *byte = self.durable.get(i).copied().unwrap_or(0);
+            }
+        }
+        self.durable = durable;
+    }
+
+    /// The first lost byte at or after `pos`.
+    fn first_lost_from(&self, pos: usize) -> Option<usize> {
+        self.lost
+            .iter()
+            .find(|&&(_, b)| b > pos)
+            .map(|&(a, _)| a.max(pos))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -86,7 +204,10 @@ impl Memory {
         for (id, s) in &g.segs {
             let mut kept = s.durable.clone();
             let synced = kept.len().min(s.live.len());
-            let unsynced = &s.live[synced..];
+            // Bytes lost to a failed sync never reach the disk: the surviving prefix of
+            // the unsynced bytes ends before the first of them.
+            let unsynced_end = s.first_lost_from(synced).unwrap_or(s.live.len());
+            let unsynced = &s.live[synced..unsynced_end];
             match tear {
                 Tear::None => {}
                 Tear::Keep(n) => {
@@ -104,13 +225,7 @@ impl Memory {
                     }
                 }
             }
-            segs.insert(
-                *id,
-                Seg {
-                    live: kept.clone(),
-                    durable: kept,
-                },
-            );
+            segs.insert(*id, Seg::new(kept));
         }
         Memory {
             inner: Arc::new(Mutex::new(Inner {
@@ -174,14 +289,7 @@ impl Memory {
 
     /// Replaces a segment's bytes, live and durable (for tests that damage segments).
     pub fn set_segment_bytes(&self, id: SegmentId, bytes: Vec<u8>) {
-        let mut g = self.lock();
-        g.segs.insert(
-            id,
-            Seg {
-                live: bytes.clone(),
-                durable: bytes,
-            },
-        );
+        self.lock().segs.insert(id, Seg::new(bytes));
     }
 
     /// A published document (the stats file), if any.
@@ -251,6 +359,7 @@ impl Storage for Memory {
             seg.live.resize(end, 0);
         }
         seg.live[offset as usize..end].copy_from_slice(data);
+        seg.rewritten(offset as usize, end);
         g.counters.writes += 1;
         g.counters.bytes_written += data.len() as u64;
         Ok(())
@@ -265,11 +374,14 @@ impl Storage for Memory {
         g.sync_calls += 1;
         if g.fail_all_syncs || g.fail_sync_at == Some(g.sync_calls) {
             g.fail_sync_at = None;
+            // Like Linux: the dirty bytes are marked clean without being written.
+            if let Some(seg) = g.segs.get_mut(&id) {
+                seg.sync_failed();
+            }
             return Err(io::Error::other("injected fsync failure (EIO)"));
         }
         let seg = g.segs.get_mut(&id).ok_or_else(|| not_found(id))?;
-        seg.durable.clear();
-        seg.durable.extend_from_slice(&seg.live);
+        seg.synced();
         g.counters.syncs += 1;
         Ok(())
     }
@@ -289,6 +401,7 @@ impl Storage for Memory {
         let seg = g.segs.get_mut(&id).ok_or_else(|| not_found(id))?;
         seg.live.truncate(len as usize);
         seg.durable.truncate(len as usize);
+        seg.truncated(len as usize);
         Ok(())
     }
 

@@ -97,6 +97,10 @@ pub struct Metrics {
     pub dead_letter_total: u64,
     /// Failed archive uploads.
     pub archive_errors_total: u64,
+    /// Sealed segments deleted locally (by `max_age` or `DropOldest`) before they were
+    /// archived: records missing from the archive for good.
+    #[serde(default)]
+    pub archive_lost_segments_total: u64,
     /// Sealed segments not yet archived (0 when archival is off).
     pub archive_lag_segments: u64,
     /// Bytes of those segments.
@@ -253,6 +257,12 @@ impl Metrics {
             self.archive_errors_total as f64,
         );
         g(
+            "archive_lost_segments_total",
+            "counter",
+            "Sealed segments deleted locally before they were archived.",
+            self.archive_lost_segments_total as f64,
+        );
+        g(
             "archive_lag_segments",
             "gauge",
             "Sealed segments not yet archived.",
@@ -335,4 +345,5 @@ pub(crate) struct PersistedCounters {
     pub corrupt_skipped_total: u64,
     pub dead_letter_total: u64,
     pub archive_errors_total: u64,
+    pub archive_lost_segments_total: u64,
 }

@@ -28,7 +28,8 @@ pub struct SegmentInfo {
 ///   shared between processes (a directory) must refuse a second writer when it is
 ///   opened, with [`Error::Locked`](crate::Error::Locked).
 /// * **Durability.** Bytes written with [`write_at`](Storage::write_at) are durable only
-///   once [`sync`](Storage::sync) of that segment has returned `Ok`. A segment created by
+///   once [`sync`](Storage::sync) of that segment has returned `Ok` with no failed
+///   `sync` of it in between (see **Errors**). A segment created by
 ///   [`create_segment`](Storage::create_segment) exists durably when the call returns
 ///   (a directory backend fsyncs the directory). [`remove_segment`](Storage::remove_segment)
 ///   may take effect lazily after a crash (the segment may reappear; walspool copes).
@@ -41,8 +42,14 @@ pub struct SegmentInfo {
 /// * **Zero-fill.** Reading past the end returns fewer bytes (a short read), not an error.
 ///   Writing past the end extends the segment; any gap reads as zeros.
 /// * **Errors.** Failures are `io::Error`s; a full device is `io::ErrorKind::StorageFull`.
-///   A failed `sync` means the unsynced bytes may or may not be durable: walspool then
-///   poisons the WAL and never acknowledges them.
+///   A failed `sync` means the bytes written since the last successful one may be lost
+///   for good, even though they still read back: Linux marks the dirty pages clean after
+///   a writeback error, so a later `sync` returns `Ok` without writing them and a power
+///   loss then loses them (after a later `sync` they may read as zeros, or as what was
+///   there before). Only writing them again makes them durable again. walspool poisons
+///   the WAL on a failed `sync` and never acknowledges those bytes; code that reads them
+///   back later (recovery in a new process) must not trust them to be durable.
+///   [`Memory`](crate::Memory) models exactly this.
 pub trait Storage: Send + Sync + 'static {
     /// Lists every segment, in any order.
     fn list_segments(&self) -> io::Result<Vec<SegmentInfo>>;

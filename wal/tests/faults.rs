@@ -288,3 +288,79 @@ fn poisoned_wal_does_no_io_and_close_answers() {
         block_on(wal.close()).unwrap();
     }
 }
+
+/// The crash model of a failed fsync, on `Memory` itself (no WAL): like Linux after a
+/// writeback error, the bytes that were dirty stay readable, a later successful sync
+/// does not make them durable, and a power loss drops them. Writing them again does.
+#[test]
+fn memory_failed_sync_leaves_bytes_readable_but_never_durable() {
+    use walspool_wal::{Storage, StorageExt};
+    let a = b"AAAAAAAA".to_vec();
+    let b = b"BBBBBBBB".to_vec();
+    let c = b"CCCC".to_vec();
+    let read_all = |m: &Memory| m.read_vec(1, 0, 1 << 10).unwrap();
+    let setup = || {
+        let mem = Memory::new();
+        mem.create_segment(1).unwrap();
+        mem.write_at(1, 0, &a).unwrap();
+        mem.sync(1).unwrap();
+        mem.write_at(1, 8, &b).unwrap();
+        mem.fail_nth_sync(1);
+        mem.sync(1).expect_err("injected failure");
+        mem
+    };
+
+    // Still readable after the failure.
+    let mem = setup();
+    assert_eq!(read_all(&mem), [&a[..], &b[..]].concat());
+    // Without a later sync, no tear can keep them.
+    for tear in [Tear::None, Tear::Keep(100), Tear::Garbage(100)] {
+        assert_eq!(read_all(&mem.crash(tear)), a, "{tear:?}");
+    }
+
+    // A later sync "succeeds" but does not write them: after a power loss the file is
+    // as long as it was (the size was written), the lost bytes are zeros, and the bytes
+    // written after them survive.
+    mem.write_at(1, 16, &c).unwrap();
+    mem.sync(1).unwrap();
+    assert_eq!(read_all(&mem), [&a[..], &b[..], &c[..]].concat());
+    let after = mem.crash(Tear::None);
+    assert_eq!(read_all(&after), [&a[..], &[0u8; 8][..], &c[..]].concat());
+    // Syncing again changes nothing.
+    mem.sync(1).unwrap();
+    assert_eq!(
+        read_all(&mem.crash(Tear::Keep(100))),
+        [&a[..], &[0u8; 8][..], &c[..]].concat()
+    );
+
+    // Overwriting synced bytes whose sync failed: the old durable bytes stay.
+    let mem = setup();
+    mem.write_at(1, 0, b"XX").unwrap();
+    mem.fail_nth_sync(1);
+    mem.sync(1).expect_err("injected failure");
+    mem.sync(1).unwrap();
+    assert_eq!(read_all(&mem)[..2], *b"XX");
+    assert_eq!(read_all(&mem.crash(Tear::None))[..8], a[..]);
+
+    // Writing the lost bytes again makes them dirty again: the next sync keeps them.
+    let mem = setup();
+    mem.write_at(1, 8, &b[..4]).unwrap();
+    mem.sync(1).unwrap();
+    assert_eq!(
+        read_all(&mem.crash(Tear::None)),
+        [&a[..], &b[..4], &[0u8; 4][..]].concat()
+    );
+    mem.write_at(1, 12, &b[4..]).unwrap();
+    mem.sync(1).unwrap();
+    assert_eq!(read_all(&mem.crash(Tear::None)), [&a[..], &b[..]].concat());
+
+    // Truncating cuts the lost range; bytes written past the cut are new.
+    let mem = setup();
+    mem.truncate(1, 12).unwrap();
+    mem.write_at(1, 12, b"DDDD").unwrap();
+    mem.sync(1).unwrap();
+    assert_eq!(
+        read_all(&mem.crash(Tear::None)),
+        [&a[..], &[0u8; 4][..], b"DDDD"].concat()
+    );
+}

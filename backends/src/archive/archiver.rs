@@ -17,7 +17,10 @@ use super::{ArchiveError, ArchiveStore};
 
 /// Metadata key (in the WAL's [`Storage`]) holding the archived state: JSON
 /// `{"version":1,"store":"s3://bucket/prefix","archived_through_seq":N}`. Every sealed
-/// segment whose last sequence number is at most `N` is archived in `store`.
+/// segment whose last sequence number is at most `N` is archived in `store`, or was
+/// deleted locally before it could be (`max_age`, `DropOldest`): such a segment is
+/// logged as an error and counted in the WAL's `archive_lost_segments_total`, never
+/// reported as archived.
 pub const ARCHIVE_STATE_KEY: &str = "archive.state";
 
 const STATE_VERSION: u32 = 1;
@@ -140,7 +143,8 @@ impl ArchiverOptions {
 /// Counters of one archiver since it started.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ArchiverStats {
-    /// Every sealed segment whose last sequence number is at most this is archived.
+    /// Every sealed segment whose last sequence number is at most this is archived, or
+    /// was lost before it could be (see `lost_segments`): the archiver is past it.
     pub archived_through_seq: u64,
     /// Segments uploaded.
     pub uploaded_segments: u64,
@@ -150,6 +154,12 @@ pub struct ArchiverStats {
     pub skipped_existing: u64,
     /// Failed attempts (each is also counted in the WAL's `archive_errors_total`).
     pub errors: u64,
+    /// Sealed segments deleted locally (by `max_age` or `DropOldest`) before they could
+    /// be archived: they are not in the archive. Each is logged as an error and also
+    /// counted in the WAL's `archive_lost_segments_total` (persisted). When the
+    /// segments themselves were not seen (lost while no archiver ran), a gap in the
+    /// sequence numbers counts as one.
+    pub lost_segments: u64,
     /// The last error, if the last attempt failed.
     pub last_error: Option<String>,
     /// Sealed segments not yet archived.
@@ -237,6 +247,10 @@ impl RetentionHook for Hook {
 /// * Failures are retried forever with exponential backoff and jitter; each failed
 ///   attempt counts in the WAL's `archive_errors_total`. The lag and the last archive
 ///   time are in [`Wal::metrics`].
+/// * A sealed segment that the WAL's bounds (`max_age`, `DropOldest`) delete before it
+///   is uploaded is not archived: the archiver logs it as an error, counts it
+///   ([`ArchiverStats::lost_segments`] and the WAL's `archive_lost_segments_total`) and
+///   moves on to the next one.
 /// * The work runs on the [`ArchiveStore`]'s own runtime; the handle's methods can be
 ///   awaited from any executor. The archiver keeps a handle of the WAL until it is shut
 ///   down or dropped.
@@ -429,8 +443,21 @@ struct Worker<S: Storage> {
 enum Outcome {
     Uploaded(u64),
     AlreadyThere,
-    /// The segment vanished locally (deleted by a bound) before it could be read.
+    /// The segment vanished locally (deleted by a bound) before it could be read: it is
+    /// not archived.
     Gone,
+}
+
+/// Why segments are counted as lost.
+#[derive(Clone, Copy)]
+enum LostHow {
+    /// Listed as sealed earlier, no longer on local disk.
+    Vanished,
+    /// Its file was gone when the archiver went to read it.
+    Unreadable,
+    /// Not seen at all: sequence numbers missing between the archived point and the
+    /// next sealed segment.
+    Gap,
 }
 
 impl<S: Storage> Worker<S> {
@@ -447,7 +474,12 @@ impl<S: Storage> Worker<S> {
                 continue;
             }
             let through = self.shared.through.load(Ordering::Acquire);
+            // What we knew was sealed, read before the WAL's list: a segment is marked
+            // sealed in the list before the seal listener records it here, so whatever
+            // is known here and missing from the list read next was deleted.
+            let known = lock(&self.shared.tracked).sealed.clone();
             let sealed = self.wal.sealed_segments();
+            let next = sealed.iter().find(|s| s.1 > through).copied();
             {
                 let mut t = lock(&self.shared.tracked);
                 t.sealed = sealed
@@ -456,12 +488,38 @@ impl<S: Storage> Worker<S> {
                     .map(|&(b, l, n)| (b, (l, n)))
                     .collect();
             }
-            let Some(&(base, last, bytes)) = sealed.iter().find(|s| s.1 > through) else {
+            let vanished: Vec<(u64, u64, u64)> = known
+                .iter()
+                .filter(|&(b, &(l, _))| l > through && !sealed.iter().any(|s| s.0 == *b))
+                // Only those before the next one to archive: archival is in order.
+                .filter(|&(b, _)| next.is_none_or(|n| *b < n.0))
+                .map(|(&b, &(l, n))| (b, l, n))
+                .collect();
+            if !vanished.is_empty() {
+                self.record_lost(&vanished, LostHow::Vanished).await;
+                continue;
+            }
+            if let Some((base, _, _)) = next {
+                // Records between the archived point and the next sealed segment that
+                // no known segment held. Only once this store's archive has started
+                // (segments deleted before archival was ever turned on are no loss).
+                if through > 0 && base > through + 1 {
+                    self.record_lost(&[(through + 1, base - 1, 0)], LostHow::Gap)
+                        .await;
+                    continue;
+                }
+            }
+            let Some((base, last, bytes)) = next else {
                 self.shared.wake.notified().await;
                 continue;
             };
             let key = self.store.segment_key(self.wal.id(), base, last);
             let r = match self.archive_one(&key, base, last, bytes).await {
+                Ok(Outcome::Gone) => {
+                    self.record_lost(&[(base, last, bytes)], LostHow::Unreadable)
+                        .await;
+                    continue;
+                }
                 Ok(o) => {
                     let wal = self.wal.clone();
                     let id = self.store.identity().to_string();
@@ -487,13 +545,11 @@ impl<S: Storage> Worker<S> {
                                 t.stats.uploaded_bytes += n;
                             }
                             Outcome::AlreadyThere => t.stats.skipped_existing += 1,
-                            Outcome::Gone => {}
+                            Outcome::Gone => unreachable!("handled above"),
                         }
                         t.stats.last_error = None;
                     }
-                    if !matches!(o, Outcome::Gone) {
-                        tracing::debug!(key = %key, "archived segment");
-                    }
+                    tracing::debug!(key = %key, "archived segment");
                     self.wal.record_archive_success();
                     self.shared.advance(last);
                     self.wal.nudge_retention();
@@ -520,6 +576,49 @@ impl<S: Storage> Worker<S> {
         }
         // Pending waiters learn that the archiver stopped.
         lock(&self.shared.tracked).waiters.clear();
+    }
+
+    /// Sealed segments `(base, last, bytes)` that are gone from local disk before they
+    /// were archived: logs each loudly, counts them (in the stats and the WAL's
+    /// persisted `archive_lost_segments_total`) and moves the archiver past them, so
+    /// that it goes on with the next segment. Never reports them archived (no upload
+    /// counted, no archive time recorded).
+    async fn record_lost(&self, lost: &[(u64, u64, u64)], how: LostHow) {
+        let why = match how {
+            LostHow::Vanished => "deleted locally (max_age or DropOldest) before it was archived",
+            LostHow::Unreadable => {
+                "its file was gone when the archiver went to read it (deleted before it was archived)"
+            }
+            LostHow::Gap => {
+                "records between the archived point and the next sealed segment are no longer on local disk"
+            }
+        };
+        for &(base, last, bytes) in lost {
+            tracing::error!(
+                wal = %self.wal.id(),
+                store = %self.store.identity(),
+                segment = %self.wal.storage().segment_name(base),
+                first_seq = base,
+                last_seq = last,
+                bytes,
+                "sealed segment LOST before archival: {why}; records {base}..={last} are not in the archive"
+            );
+        }
+        let n = lost.len() as u64;
+        lock(&self.shared.tracked).stats.lost_segments += n;
+        self.wal.record_archive_lost(n);
+        let through = lost.iter().map(|l| l.1).max().unwrap_or(0);
+        // Persist the point past them, so that a restart neither counts them again nor
+        // stops at the hole. If that fails, the next recorded upload persists it.
+        let wal = self.wal.clone();
+        let id = self.store.identity().to_string();
+        match tokio::task::spawn_blocking(move || save_state(wal.storage(), &id, through)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not record the archive state"),
+            Err(e) => tracing::warn!(error = %e, "archive state task failed"),
+        }
+        self.shared.advance(through);
+        self.wal.nudge_retention();
     }
 
     /// Resolves once the archiver is told to stop (wake-ups for other reasons loop).
