@@ -294,13 +294,17 @@ pub fn verify(
             return Ok(2);
         }
     };
-    // The writer's last known sequence (stats file) exposes a log truncated at a
-    // segment boundary.
-    let expected = std::fs::read(dir.join(walspool_wal::STATS_FILE))
-        .ok()
-        .and_then(|b| walspool_wal::StatsFile::parse(&b).ok())
-        .map(|s| s.metrics.last_seq)
-        .filter(|&s| s > 0);
+    // The authenticated recovery point (meta/end) exposes a log truncated anywhere,
+    // also at a segment boundary. It names only durable records, so a running or
+    // crashed writer's appends in flight are not mistaken for a truncation.
+    let key_refs: Vec<&walspool_wal::HmacKey> = keys.iter().collect();
+    let expected = match walspool_wal::recovery::read_end(&storage, &key_refs) {
+        Ok(e) => e.map(|e| e.last_seq).filter(|&s| s > 0),
+        Err(e) => {
+            eprintln!("walspool verify: CHAIN BROKEN: {e}");
+            return Ok(1);
+        }
+    };
     match walspool_wal::verify_chain(&storage, &keys, expected) {
         Ok(r) => {
             writeln!(
@@ -310,9 +314,12 @@ pub fn verify(
                 r.chained_segments,
                 r.rotations,
                 match expected {
-                    Some(e) => format!("; ends at {} as the writer recorded ({e})", r.last_seq),
+                    Some(e) => format!(
+                        "; reaches the authenticated end of the log ({e}), last record {}",
+                        r.last_seq
+                    ),
                     None => String::from(
-                        "; no stats file, truncation at a segment boundary not checked"
+                        "; no recovery point (meta/end): truncation at a segment boundary not checked"
                     ),
                 }
             )?;
@@ -347,11 +354,23 @@ fn verify_crc(dir: &Path, out: &mut dyn Write) -> std::io::Result<i32> {
                 r.first_seq,
                 r.last_seq,
                 if r.torn_tail_bytes > 0 {
-                    format!("; {} torn tail bytes at the end of the active segment (recovery cuts them)", r.torn_tail_bytes)
+                    format!("; {} torn tail bytes at the end of the active segment, written after the last fdatasync (recovery cuts them)", r.torn_tail_bytes)
                 } else {
                     String::new()
                 }
             )?;
+            match r.end {
+                Some(e) => writeln!(
+                    out,
+                    "recovery point: records up to {} durable{}",
+                    e.last_seq,
+                    if e.clean() { ", closed cleanly" } else { "" }
+                )?,
+                None => writeln!(
+                    out,
+                    "no recovery point (meta/end): written by an older walspool; a missing tail cannot be detected"
+                )?,
+            }
             Ok(0)
         }
         Err(Error::Corrupt {

@@ -207,9 +207,12 @@ pub struct ChainReport {
 /// segments, the HMAC chain with `keys` (several keys for a WAL whose key was rotated).
 /// Unchained segments are checked by CRC only, but an unchained segment after a chained
 /// one is a break (someone removed the chain). When `expected_last_seq` is known (the
-/// writer's stats file or the archive records it), a log that ends before it was
-/// truncated. Verification starts at the first segment on disk: history removed by
-/// retention is not an error.
+/// authenticated recovery point, [`recovery::read_end`](crate::recovery::read_end) with
+/// the keys, or what the archive records), a log that ends before it was truncated.
+/// Verification starts at the first segment on disk: history removed by retention is
+/// not an error. In the newest segment, bytes after the last intact record (preallocated
+/// zeros, a record being written, a torn write) end the walk: whether they are a torn
+/// tail or corruption is [`inspect::verify`](crate::inspect::verify)'s judgement.
 pub fn verify_chain<S: Storage>(
     storage: &S,
     keys: &[HmacKey],
@@ -227,7 +230,9 @@ pub fn verify_chain<S: Storage>(
     let mut prev_key: Option<HmacKey> = None;
     let mut next_seq: Option<u64> = None;
     let mut seen_chained = false;
+    let newest = segs.last().map(|s| s.id);
     for info in &segs {
+        let is_last = Some(info.id) == newest;
         let name = storage.segment_name(info.id);
         let brk = |offset: u64, seq: Option<u64>, reason: String| ChainBreak {
             segment: name.clone(),
@@ -351,6 +356,7 @@ pub fn verify_chain<S: Storage>(
                     break;
                 }
                 Decoded::Incomplete { .. } if pos >= bytes.len() => break,
+                Decoded::Incomplete { .. } | Decoded::Invalid(_) if is_last => break,
                 Decoded::Incomplete { .. } => {
                     return Err(brk(pos as u64, Some(expect), "truncated record".into()))
                 }

@@ -487,10 +487,20 @@ pub(crate) fn recover_tail<S: Storage>(
                 .map_err(|e| Error::io("truncate torn tail", name.clone(), e))?;
         }
     }
-    // Always fdatasync what recovery keeps: it is handed to readers and consumers as
-    // durable. After a process crash the tail can hold records that were written but
-    // never fsynced (Periodic or Buffered durability); without this, a power loss after
-    // the restart loses records that readers already returned.
+    // What recovery keeps is handed to readers and consumers as durable, so it must be
+    // on disk. Bytes after the recovery point may exist only in the page cache: written
+    // but never fsynced (Periodic or Buffered durability, a crash mid-group-commit), or
+    // — after a failed fdatasync — marked clean by the kernel without reaching the disk,
+    // so that a later fdatasync does not write them. Write them again, then fdatasync.
+    let from = synced_to.min(t.offset).max(header.data_offset() as u64);
+    if from < t.offset {
+        let again = storage
+            .read_vec(base, from, (t.offset - from) as usize)
+            .map_err(|e| Error::io("read", name.clone(), e))?;
+        storage
+            .write_at(base, from, &again)
+            .map_err(|e| Error::io("rewrite recovered tail", name.clone(), e))?;
+    }
     storage
         .sync(base)
         .map_err(|e| Error::io("fdatasync", name, e))?;

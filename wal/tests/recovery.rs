@@ -403,10 +403,6 @@ fn corruption_sweep_unsynced_tail_cuts() {
             assert!(got.iter().copied().eq(active..active + got.len() as u64));
             let kept = active - 1 + got.len() as u64;
             assert!(kept >= synced_last, "{what}: synced records lost");
-            let whole = offs
-                .iter()
-                .filter(|(o, s)| *s > 0 && *o < cut as u64)
-                .count();
             let whole_before_cut = offs.windows(2).filter(|w| w[1].0 <= cut as u64).count() as u64;
             assert_eq!(
                 kept,
