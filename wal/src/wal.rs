@@ -23,7 +23,7 @@ use crate::recovery::{
     create_segment, floor_next_seq, last_mac_of, read_end, recover_tail, seal_tail, write_end,
     write_header, LogEnd, TailState, END_CLEAN, END_POISONED, META_END,
 };
-use crate::storage::{SegmentId, Storage};
+use crate::storage::{SegmentId, Storage, StorageExt};
 
 /// Metadata key of the WAL id.
 pub(crate) const META_WAL_ID: &str = "wal_id";
@@ -446,7 +446,40 @@ impl<S: Storage> Wal<S> {
             })
         };
         let strict = opts.recovery == RecoveryMode::Strict;
-        let end_keys: Vec<&HmacKey> = key.iter().map(|k| &**k).collect();
+        // The tail's header says whether the WAL is chained and with which key: check
+        // the key first (clear errors), then authenticate the recovery point with it.
+        let tail_chain = segments.last().and_then(|l| {
+            let b = storage.read_vec(l.base, 0, HEADER_MAX_LEN).ok()?;
+            SegmentHeader::decode(&b, "").ok()?.chain
+        });
+        match (&tail_chain, &key) {
+            (Some(c), None) => {
+                return Err(Error::Config(format!(
+                    "this WAL is HMAC-chained (key {}); open it with its key (Options::hmac_key)",
+                    crate::chain::hex(&c.key_fp)
+                )))
+            }
+            (Some(c), Some(k)) if c.key_fp != k.fingerprint() => {
+                return Err(Error::Config(format!(
+                    "HMAC key mismatch: the WAL's current key is {} but {} was given; to rotate keys, open with the old key and call Wal::rotate_key",
+                    crate::chain::hex(&c.key_fp),
+                    k.fingerprint_hex()
+                )))
+            }
+            _ => {}
+        }
+        // An unchained tail (a WAL that starts its chain now) has an unauthenticated
+        // recovery point; a chained one, or one whose header is unreadable, needs the MAC.
+        let tail_unchained = segments.last().is_some() && tail_chain.is_none() && {
+            let l = segments.last().map_or(0, |l| l.base);
+            let b = storage.read_vec(l, 0, HEADER_MAX_LEN).unwrap_or_default();
+            SegmentHeader::decode(&b, "").is_ok()
+        };
+        let end_keys: Vec<&HmacKey> = if tail_unchained {
+            Vec::new()
+        } else {
+            key.iter().map(|k| &**k).collect()
+        };
         let end = match read_end(&storage, &end_keys) {
             Ok(e) => e,
             Err(e) if !strict => {
@@ -455,7 +488,7 @@ impl<S: Storage> Wal<S> {
             }
             Err(e) => return Err(e),
         };
-        if end.is_none() && key.is_some() && !segments.is_empty() {
+        if end.is_none() && key.is_some() && !segments.is_empty() && !tail_unchained {
             let why = format!(
                 "{}/meta {META_END} is missing from an HMAC-chained WAL: a cut-off tail could not be detected (if the WAL was last written by walspool 0.1 before meta/end existed, open it once with RecoveryMode::Lenient)",
                 storage.location()
