@@ -89,11 +89,28 @@ impl LocalDisk {
             }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // The directories about to be created, innermost first.
+                let mut new_dirs = Vec::new();
+                let mut p = dir.as_path();
+                while !p.as_os_str().is_empty() && fs::symlink_metadata(p).is_err() {
+                    new_dirs.push(p.to_path_buf());
+                    p = p.parent().unwrap_or(Path::new(""));
+                }
                 DirBuilder::new()
                     .recursive(true)
                     .mode(0o700)
                     .create(&dir)
                     .map_err(|e| io_err("create WAL directory", &dir, e))?;
+                // A new directory's entry is durable only once its parent is fsynced:
+                // without this a power cut can take the whole WAL, acknowledged records
+                // and all, away (found by tests/power_loss.rs).
+                for d in new_dirs {
+                    let parent = match d.parent() {
+                        Some(p) if !p.as_os_str().is_empty() => p,
+                        _ => Path::new("."),
+                    };
+                    Self::sync_dir(parent).map_err(|e| io_err("sync directory", parent, e))?;
+                }
             }
             Err(e) => return Err(io_err("stat WAL directory", &dir, e)),
         }
@@ -110,6 +127,7 @@ impl LocalDisk {
                     }
                 })
                 .map_err(|e| io_err("create meta directory", &meta, e))?;
+            Self::sync_dir(&dir).map_err(|e| io_err("sync directory", &dir, e))?;
         }
         let lock_path = dir.join(LOCK_FILE);
         let lock = OpenOptions::new()
