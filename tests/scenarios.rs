@@ -694,8 +694,9 @@ fn recovery_reads_only_the_tail() {
     mem.reset_counters();
     let wal = Wal::open(mem.clone(), opts).unwrap();
     let read = mem.counters().bytes_read;
+    // The tail, plus one look at its header before recovery (which key, if any).
     assert!(
-        read <= tail_len,
+        read <= tail_len + walspool::format::HEADER_MAX_LEN as u64,
         "open read {read} bytes; the tail is {tail_len} of {total} in all"
     );
     block_on(wal.close()).unwrap();
@@ -774,7 +775,11 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 }
 
 /// Torn tail on LocalDisk: every cut and a bit flip at every byte of the last three
-/// frames; each reopen keeps every frame before the damage and accepts appends.
+/// frames. Without a recovery point that covers them (the frames were written after the
+/// last recorded fdatasync), a cut or damage with nothing intact after it is a torn tail:
+/// each reopen keeps every frame before it and accepts appends. Damage followed by intact
+/// records is corruption and refused. With the clean close's recovery point every one of
+/// these is refused: those frames were synced.
 #[test]
 fn torn_tail_every_offset() {
     let base = tempfile::tempdir().unwrap();
@@ -794,14 +799,28 @@ fn torn_tail_every_offset() {
     let offs = frame_offsets(&bytes);
     assert_eq!(offs.len() as u64, n);
     let start = offs[offs.len() - 3];
+    let last = offs[offs.len() - 1];
     let frame_index = |at: usize| offs.iter().rposition(|&o| o <= at).unwrap() as u64; // 0-based
-    let check = |case: &str, damaged: Vec<u8>, survivors: u64| {
+    // `survivors`: `Some(n)` when the reopen must keep n records, `None` when it must
+    // refuse. `with_end`: keep the clean close's recovery point (meta/end).
+    let check = |case: &str, damaged: Vec<u8>, survivors: Option<u64>, with_end: bool| {
         let dir = base.path().join("case");
         let _ = std::fs::remove_dir_all(&dir);
         copy_dir(&src, &dir);
+        if with_end {
+            std::fs::copy(src.join("meta/end"), dir.join("meta/end")).unwrap();
+        }
         std::fs::write(dir.join(seg.file_name().unwrap()), &damaged).unwrap();
-        let wal = Wal::open(LocalDisk::open(&dir).unwrap(), Options::default())
-            .unwrap_or_else(|e| panic!("{case}: open failed: {e}"));
+        let opened = Wal::open(LocalDisk::open(&dir).unwrap(), Options::default());
+        let Some(survivors) = survivors else {
+            let err = opened.expect_err(case);
+            assert!(
+                matches!(err, walspool::Error::Corrupt { .. }),
+                "{case}: {err}"
+            );
+            return;
+        };
+        let wal = opened.unwrap_or_else(|e| panic!("{case}: open failed: {e}"));
         let got = read_all(&wal, 1);
         assert_eq!(got.len() as u64, survivors, "{case}");
         assert!(got.iter().all(|(s, r)| *r == rec(*s)), "{case}");
@@ -812,16 +831,21 @@ fn torn_tail_every_offset() {
         block_on(wal.close()).unwrap();
     };
     for cut in start..bytes.len() {
-        check(
-            &format!("cut at {cut}"),
-            bytes[..cut].to_vec(),
-            frame_index(cut),
-        );
+        let b = bytes[..cut].to_vec();
+        check(&format!("cut at {cut}"), b.clone(), Some(frame_index(cut)), false);
+        check(&format!("cut at {cut}, clean end"), b, None, true);
     }
     for at in start..bytes.len() {
         let mut b = bytes.clone();
         b[at] ^= 1 << (at % 8);
-        check(&format!("bit flip at {at}"), b, frame_index(at));
+        let torn = at >= last;
+        check(
+            &format!("bit flip at {at}"),
+            b.clone(),
+            torn.then(|| frame_index(at)),
+            false,
+        );
+        check(&format!("bit flip at {at}, clean end"), b, None, true);
     }
 }
 

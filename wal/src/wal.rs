@@ -448,10 +448,11 @@ impl<S: Storage> Wal<S> {
         let strict = opts.recovery == RecoveryMode::Strict;
         // The tail's header says whether the WAL is chained and with which key: check
         // the key first (clear errors), then authenticate the recovery point with it.
-        let tail_chain = segments.last().and_then(|l| {
+        let tail_header = segments.last().and_then(|l| {
             let b = storage.read_vec(l.base, 0, HEADER_MAX_LEN).ok()?;
-            SegmentHeader::decode(&b, "").ok()?.chain
+            SegmentHeader::decode(&b, "").ok()
         });
+        let tail_chain = tail_header.and_then(|h| h.chain);
         match (&tail_chain, &key) {
             (Some(c), None) => {
                 return Err(Error::Config(format!(
@@ -470,11 +471,7 @@ impl<S: Storage> Wal<S> {
         }
         // An unchained tail (a WAL that starts its chain now) has an unauthenticated
         // recovery point; a chained one, or one whose header is unreadable, needs the MAC.
-        let tail_unchained = segments.last().is_some() && tail_chain.is_none() && {
-            let l = segments.last().map_or(0, |l| l.base);
-            let b = storage.read_vec(l, 0, HEADER_MAX_LEN).unwrap_or_default();
-            SegmentHeader::decode(&b, "").is_ok()
-        };
+        let tail_unchained = tail_header.is_some_and(|h| h.chain.is_none());
         let end_keys: Vec<&HmacKey> = if tail_unchained {
             Vec::new()
         } else {
