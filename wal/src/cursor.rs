@@ -216,9 +216,19 @@ impl<'s, S: Storage + ?Sized> FrameCursor<'s, S> {
     }
 }
 
-/// Whether `bytes` (which start at file offset `at`) hold a whole sector-aligned run of
-/// zeros: the mark of a write that never reached the disk (etcd's torn-write test).
+/// Whether `bytes` (the damaged span, starting at file offset `at` where the first bad
+/// frame starts) bear the mark of a write that never reached the disk: a whole
+/// sector-aligned run of zeros (etcd's torn-write test), or zeros from `at` up to the
+/// next sector boundary (the rest of a page whose earlier part was synced before, which
+/// a power cut reverts to its durable content: zeros in new or preallocated space). An
+/// intact frame never starts with zeros up to a sector boundary, and a flipped bit does
+/// not make one.
 pub(crate) fn has_zero_sector(bytes: &[u8], at: u64) -> bool {
+    let boundary = (at / SECTOR + 1) * SECTOR;
+    let head = (boundary - at) as usize;
+    if head <= bytes.len() && bytes[..head].iter().all(|&b| b == 0) {
+        return true;
+    }
     let first = at.div_ceil(SECTOR) * SECTOR;
     let mut s = first;
     while s + SECTOR <= at + bytes.len() as u64 {
