@@ -801,8 +801,8 @@ fn torn_tail_every_offset() {
     let start = offs[offs.len() - 3];
     let last = offs[offs.len() - 1];
     let frame_index = |at: usize| offs.iter().rposition(|&o| o <= at).unwrap() as u64; // 0-based
-    // `survivors`: `Some(n)` when the reopen must keep n records, `None` when it must
-    // refuse. `with_end`: keep the clean close's recovery point (meta/end).
+                                                                                       // `survivors`: `Some(n)` when the reopen must keep n records, `None` when it must
+                                                                                       // refuse. `with_end`: keep the clean close's recovery point (meta/end).
     let check = |case: &str, damaged: Vec<u8>, survivors: Option<u64>, with_end: bool| {
         let dir = base.path().join("case");
         let _ = std::fs::remove_dir_all(&dir);
@@ -832,7 +832,12 @@ fn torn_tail_every_offset() {
     };
     for cut in start..bytes.len() {
         let b = bytes[..cut].to_vec();
-        check(&format!("cut at {cut}"), b.clone(), Some(frame_index(cut)), false);
+        check(
+            &format!("cut at {cut}"),
+            b.clone(),
+            Some(frame_index(cut)),
+            false,
+        );
         check(&format!("cut at {cut}, clean end"), b, None, true);
     }
     for at in start..bytes.len() {

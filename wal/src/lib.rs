@@ -53,6 +53,7 @@ pub mod recovery;
 pub mod shipper;
 pub mod storage;
 mod wal;
+mod writer;
 
 pub use chain::{verify_chain, ChainBreak, ChainReport, HmacKey};
 pub use consumer::Consumer;

@@ -1,0 +1,489 @@
+//! The writer thread: takes queued frames, writes them with one `pwrite` per chunk,
+//! fdatasyncs once per group (group commit), seals and rolls segments, and moves the
+//! recovery point forward.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use crate::chain::HmacKey;
+use crate::error::{Error, Result};
+use crate::format::{ChainHeader, SegmentFooter, SegmentHeader, FOOTER_LEN, FORMAT_VERSION};
+use crate::housekeeper::{self, HkMsg};
+use crate::options::{Durability, WhenFull};
+use crate::recovery::{LogEnd, TailState, END_CLEAN, END_POISONED};
+use crate::storage::{SegmentId, Storage};
+use crate::wal::{lock, new_meta, now_us, Inner, Op, SealedSegment, FRAME_CHUNK};
+
+/// Reserves the rest of a new segment on storage (see [`Storage::preallocate`]);
+/// failure only costs speed, so it is logged, not fatal.
+fn preallocate<S: Storage>(inner: &Inner<S>, id: u64) {
+    if let Err(e) = inner.storage.preallocate(id, inner.opts.segment_size) {
+        tracing::debug!(segment = %inner.storage.segment_name(id), error = %e, "could not preallocate segment");
+    }
+}
+
+pub(crate) fn writer_main<S: Storage>(inner: Arc<Inner<S>>, tail: TailState) {
+    let mut w = Writer {
+        cur: tail.base,
+        offset: tail.offset,
+        crc: tail.crc,
+        count: tail.count,
+        last_seq: tail.last_seq,
+        last_ts: tail.last_ts,
+        opened: Instant::now(),
+        dirty: false,
+        last_sync: Instant::now(),
+    };
+    let periodic = match inner.opts.durability {
+        Durability::Sync => None,
+        Durability::Periodic(d) => Some(d),
+        Durability::Buffered => Some(Duration::from_secs(1)),
+    };
+    let age_limit = match (inner.opts.segment_max_age, inner.opts.max_age) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    // Durable appenders completed by the last fsync, and how long to wait for them.
+    let mut last_group = 0usize;
+    let mut linger = Duration::ZERO;
+    loop {
+        let mut st = lock(&inner.state);
+        let mut sync_due = false;
+        loop {
+            if st.poisoned.is_some() {
+                let (c, k) = st
+                    .poisoned
+                    .clone()
+                    .unwrap_or((String::new(), io::ErrorKind::Other));
+                let err = || Error::Poisoned {
+                    cause: c.clone(),
+                    kind: k,
+                };
+                for wt in std::mem::take(&mut st.waiters) {
+                    let _ = wt.tx.send(Err(err()));
+                }
+                for f in std::mem::take(&mut st.flushes) {
+                    let _ = f.send(Err(err()));
+                }
+                st.ops.clear();
+                st.pending_bytes = 0;
+                if st.closing {
+                    return;
+                }
+            }
+            if !st.ops.is_empty() || !st.flushes.is_empty() || st.closing {
+                break;
+            }
+            let now = Instant::now();
+            let mut timeout = Duration::from_secs(1);
+            if let (Some(p), true) = (periodic, w.dirty) {
+                let due = w.last_sync + p;
+                if due <= now {
+                    sync_due = true;
+                    break;
+                }
+                timeout = timeout.min(due - now);
+            }
+            // A poisoned WAL does no more I/O: an age-based roll would write a footer and
+            // start a segment whose base skips the sequence numbers of failed appends.
+            if st.poisoned.is_none()
+                && (st.roll_requested
+                    || age_limit.is_some_and(|a| w.count > 0 && w.opened.elapsed() >= a))
+            {
+                st.roll_requested = false;
+                if st.seg_records > 0 {
+                    st.push_roll(None);
+                    break;
+                }
+            }
+            if let Some(a) = age_limit {
+                if w.count > 0 {
+                    timeout = timeout.min(
+                        a.saturating_sub(w.opened.elapsed())
+                            .max(Duration::from_millis(1)),
+                    );
+                }
+            }
+            st.writer_idle = true;
+            st = inner
+                .work
+                .wait_timeout(st, timeout)
+                .map(|r| r.0)
+                .unwrap_or_else(|e| e.into_inner().0);
+            st.writer_idle = false;
+        }
+        // Group commit: the appenders woken by the previous fsync come back one by one.
+        // Give them a moment (a fraction of an fsync) to join this batch instead of
+        // leaving most of them for the next fsync. A lone appender never waits.
+        if periodic.is_none() && last_group > 1 && !st.closing {
+            let deadline = Instant::now() + linger;
+            while st.waiters.len() < last_group && !st.closing && st.poisoned.is_none() {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                st.writer_idle = true;
+                st = inner
+                    .work
+                    .wait_timeout(st, deadline - now)
+                    .map(|r| r.0)
+                    .unwrap_or_else(|e| e.into_inner().0);
+                st.writer_idle = false;
+            }
+        }
+        let ops = std::mem::take(&mut st.ops);
+        let waiters = std::mem::take(&mut st.waiters);
+        let flushes = std::mem::take(&mut st.flushes);
+        let closing = st.closing;
+        st.inflight_bytes = st.pending_bytes;
+        st.pending_bytes = 0;
+        drop(st);
+
+        let mut result = Ok(());
+        let mut rolled = false;
+        let mut used = Vec::new();
+        for op in ops {
+            let r = match op {
+                Op::Frames {
+                    bytes,
+                    last_seq,
+                    last_ts,
+                    count,
+                } => {
+                    let r = w.write_frames(&inner, &bytes, last_seq, last_ts, count);
+                    used.push(bytes);
+                    r
+                }
+                Op::Roll {
+                    new_base,
+                    chain,
+                    key,
+                } => {
+                    rolled = true;
+                    w.roll(&inner, new_base, chain, key)
+                }
+            };
+            if let Err(e) = r {
+                result = Err(e);
+                break;
+            }
+        }
+        {
+            // Written (or failed): the buffer space is free again.
+            let mut st = lock(&inner.state);
+            st.inflight_bytes = 0;
+            for b in used {
+                if st.spare.len() < 4 && b.capacity() <= 2 * FRAME_CHUNK {
+                    st.spare.push(b);
+                }
+            }
+            let space = std::mem::take(&mut st.space_wakers);
+            drop(st);
+            space.into_iter().for_each(Waker::wake);
+        }
+        if result.is_ok() {
+            inner.written_seq.store(w.last_seq, Ordering::Release);
+            let need_sync = sync_due
+                || closing
+                || !flushes.is_empty()
+                || waiters.iter().any(|x| x.need_sync)
+                || periodic.is_some_and(|p| w.last_sync.elapsed() >= p);
+            if need_sync && w.dirty {
+                let t = Instant::now();
+                result = w.sync(&inner);
+                // A quarter of an fsync, at most 250 µs.
+                linger = (t.elapsed() / 4).min(Duration::from_micros(250));
+            }
+            last_group = waiters.iter().filter(|x| x.need_sync).count();
+            if result.is_ok() && !w.dirty {
+                inner.durable_seq.store(w.last_seq, Ordering::Release);
+                inner.wake_readers();
+            }
+        }
+        match result {
+            Ok(()) => {
+                let durable = inner.durable_seq.load(Ordering::Acquire);
+                for wt in waiters {
+                    debug_assert!(!wt.need_sync || wt.last_seq <= durable);
+                    let _ = wt.tx.send(Ok(()));
+                }
+                for f in flushes {
+                    let _ = f.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                let e = match e {
+                    Error::Poisoned { .. } => e,
+                    other => {
+                        let io = match &other {
+                            Error::Io { source, .. } => {
+                                io::Error::new(source.kind(), other.to_string())
+                            }
+                            _ => io::Error::other(other.to_string()),
+                        };
+                        inner.poison("write", &io)
+                    }
+                };
+                for wt in waiters {
+                    let _ = wt.tx.send(Err(clone_err(&e)));
+                }
+                for f in flushes {
+                    let _ = f.send(Err(clone_err(&e)));
+                }
+            }
+        }
+        if rolled {
+            enforce_drop_oldest(&inner);
+            housekeeper::send(&inner, HkMsg::Rolled);
+        }
+        if closing {
+            let st = lock(&inner.state);
+            if st.ops.is_empty() {
+                let healthy = st.poisoned.is_none();
+                drop(st);
+                if healthy {
+                    // A clean close leaves the tail at its logical size (no preallocated
+                    // zeros for tools to look at); the next open preallocates again.
+                    // Then the recovery point records the exact end.
+                    let trimmed = inner
+                        .storage
+                        .truncate(w.cur, w.offset)
+                        .and_then(|()| inner.storage.sync(w.cur));
+                    if trimmed.is_ok() && !w.dirty {
+                        inner.persist_end(END_CLEAN);
+                    }
+                }
+                return;
+            }
+        }
+    }
+}
+
+fn enforce_drop_oldest<S: Storage>(inner: &Inner<S>) {
+    let (Some(max), WhenFull::DropOldest) = (inner.opts.max_bytes, inner.opts.when_full) else {
+        return;
+    };
+    let mut used = lock(&inner.state).used_bytes;
+    inner.delete_oldest("max_bytes (DropOldest)", true, |s| {
+        if used > max {
+            used = used.saturating_sub(s.bytes);
+            true
+        } else {
+            false
+        }
+    });
+}
+
+pub(crate) fn clone_err(e: &Error) -> Error {
+    match e {
+        Error::Poisoned { cause, kind } => Error::Poisoned {
+            cause: cause.clone(),
+            kind: *kind,
+        },
+        Error::Closed => Error::Closed,
+        other => Error::Poisoned {
+            cause: other.to_string(),
+            kind: io::ErrorKind::Other,
+        },
+    }
+}
+
+struct Writer {
+    cur: SegmentId,
+    offset: u64,
+    crc: crc32fast::Hasher,
+    count: u64,
+    last_seq: u64,
+    last_ts: u64,
+    opened: Instant,
+    dirty: bool,
+    last_sync: Instant,
+}
+
+impl Writer {
+    fn write_frames<S: Storage>(
+        &mut self,
+        inner: &Inner<S>,
+        bytes: &[u8],
+        last_seq: u64,
+        last_ts: u64,
+        count: u64,
+    ) -> Result<()> {
+        if let Err(e) = inner.storage.write_at(self.cur, self.offset, bytes) {
+            return Err(inner.poison("write", &e));
+        }
+        self.crc.update(bytes);
+        self.offset += bytes.len() as u64;
+        self.count += count;
+        self.last_seq = last_seq;
+        self.last_ts = last_ts;
+        self.dirty = true;
+        inner.current_offset.store(self.offset, Ordering::Release);
+        if let Some(s) = lock(&inner.segments).last_mut() {
+            s.bytes = self.offset;
+        }
+        Ok(())
+    }
+
+    fn sync<S: Storage>(&mut self, inner: &Inner<S>) -> Result<()> {
+        let t = Instant::now();
+        if let Err(e) = inner.storage.sync(self.cur) {
+            // What was written since the last good fdatasync may now be "clean" in the
+            // page cache without being on disk: tell the next recovery to cut it.
+            inner.persist_end(END_POISONED);
+            return Err(inner.poison("fdatasync", &e));
+        }
+        {
+            let mut g = lock(&inner.synced);
+            g.0 = LogEnd {
+                base: self.cur,
+                offset: self.offset,
+                last_seq: self.last_seq,
+                flags: 0,
+            };
+        }
+        inner.counters.record_fsync(t.elapsed().as_micros() as u64);
+        self.dirty = false;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// Replaces the header of the active segment, which holds no records.
+    fn rewrite_header<S: Storage>(
+        &mut self,
+        inner: &Inner<S>,
+        chain: Option<ChainHeader>,
+        key: Option<Arc<HmacKey>>,
+    ) -> Result<()> {
+        debug_assert_eq!(self.count, 0);
+        let header = SegmentHeader {
+            version: FORMAT_VERSION,
+            flags: 0,
+            base_seq: self.cur,
+            created_us: now_us(),
+            chain,
+        };
+        let hb = header.encode();
+        if let Err(e) = inner.storage.write_at(self.cur, 0, &hb) {
+            return Err(inner.poison("write segment header", &e));
+        }
+        if let Err(e) = inner.storage.truncate(self.cur, hb.len() as u64) {
+            return Err(inner.poison("truncate", &e));
+        }
+        preallocate(inner, self.cur);
+        self.offset = hb.len() as u64;
+        self.crc = crc32fast::Hasher::new();
+        self.crc.update(&hb);
+        self.dirty = true;
+        self.sync(inner)?;
+        lock(&inner.synced).1 = key;
+        inner.persist_end(0);
+        inner.current_offset.store(self.offset, Ordering::Release);
+        if let Some(s) = lock(&inner.segments).last_mut() {
+            s.bytes = self.offset;
+        }
+        Ok(())
+    }
+
+    fn roll<S: Storage>(
+        &mut self,
+        inner: &Inner<S>,
+        new_base: u64,
+        chain: Option<ChainHeader>,
+        key: Option<Arc<HmacKey>>,
+    ) -> Result<()> {
+        if self.count == 0 {
+            // Nothing to seal (a key rotation on an empty segment): rewrite its header.
+            return self.rewrite_header(inner, chain, key);
+        }
+        debug_assert_eq!(new_base, self.last_seq + 1);
+        let footer = SegmentFooter {
+            last_seq: self.last_seq,
+            count: self.count,
+            last_ts_us: self.last_ts,
+            body_crc: self.crc.clone().finalize(),
+        };
+        if let Err(e) = inner
+            .storage
+            .write_at(self.cur, self.offset, &footer.encode())
+        {
+            return Err(inner.poison("write footer", &e));
+        }
+        self.offset += FOOTER_LEN as u64;
+        // Give back the preallocated space after the footer; the same fdatasync makes
+        // the footer and the new size durable.
+        if let Err(e) = inner.storage.truncate(self.cur, self.offset) {
+            return Err(inner.poison("truncate sealed segment", &e));
+        }
+        self.dirty = true;
+        self.sync(inner)?;
+        inner.durable_seq.store(self.last_seq, Ordering::Release);
+        inner.wake_readers();
+        let header = SegmentHeader {
+            version: FORMAT_VERSION,
+            flags: 0,
+            base_seq: new_base,
+            created_us: now_us(),
+            chain,
+        };
+        let name = inner.storage.segment_name(new_base);
+        if let Err(e) = inner.storage.create_segment(new_base) {
+            return Err(inner.poison(
+                "create segment",
+                &io::Error::new(e.kind(), format!("{name}: {e}")),
+            ));
+        }
+        if let Err(e) = inner.storage.write_at(new_base, 0, &header.encode()) {
+            return Err(inner.poison("write segment header", &e));
+        }
+        preallocate(inner, new_base);
+        // The header is durable before any frame goes in, so a crash can't tear it.
+        if let Err(e) = inner.storage.sync(new_base) {
+            inner.persist_end(END_POISONED);
+            return Err(inner.poison("fdatasync", &e));
+        }
+        *lock(&inner.synced) = (
+            LogEnd {
+                base: new_base,
+                offset: header.data_offset() as u64,
+                last_seq: self.last_seq,
+                flags: 0,
+            },
+            key,
+        );
+        // Once per segment, the recovery point follows right away.
+        inner.persist_end(0);
+        let sealed = SealedSegment {
+            base_seq: self.cur,
+            last_seq: self.last_seq,
+            bytes: self.offset,
+        };
+        {
+            let mut segs = lock(&inner.segments);
+            if let Some(s) = segs.last_mut() {
+                s.sealed = true;
+                s.bytes = self.offset;
+                s.last_seq = self.last_seq;
+                s.last_ts_us = Some(self.last_ts);
+            }
+            segs.push(new_meta(new_base, header.data_offset() as u64));
+        }
+        let listeners = lock(&inner.seal_listeners).clone();
+        for l in listeners {
+            l(sealed);
+        }
+        self.cur = new_base;
+        self.offset = header.data_offset() as u64;
+        self.crc = crc32fast::Hasher::new();
+        self.crc.update(&header.encode());
+        self.count = 0;
+        self.opened = Instant::now();
+        self.dirty = true;
+        inner.current_base.store(new_base, Ordering::Release);
+        inner.current_offset.store(self.offset, Ordering::Release);
+        Ok(())
+    }
+}
