@@ -20,11 +20,11 @@ use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use walspool_backends::archive::{
     replay, restore, ArchiveReader, ArchiveStore, Archiver, ArchiverOptions, RestoreOptions,
-    RestoreProgress, StoreOptions,
+    RestoreProgress, StoreOptions, ARCHIVE_STATE_KEY,
 };
 use walspool_backends::LocalDisk;
 use walspool_wal::format::segment_file_name;
-use walspool_wal::{Options, Wal};
+use walspool_wal::{Options, Storage, Wal};
 
 // ---------------------------------------------------------------- moto helpers
 
@@ -421,9 +421,20 @@ async fn scenario(mk: &(dyn Fn() -> ArchiveStore + Sync), label: &str) {
     .await
     .expect("restore");
     assert_eq!(
-        (report.wal_id.as_str(), report.first_seq, report.last_seq),
+        (
+            report.source_wal_id.as_str(),
+            report.first_seq,
+            report.last_seq
+        ),
         ("wal-a", 1, 450),
         "{label}"
+    );
+    // A new id: records appended after the restore never reuse the original's
+    // idempotency keys (its unarchived tail may have used those sequence numbers).
+    assert!(
+        report.wal_id.starts_with("wal-a-restored-"),
+        "{label}: {}",
+        report.wal_id
     );
     {
         let seen = seen.lock().unwrap();
@@ -454,7 +465,7 @@ async fn scenario(mk: &(dyn Fn() -> ArchiveStore + Sync), label: &str) {
         Options::default().segment_size(8 << 10),
     )
     .expect("open restored");
-    assert_eq!(rwal.id(), "wal-a", "{label}: wal_id preserved");
+    assert_eq!(rwal.id(), report.wal_id, "{label}: the restored WAL's id");
     let mut rs = rwal.read_from::<String>(1);
     for (i, want) in all.iter().enumerate() {
         let e = rs.try_next_raw().expect("read").expect("record present");
@@ -911,5 +922,28 @@ fn measure_upload_throughput_64mib() {
         );
         archiver.shutdown().await;
         wal.close().await.expect("close");
+    });
+}
+
+/// An archive state beyond the recovered end of the local log (its tail went missing)
+/// is an error, not silently accepted.
+#[test]
+fn archive_state_beyond_the_log_is_an_error() {
+    futures::executor::block_on(async {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("wal");
+        let store = ArchiveStore::open("memory://beyond").expect("memory store");
+        let wal = Wal::open(LocalDisk::open(&dir).unwrap(), opts()).unwrap();
+        append_all(&wal, &records(0, 5)).await;
+        let state = format!(
+            r#"{{"version":1,"store":"{}","archived_through_seq":900}}"#,
+            store.identity()
+        );
+        wal.storage()
+            .put_meta(ARCHIVE_STATE_KEY, state.as_bytes())
+            .unwrap();
+        let err = Archiver::start(&wal, store, fast()).expect_err("state beyond the log");
+        assert!(err.to_string().contains("local tail is missing"), "{err}");
+        wal.close().await.unwrap();
     });
 }

@@ -428,9 +428,10 @@ pub fn restore(
         Ok(r) => {
             writeln!(
                 out,
-                "restored WAL {} into {}: {} segments, {}, records {}..{}",
-                r.wal_id,
+                "restored WAL {} into {} as WAL {} (a new id: records appended from now on never reuse the original's idempotency keys): {} segments, {}, records {}..{}",
+                r.source_wal_id,
                 r.dir.display(),
+                r.wal_id,
                 r.segments,
                 fmt::bytes(r.bytes),
                 r.first_seq,

@@ -283,6 +283,18 @@ impl<S: Storage> Archiver<S> {
         opts: ArchiverOptions,
     ) -> Result<Self, ArchiveError> {
         let through = load_state(wal.storage(), store.identity())?;
+        if through > wal.durable_seq() {
+            // The archive holds records the local log no longer has: its tail is gone.
+            return Err(ArchiveError::Corrupt {
+                segment: format!("{}/meta {ARCHIVE_STATE_KEY}", wal.storage().location()),
+                offset: 0,
+                reason: format!(
+                    "the archive state says records up to {through} were archived to {} but the local log ends at {}: the local tail is missing (restore it from the archive)",
+                    store.identity(),
+                    wal.durable_seq()
+                ),
+            });
+        }
         let shared = Arc::new(Shared {
             through: AtomicU64::new(through),
             tracked: Mutex::new(Tracked::default()),

@@ -11,7 +11,7 @@ use super::store::{get_range, list_segments_task};
 use super::{ArchiveError, ArchiveStore, StoreOptions};
 use crate::LocalDisk;
 
-/// Metadata key of the WAL id (the core's `wal_id` key; restore preserves it).
+/// Metadata key of the WAL id (the core's `wal_id` key).
 const META_WAL_ID: &str = "wal_id";
 
 /// Download chunk size.
@@ -42,6 +42,7 @@ pub struct RestoreProgress {
 #[derive(Clone, Default)]
 pub struct RestoreOptions {
     wal_id: Option<String>,
+    keep_wal_id: bool,
     progress: Option<ProgressFn>,
 }
 
@@ -49,6 +50,7 @@ impl std::fmt::Debug for RestoreOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RestoreOptions")
             .field("wal_id", &self.wal_id)
+            .field("keep_wal_id", &self.keep_wal_id)
             .field("progress", &self.progress.is_some())
             .finish()
     }
@@ -61,6 +63,16 @@ impl RestoreOptions {
         self.wal_id = Some(id.into());
         self
     }
+    /// Gives the restored WAL the archived WAL's id instead of a new one. Only safe
+    /// when the original WAL is gone for good *and* every record it held was archived:
+    /// otherwise records appended after the restore get sequence numbers the original
+    /// already used, and sinks that de-duplicate on `(wal_id, seq)` drop them as
+    /// duplicates. The default, a new id (`<id>-restored-<unix seconds>`), makes a
+    /// re-shipped record a duplicate at worst, never a loss.
+    pub fn keep_wal_id(mut self, keep: bool) -> Self {
+        self.keep_wal_id = keep;
+        self
+    }
     /// Reports progress (for a progress bar).
     pub fn progress(mut self, f: ProgressFn) -> Self {
         self.progress = Some(f);
@@ -71,8 +83,10 @@ impl RestoreOptions {
 /// What a restore did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoreReport {
-    /// The WAL id, preserved in the restored directory.
+    /// The restored WAL's id (new unless [`RestoreOptions::keep_wal_id`]).
     pub wal_id: String,
+    /// The id of the archived WAL it was restored from.
+    pub source_wal_id: String,
     /// The restored directory.
     pub dir: PathBuf,
     /// Segments restored.
@@ -87,8 +101,8 @@ pub struct RestoreReport {
 
 /// Rebuilds a WAL directory at `to` (which must be empty or absent) from the archive:
 /// every archived segment of the WAL is downloaded, checked (size, header, footer,
-/// body CRC) and written through [`LocalDisk`]; the WAL id is preserved, and the
-/// archived state is recorded so that an [`Archiver`](super::Archiver) on the restored
+/// body CRC) and written through [`LocalDisk`]; the restored WAL gets a new id (see
+/// [`RestoreOptions::keep_wal_id`]), and the archived state is recorded so that an [`Archiver`](super::Archiver) on the restored
 /// WAL and the same store does not upload the segments again. Open the directory with
 /// `Wal::open(LocalDisk::open(to)?, ..)` afterwards: appends continue after the last
 /// archived record.
@@ -124,7 +138,16 @@ pub async fn restore(
         }
     };
     let dir = to.as_ref().to_path_buf();
+    let new_wal_id = if opts.keep_wal_id {
+        wal_id.clone()
+    } else {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        format!("{wal_id}-restored-{secs}")
+    };
     let task = RestoreTask {
+        new_wal_id,
         os: store.object_store().clone(),
         prefix: store.wal_prefix(&wal_id),
         identity: store.identity().to_string(),
@@ -151,6 +174,7 @@ struct RestoreTask {
     prefix: object_store::path::Path,
     identity: String,
     wal_id: String,
+    new_wal_id: String,
     dir: PathBuf,
     progress: Option<ProgressFn>,
 }
@@ -205,7 +229,7 @@ impl RestoreTask {
             Ok(Arc::new(LocalDisk::open(&dir)?))
         })
         .await?;
-        let (d, id) = (disk.clone(), self.wal_id.clone());
+        let (d, id) = (disk.clone(), self.new_wal_id.clone());
         blocking(move || {
             d.put_meta(META_WAL_ID, id.as_bytes())
                 .map_err(|e| ArchiveError::io("write wal_id", d.location(), e))
@@ -316,7 +340,8 @@ impl RestoreTask {
         let (d, identity) = (disk.clone(), self.identity.clone());
         blocking(move || save_state(&*d, &identity, last_seq)).await?;
         Ok(RestoreReport {
-            wal_id: self.wal_id.clone(),
+            wal_id: self.new_wal_id.clone(),
+            source_wal_id: self.wal_id.clone(),
             dir: self.dir.clone(),
             segments: segs.len() as u64,
             bytes: progress.bytes_done,
