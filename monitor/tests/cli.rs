@@ -133,3 +133,82 @@ fn verify_and_status_of_a_missing_directory_fail_clearly() {
     let o = walspool(&["status", "/nonexistent/walspool-dir", "--json"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
+
+fn all_segments(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut all: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    all.sort();
+    all
+}
+
+/// Issue 13, cases 1 and 2 as a user meets them: one flipped byte in the active segment
+/// of a cleanly closed WAL, and a deleted newest segment. `verify` exits non-zero naming
+/// the place, and the writer (the demo) refuses to open it instead of cutting
+/// acknowledged records and reusing their sequence numbers.
+#[test]
+fn damaged_active_segment_and_missing_tail_are_refused_not_cut() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_demo = |d: &str| {
+        walspool(&[
+            "demo",
+            "--headless",
+            "--for",
+            "3s",
+            "--dir",
+            d,
+            "--rate",
+            "3000",
+            "--segment-size",
+            "65536",
+            "--sink",
+            "stalled",
+            "--no-archive",
+        ])
+    };
+    // Case 1: a flipped byte in the newest segment.
+    let dir = tmp.path().join("flip");
+    let d = dir.to_str().unwrap();
+    let o = run_demo(d);
+    assert!(o.status.success(), "{}", text(&o));
+    let newest = all_segments(&dir).pop().unwrap();
+    let mut bytes = std::fs::read(&newest).unwrap();
+    assert!(bytes.len() > 20_000, "{} bytes", bytes.len());
+    bytes[20_000] ^= 0x5a;
+    std::fs::write(&newest, &bytes).unwrap();
+    let o = walspool(&["verify", d]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    let name = newest.file_name().unwrap().to_str().unwrap();
+    assert!(
+        err.contains(name) && err.contains("intact record(s) follow"),
+        "{}",
+        text(&o)
+    );
+    let o = run_demo(d);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("refusing to cut them"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(std::fs::read(&newest).unwrap(), bytes, "nothing was cut");
+
+    // Case 2: the newest segment deleted.
+    let dir = tmp.path().join("cut");
+    let d = dir.to_str().unwrap();
+    let o = run_demo(d);
+    assert!(o.status.success(), "{}", text(&o));
+    std::fs::remove_file(all_segments(&dir).pop().unwrap()).unwrap();
+    let o = walspool(&["verify", d]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("are missing"),
+        "{}",
+        text(&o)
+    );
+    let o = run_demo(d);
+    assert!(!o.status.success(), "{}", text(&o));
+}
