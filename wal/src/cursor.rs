@@ -49,6 +49,15 @@ pub(crate) struct FrameCursor<'s, S: Storage + ?Sized> {
     eof: bool,
 }
 
+impl<S: Storage + ?Sized> std::fmt::Debug for FrameCursor<'_, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameCursor")
+            .field("segment", &self.id)
+            .field("at", &self.at())
+            .finish()
+    }
+}
+
 impl<'s, S: Storage + ?Sized> FrameCursor<'s, S> {
     /// A cursor at file offset `at` (the first frame is at the header's data offset).
     pub fn new(storage: &'s S, id: SegmentId, at: u64, chained: bool) -> Self {

@@ -27,18 +27,15 @@
 
 use std::io;
 
+use crate::cursor::{FrameCursor, Step};
 use crate::error::{Error, Result};
 use crate::format::{
-    decode_frame_with, header_len_from_fixed, Decoded, SegmentFooter, SegmentHeader, FOOTER_LEN,
-    HEADER_LEN, HEADER_MAX_LEN,
+    header_len_from_fixed, SegmentFooter, SegmentHeader, FOOTER_LEN, HEADER_LEN, HEADER_MAX_LEN,
 };
 use crate::options::RecoveryMode;
 use crate::recovery::{floor_next_seq, read_end, scan_tail, LogEnd};
 use crate::storage::{SegmentId, SegmentInfo, Storage, StorageExt};
 use crate::wal::{decode_checkpoint, META_CONSUMER_PREFIX, META_COUNTERS, META_WAL_ID};
-
-/// How much of a segment is read at a time while scanning.
-const CHUNK: usize = 1 << 20;
 
 fn io_err<'a, S: Storage + ?Sized>(
     storage: &'a S,
@@ -268,30 +265,26 @@ pub fn scan_segment<S: Storage + ?Sized>(
     let chained = header.is_chained();
     scan.valid_len = header.data_offset() as u64;
 
-    let mut buf: Vec<u8> = Vec::new();
-    let mut buf_at = header.data_offset() as u64;
-    let mut pos = 0usize;
-    let mut eof = false;
+    let mut cur = FrameCursor::new(storage, id, header.data_offset() as u64, chained);
+    let read_err = |e| Error::io("read segment", name.clone(), e);
     loop {
-        let at = buf_at + pos as u64;
-        match decode_frame_with(&buf[pos..], chained) {
-            Decoded::Frame(f, n) => {
-                if f.seq != expect {
+        match cur.next().map_err(read_err)? {
+            Step::Frame { at, seq, ts_us, .. } => {
+                if seq != expect {
                     scan.problem = Some(problem(
                         at,
-                        format!("sequence {} where {expect} was expected", f.seq),
+                        format!("sequence {seq} where {expect} was expected"),
                     ));
                     break;
                 }
-                body_crc.update(&buf[pos..pos + n]);
-                scan.seqs = Some((scan.seqs.map_or(f.seq, |s| s.0), f.seq));
-                scan.last_ts_us = f.ts_us;
+                body_crc.update(cur.last_bytes());
+                scan.seqs = Some((scan.seqs.map_or(seq, |s| s.0), seq));
+                scan.last_ts_us = ts_us;
                 scan.count += 1;
                 expect += 1;
-                pos += n;
-                scan.valid_len = buf_at + pos as u64;
+                scan.valid_len = cur.at();
             }
-            Decoded::Footer(f) => {
+            Step::Footer { at, footer: f } => {
                 let last = scan.seqs.map_or(header.base_seq.saturating_sub(1), |s| s.1);
                 let crc = body_crc.clone().finalize();
                 if f.count != scan.count || f.last_seq != last {
@@ -322,31 +315,19 @@ pub fn scan_segment<S: Storage + ?Sized>(
                 }
                 break;
             }
-            Decoded::Incomplete { needed } => {
-                if eof {
-                    if !active && at < len {
-                        scan.problem = Some(problem(
-                            at,
-                            format!("truncated frame: {} of {needed} bytes", len - at),
-                        ));
-                    }
-                    break;
-                }
-                buf.drain(..pos);
-                buf_at += pos as u64;
-                pos = 0;
-                let want = CHUNK.max(needed);
-                let more = storage
-                    .read_vec(id, buf_at + buf.len() as u64, want)
-                    .map_err(|e| Error::io("read segment", name.clone(), e))?;
-                if more.len() < want {
-                    eof = true;
-                }
-                buf.extend_from_slice(&more);
-            }
-            Decoded::Invalid(why) => {
+            Step::End { .. } => break,
+            Step::Truncated { at } => {
                 if !active {
-                    scan.problem = Some(problem(at, why.to_string()));
+                    scan.problem = Some(problem(
+                        at,
+                        format!("truncated frame: {} bytes left", len - at),
+                    ));
+                }
+                break;
+            }
+            Step::Invalid { at, reason } => {
+                if !active {
+                    scan.problem = Some(problem(at, reason.to_string()));
                 }
                 break;
             }
@@ -570,12 +551,7 @@ pub struct Records<'a, S: Storage + ?Sized> {
     segments: Vec<SegmentInfo>,
     idx: usize,
     from: u64,
-    buf: Vec<u8>,
-    buf_at: u64,
-    pos: usize,
-    eof: bool,
-    started: bool,
-    chained: bool,
+    cursor: Option<FrameCursor<'a, S>>,
     done: bool,
 }
 
@@ -593,12 +569,7 @@ pub fn records<S: Storage + ?Sized>(storage: &S, from: u64) -> Records<'_, S> {
         segments,
         idx,
         from,
-        buf: Vec::new(),
-        buf_at: 0,
-        pos: 0,
-        eof: false,
-        started: false,
-        chained: false,
+        cursor: None,
         done,
     }
 }
@@ -606,7 +577,7 @@ pub fn records<S: Storage + ?Sized>(storage: &S, from: u64) -> Records<'_, S> {
 impl<S: Storage + ?Sized> Records<'_, S> {
     fn next_segment(&mut self) {
         self.idx += 1;
-        self.started = false;
+        self.cursor = None;
     }
 }
 
@@ -623,8 +594,7 @@ impl<S: Storage + ?Sized> Iterator for Records<'_, S> {
                 return None;
             };
             let name = self.storage.segment_name(info.id);
-            if !self.started {
-                self.started = true;
+            if self.cursor.is_none() {
                 let hdr = match read_header(self.storage, info.id) {
                     Ok(h) => h,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -647,72 +617,55 @@ impl<S: Storage + ?Sized> Iterator for Records<'_, S> {
                         return Some(Err(e));
                     }
                 };
-                self.chained = header.is_chained();
-                self.buf.clear();
-                self.buf_at = header.data_offset() as u64;
-                self.pos = 0;
-                self.eof = false;
+                self.cursor = Some(FrameCursor::new(
+                    self.storage,
+                    info.id,
+                    header.data_offset() as u64,
+                    header.is_chained(),
+                ));
             }
-            let at = self.buf_at + self.pos as u64;
-            match decode_frame_with(&self.buf[self.pos..], self.chained) {
-                Decoded::Frame(f, n) => {
-                    let rec = RawRecord {
-                        seq: f.seq,
-                        ts_us: f.ts_us,
-                        segment: info.id,
-                        offset: at,
-                        payload: f.payload.to_vec(),
-                    };
-                    self.pos += n;
-                    if rec.seq >= self.from {
-                        return Some(Ok(rec));
-                    }
-                }
-                Decoded::Footer(_) => self.next_segment(),
-                Decoded::Incomplete { needed } => {
-                    if self.eof {
-                        let last = self.idx + 1 == self.segments.len();
-                        if !last && self.pos < self.buf.len() {
-                            self.done = true;
-                            return Some(Err(Error::Corrupt {
-                                segment: name,
-                                offset: at,
-                                reason: "truncated frame in a sealed segment".into(),
-                            }));
-                        }
-                        self.next_segment();
-                        continue;
-                    }
-                    self.buf.drain(..self.pos);
-                    self.buf_at += self.pos as u64;
-                    self.pos = 0;
-                    let want = CHUNK.max(needed);
-                    match self
-                        .storage
-                        .read_vec(info.id, self.buf_at + self.buf.len() as u64, want)
-                    {
-                        Ok(more) => {
-                            if more.len() < want {
-                                self.eof = true;
-                            }
-                            self.buf.extend_from_slice(&more);
-                        }
-                        Err(e) => {
-                            self.done = true;
-                            return Some(Err(Error::io("read segment", name, e)));
-                        }
-                    }
-                }
-                Decoded::Invalid(why) => {
+            let last = self.idx + 1 == self.segments.len();
+            let cur = self.cursor.as_mut()?;
+            let step = match cur.next() {
+                Ok(s) => s,
+                Err(e) => {
                     self.done = true;
-                    if self.idx + 1 == self.segments.len() {
-                        // The active segment's torn or in-progress tail.
-                        return None;
+                    return Some(Err(Error::io("read segment", name, e)));
+                }
+            };
+            match step {
+                Step::Frame { at, seq, ts_us, .. } => {
+                    if seq >= self.from {
+                        return Some(Ok(RawRecord {
+                            seq,
+                            ts_us,
+                            segment: info.id,
+                            offset: at,
+                            payload: cur.last_frame().payload.to_vec(),
+                        }));
                     }
+                }
+                Step::Footer { .. } | Step::End { .. } => self.next_segment(),
+                Step::Truncated { .. } | Step::Invalid { .. } if last => {
+                    // The active segment's torn or in-progress tail (or preallocated
+                    // zeros): the end of what can be read.
+                    self.done = true;
+                    return None;
+                }
+                Step::Truncated { at } => {
+                    self.done = true;
                     return Some(Err(Error::Corrupt {
                         segment: name,
                         offset: at,
-                        reason: why.to_string(),
+                        reason: "truncated frame in a sealed segment".into(),
+                    }));
+                }
+                Step::Invalid { at, reason } => {
+                    self.done = true;
+                    return Some(Err(Error::Corrupt {
+                        segment: name,
+                        offset: at,
+                        reason: reason.to_string(),
                     }));
                 }
             }
