@@ -249,3 +249,97 @@ pub(crate) fn has_zero_sector(bytes: &[u8], at: u64) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{encode_frame, SegmentFooter, FOOTER_LEN};
+    use crate::Memory;
+
+    /// A segment body (no header) of `n` frames from `at` 32, and the frame offsets.
+    fn segment(n: u64) -> (Memory, Vec<u64>) {
+        let mem = Memory::new();
+        mem.create_segment(1).unwrap();
+        let mut b = vec![7u8; 32];
+        let mut offs = Vec::new();
+        for seq in 1..=n {
+            offs.push(b.len() as u64);
+            encode_frame(&mut b, seq, seq * 10, format!("payload {seq}").as_bytes());
+        }
+        offs.push(b.len() as u64);
+        mem.write_at(1, 0, &b).unwrap();
+        (mem, offs)
+    }
+
+    #[test]
+    fn walks_frames_then_ends() {
+        let (mem, offs) = segment(5);
+        let mut c = FrameCursor::new(&mem, 1, 32, false);
+        for seq in 1..=5 {
+            match c.next().unwrap() {
+                Step::Frame { at, seq: s, .. } => {
+                    assert_eq!((at, s), (offs[seq as usize - 1], seq));
+                    assert_eq!(c.last_frame().payload, format!("payload {seq}").as_bytes());
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(c.next().unwrap(), Step::End { at: offs[5] });
+        // A footer is reported, and the cursor stays on it.
+        let f = SegmentFooter {
+            last_seq: 5,
+            count: 5,
+            last_ts_us: 50,
+            body_crc: 1,
+        };
+        mem.write_at(1, offs[5], &f.encode()).unwrap();
+        let mut c = FrameCursor::new(&mem, 1, offs[5], false);
+        assert_eq!(
+            c.next().unwrap(),
+            Step::Footer {
+                at: offs[5],
+                footer: f
+            }
+        );
+        assert_eq!(c.at(), offs[5]);
+        let _ = FOOTER_LEN;
+    }
+
+    #[test]
+    fn truncated_invalid_and_resync() {
+        let (mem, offs) = segment(6);
+        // Cut inside the last frame.
+        let all = mem.segment_bytes(1).unwrap();
+        mem.set_segment_bytes(1, all[..offs[6] as usize - 3].to_vec());
+        let mut c = FrameCursor::new(&mem, 1, offs[5], false);
+        assert_eq!(c.next().unwrap(), Step::Truncated { at: offs[5] });
+        // Damage in frame 3: invalid there; resync finds frame 4.
+        let mut b = all.clone();
+        b[offs[2] as usize + 9] ^= 0x40;
+        mem.set_segment_bytes(1, b);
+        let mut c = FrameCursor::new(&mem, 1, offs[2], false);
+        assert!(matches!(c.next().unwrap(), Step::Invalid { at, .. } if at == offs[2]));
+        assert_eq!(c.resync(offs[2], 2).unwrap(), Some((offs[3], 4)));
+        assert!(matches!(c.next().unwrap(), Step::Frame { seq: 4, .. }));
+        // Nothing later than 6: no resync point.
+        let mut c = FrameCursor::new(&mem, 1, offs[2], false);
+        assert_eq!(c.resync(offs[2], 6).unwrap(), None);
+    }
+
+    #[test]
+    fn zero_sectors_mark_lost_writes() {
+        // A whole aligned zero sector.
+        let mut b = vec![1u8; 2000];
+        b[512..1024].iter_mut().for_each(|x| *x = 0);
+        assert!(has_zero_sector(&b, 0));
+        // Zeros from the start of the span to the next sector boundary.
+        let mut b = vec![1u8; 600];
+        b[..12].iter_mut().for_each(|x| *x = 0);
+        assert!(has_zero_sector(&b, 500));
+        // A flipped bit, or zeros that do not reach a boundary, are not.
+        let mut b = vec![1u8; 600];
+        b[3] = 0;
+        assert!(!has_zero_sector(&b, 500));
+        assert!(!has_zero_sector(&[0u8; 100], 1));
+    }
+}
