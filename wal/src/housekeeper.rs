@@ -60,6 +60,7 @@ pub(crate) fn stop<S: Storage>(inner: &Inner<S>) {
 fn run<S: Storage>(weak: std::sync::Weak<Inner<S>>, rx: mpsc::Receiver<HkMsg>) {
     let mut last_stats = Instant::now() - Duration::from_secs(3600);
     let mut last_age_check = Instant::now() - Duration::from_secs(3600);
+    let mut last_end = Instant::now();
     loop {
         let tick = {
             let Some(inner) = weak.upgrade() else { return };
@@ -107,8 +108,11 @@ fn run<S: Storage>(weak: std::sync::Weak<Inner<S>>, rx: mpsc::Receiver<HkMsg>) {
         if inner.counters_dirty.load(Ordering::Acquire) {
             inner.persist_counters();
         }
-        // The recovery point follows the fdatasyncs (see `recovery`).
-        inner.persist_end(0);
+        // The recovery point follows the fdatasyncs (see `recovery`), once per tick.
+        if last_end.elapsed() >= tick {
+            last_end = Instant::now();
+            inner.persist_end(0);
+        }
         if inner.opts.max_age.is_some() && last_age_check.elapsed() >= Duration::from_millis(200) {
             last_age_check = Instant::now();
             enforce_max_age(&inner);

@@ -13,17 +13,14 @@ use serde::Serialize;
 use crate::chain::HmacKey;
 use crate::error::{Error, Result};
 use crate::format::{
-    encode_frame_with, ChainHeader, SegmentHeader, FOOTER_LEN, FRAME_HEADER_LEN, HEADER_LEN,
-    HEADER_MAX_LEN, MAC_LEN,
+    encode_frame_with, ChainHeader, FOOTER_LEN, FRAME_HEADER_LEN, HEADER_LEN, HEADER_MAX_LEN,
+    MAC_LEN,
 };
 use crate::housekeeper::{self, HkMsg};
 use crate::metrics::{Counters, PersistedCounters};
-use crate::options::{Durability, Options, RecoveryMode, WhenFull};
-use crate::recovery::{
-    create_segment, floor_next_seq, last_mac_of, read_end, recover_tail, seal_tail, write_end,
-    write_header, LogEnd, META_END,
-};
-use crate::storage::{Storage, StorageExt};
+use crate::options::{Durability, Options, WhenFull};
+use crate::recovery::{recover, write_end, LogEnd, Recovered};
+use crate::storage::Storage;
 use crate::writer::clone_err;
 
 /// Metadata key of the WAL id.
@@ -431,192 +428,12 @@ impl<S: Storage> Wal<S> {
                 )));
             }
         }
-        let chain_from = |prev_mac: Option<[u8; MAC_LEN]>| {
-            key.as_ref().map(|k| ChainHeader {
-                key_fp: k.fingerprint(),
-                prev_key_fp: [0; 8],
-                seed: prev_mac.unwrap_or([0; MAC_LEN]),
-            })
-        };
-        let strict = opts.recovery == RecoveryMode::Strict;
-        // The tail's header says whether the WAL is chained and with which key: check
-        // the key first (clear errors), then authenticate the recovery point with it.
-        let tail_header = segments.last().and_then(|l| {
-            let b = storage.read_vec(l.base, 0, HEADER_MAX_LEN).ok()?;
-            SegmentHeader::decode(&b, "").ok()
-        });
-        let tail_chain = tail_header.and_then(|h| h.chain);
-        match (&tail_chain, &key) {
-            (Some(c), None) => {
-                return Err(Error::Config(format!(
-                    "this WAL is HMAC-chained (key {}); open it with its key (Options::hmac_key)",
-                    crate::chain::hex(&c.key_fp)
-                )))
-            }
-            (Some(c), Some(k)) if c.key_fp != k.fingerprint() => {
-                return Err(Error::Config(format!(
-                    "HMAC key mismatch: the WAL's current key is {} but {} was given; to rotate keys, open with the old key and call Wal::rotate_key",
-                    crate::chain::hex(&c.key_fp),
-                    k.fingerprint_hex()
-                )))
-            }
-            _ => {}
-        }
-        // An unchained tail (a WAL that starts its chain now) has an unauthenticated
-        // recovery point; a chained one, or one whose header is unreadable, needs the MAC.
-        let tail_unchained = tail_header.is_some_and(|h| h.chain.is_none());
-        let end_keys: Vec<&HmacKey> = if tail_unchained {
-            Vec::new()
-        } else {
-            key.iter().map(|k| &**k).collect()
-        };
-        let end = match read_end(&storage, &end_keys) {
-            Ok(e) => e,
-            Err(e) if !strict => {
-                tracing::warn!(error = %e, "lenient recovery: ignoring an unreadable end-of-log record");
-                None
-            }
-            Err(e) => return Err(e),
-        };
-        if end.is_none() && key.is_some() && !segments.is_empty() && !tail_unchained {
-            let why = format!(
-                "{}/meta {META_END} is missing from an HMAC-chained WAL: a cut-off tail could not be detected (if the WAL was last written by walspool 0.1 before meta/end existed, open it once with RecoveryMode::Lenient)",
-                storage.location()
-            );
-            if strict {
-                return Err(Error::Corrupt {
-                    segment: format!("{}/meta {META_END}", storage.location()),
-                    offset: 0,
-                    reason: why,
-                });
-            }
-            tracing::warn!("{why}");
-        }
-        let mut torn_cut = 0u64;
-        let mut skipped = 0u64;
-        let tail = match segments.last().cloned() {
-            None => {
-                // The recovery point first: a crash right after creating the segment
-                // then still finds one.
-                let initial = LogEnd {
-                    base: 1,
-                    offset: 0,
-                    last_seq: 0,
-                    flags: 0,
-                };
-                write_end(&storage, &initial, key.as_deref())?;
-                let t = create_segment(&storage, 1, chain_from(None))?;
-                segments.push(new_meta(1, t.offset));
-                t
-            }
-            Some(last) => {
-                let prev = segments.len().checked_sub(2).map(|i| segments[i].clone());
-                let mut t = recover_tail(
-                    &storage,
-                    last.base,
-                    last.bytes,
-                    end.as_ref(),
-                    opts.recovery,
-                    || match &prev {
-                        Some(p) if key.is_some() => {
-                            Ok(chain_from(last_mac_of(&storage, p.base, p.bytes)?))
-                        }
-                        _ => Ok(chain_from(None)),
-                    },
-                )?;
-                torn_cut = t.cut_bytes;
-                skipped = t.skipped;
-                match (&t.chain, &key) {
-                    (Some(c), None) => {
-                        return Err(Error::Config(format!(
-                            "this WAL is HMAC-chained (key {}); open it with its key (Options::hmac_key)",
-                            crate::chain::hex(&c.key_fp)
-                        )))
-                    }
-                    (Some(c), Some(k)) if c.key_fp != k.fingerprint() => {
-                        return Err(Error::Config(format!(
-                            "HMAC key mismatch: the WAL's current key is {} but {} was given; to rotate keys, open with the old key and call Wal::rotate_key",
-                            crate::chain::hex(&c.key_fp),
-                            k.fingerprint_hex()
-                        )))
-                    }
-                    _ => {}
-                }
-                // Never reuse a sequence number that may have been acknowledged or seen
-                // by a consumer: the log must reach the recovery point and every
-                // checkpoint.
-                let mut next_base = t.last_seq + 1;
-                if let Some((need, why)) = floor_next_seq(t.last_seq, end.as_ref(), &consumers) {
-                    if strict {
-                        return Err(Error::Corrupt {
-                            segment: storage.segment_name(t.base),
-                            offset: t.offset,
-                            reason: format!(
-                                "{why}. Open with RecoveryMode::Lenient to count them as lost and continue after sequence {need}, or restore the WAL from its archive"
-                            ),
-                        });
-                    }
-                    tracing::error!(location = %storage.location(), "lenient recovery: {why}; continuing after sequence {need}");
-                    skipped += need - t.last_seq;
-                    next_base = need + 1;
-                }
-                let idx = segments.len() - 1;
-                let restart_chain = !t.sealed && t.chain.is_none() && key.is_some();
-                let jump = next_base != t.last_seq + 1;
-                if !t.sealed && (restart_chain || jump || t.skipped > 0) {
-                    if t.count > 0 {
-                        // Seal it: what was skipped stays in sealed history, and new
-                        // records go to a fresh segment (chained, or after the jump).
-                        seal_tail(&storage, &mut t)?;
-                    } else if !jump {
-                        storage
-                            .truncate(t.base, 0)
-                            .map_err(|e| Error::io("truncate", storage.segment_name(t.base), e))?;
-                        let cut = t.cut_bytes;
-                        t = write_header(&storage, t.base, chain_from(None))?;
-                        t.cut_bytes = cut;
-                    }
-                }
-                segments[idx].bytes = t.offset;
-                if t.sealed || jump {
-                    let fresh = create_segment(&storage, next_base, chain_from(t.last_mac))?;
-                    if t.sealed {
-                        segments[idx].sealed = true;
-                        segments[idx].last_seq = t.last_seq;
-                    } else {
-                        // An empty tail before the jump: replaced by the new segment.
-                        storage.remove_segment(t.base).map_err(|e| {
-                            Error::io("remove segment", storage.segment_name(t.base), e)
-                        })?;
-                        segments.pop();
-                    }
-                    segments.push(new_meta(next_base, fresh.offset));
-                    fresh
-                } else {
-                    segments[idx].created_us = Some(t.created_us);
-                    t
-                }
-            }
-        };
-        if let Err(e) = storage.preallocate(tail.base, opts.segment_size) {
-            tracing::debug!(error = %e, "could not preallocate the tail segment");
-        }
-        if torn_cut > 0 {
-            tracing::warn!(
-                location = %storage.location(),
-                segment = %storage.segment_name(tail.base),
-                bytes = torn_cut,
-                "cut a torn tail (bytes written after the last fdatasync) at the last good record"
-            );
-        }
-        // The recovered end is the new recovery point.
-        let recovered_end = LogEnd {
-            base: tail.base,
-            offset: tail.offset,
-            last_seq: tail.last_seq,
-            flags: 0,
-        };
-        write_end(&storage, &recovered_end, key.as_deref())?;
+        let Recovered {
+            tail,
+            torn_cut,
+            skipped,
+            end: recovered_end,
+        } = recover(&storage, &opts, key.as_ref(), &mut segments, &consumers)?;
 
         let next_seq = tail.last_seq + 1;
         let used: u64 = segments.iter().map(|s| s.bytes).sum();
