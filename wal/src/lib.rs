@@ -8,7 +8,11 @@
 //!   durable as [`Durability`] says; concurrent appenders share one fdatasync.
 //! * All I/O runs on walspool's own threads; futures are completed through `futures`
 //!   channels, so tokio, smol, async-std or `futures::executor` all drive them.
-//! * On open only the tail segment is scanned; a torn tail is cut at the last good frame.
+//! * On open only the tail segment is scanned. A torn tail (bytes written after the
+//!   last fdatasync) is cut at the last good frame; damage to synced records, or a tail
+//!   that went missing, is corruption, refused or skipped and counted by
+//!   [`RecoveryMode`] — never a silent cut, never a reused sequence number
+//!   ([`recovery`]).
 //! * [`Wal::read_from`] is a live `Stream`; [`Wal::consumer`] gives named, durable
 //!   checkpoints; retention and bounds ([`WhenFull`]) keep the disk in check; every drop
 //!   is counted in [`Metrics::dropped_records_total`].

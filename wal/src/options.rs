@@ -35,14 +35,20 @@ pub enum WhenFull {
     DropOldest,
 }
 
-/// What to do with corruption found while reading sealed segments.
+/// What to do with corruption: damage to records that were synced (in the tail segment
+/// at open, or in sealed segments when they are read), damage followed by intact
+/// records, or a log that ends before its recovery point or a consumer checkpoint. A
+/// torn tail (bytes written after the last fdatasync) is cut in both modes. See
+/// [`recovery`](crate::recovery).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RecoveryMode {
-    /// Corruption before the tail is an error naming the segment and offset. The default.
+    /// Corruption is an [`Error::Corrupt`](crate::Error) naming the segment,
+    /// the byte offset and what follows; `open` changes nothing. The default.
     #[default]
     Strict,
-    /// Skip the rest of a corrupt sealed segment, count the skipped records in
-    /// `corrupt_skipped_total`, log it, and go on with the next segment.
+    /// Skip damaged records and count them in `corrupt_skipped_total` (logged), keep
+    /// every intact record after them, and continue numbering after the highest
+    /// sequence number that may have been acknowledged: never a reused sequence number.
     Lenient,
 }
 
@@ -120,7 +126,7 @@ impl Options {
         self.when_full = w;
         self
     }
-    /// Recovery mode for corruption in sealed segments (default strict).
+    /// What to do with corruption (default [`RecoveryMode::Strict`]).
     pub fn recovery(mut self, m: RecoveryMode) -> Self {
         self.recovery = m;
         self
