@@ -12,10 +12,13 @@
 //!   The sinks therefore need no async runtime and work under tokio, smol or a plain
 //!   `futures` executor alike.
 //!
-//! A certificate the client refuses (unknown issuer, wrong name, expired), a client
-//! certificate the server refuses, or an incompatible peer is a *permanent* error
-//! ([`SinkError::Batch`], reason starting with `TLS:`): retrying cannot fix a
-//! configuration mistake. Note what the shipper does with permanent errors: after
+//! A server certificate the client refuses (unknown issuer, wrong name, expired), a
+//! TLS alert refusing the client certificate, or an incompatible peer is a *permanent*
+//! error ([`SinkError::Batch`], reason starting with `TLS:`): retrying cannot fix a
+//! configuration mistake. (Under TLS 1.3 a server checks the client certificate after
+//! the client finished its handshake, so its alert races the request and often shows
+//! as a reset connection instead: transient, retried with backoff, counted in
+//! `ship_errors_total`.) Note what the shipper does with permanent errors: after
 //! `poison_attempts` it splits the batch and sets the records aside in the dead letter
 //! (from where [`Wal::redrive_dead_letters`](walspool_wal::Wal::redrive_dead_letters)
 //! sends them again once the configuration is fixed). Other connection failures and
