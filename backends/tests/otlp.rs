@@ -109,8 +109,13 @@ fn batches_arrive_as_otlp_logs_grouped_by_service() {
         let total = 1000u64;
         let lines: Vec<Line> = (1..=total)
             .map(|n| Line {
-                service: if n % 3 == 0 { "billing" } else { "gateway" }.into(),
-                level: if n % 2 == 0 { "error" } else { "info" }.into(),
+                service: if n.is_multiple_of(3) {
+                    "billing"
+                } else {
+                    "gateway"
+                }
+                .into(),
+                level: if n.is_multiple_of(2) { "error" } else { "info" }.into(),
                 n,
             })
             .collect();
@@ -135,8 +140,15 @@ fn batches_arrive_as_otlp_logs_grouped_by_service() {
             let n = i as u64 + 1;
             assert_eq!(seq, n);
             assert_eq!(wal_id, wal.id());
-            assert_eq!(service, if n % 3 == 0 { "billing" } else { "gateway" });
-            assert_eq!(sev, if n % 2 == 0 { 17 } else { 9 });
+            assert_eq!(
+                service,
+                if n.is_multiple_of(3) {
+                    "billing"
+                } else {
+                    "gateway"
+                }
+            );
+            assert_eq!(sev, if n.is_multiple_of(2) { 17 } else { 9 });
             assert_eq!(body, format!("line {n}"));
         }
     }
