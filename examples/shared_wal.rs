@@ -167,7 +167,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .max_age(max_age)
                     .when_full(when_full),
             )?;
+            // The example's ingest server is on loopback: plain HTTP, by choice.
             let sink = HttpSink::builder(format!("{base}{path}"))
+                .allow_http(true)
                 .bearer_token(TOKEN)
                 .gzip(true)
                 .build()?;

@@ -42,6 +42,8 @@
 //! # }
 //! ```
 
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod records;
 #[cfg(feature = "tracing")]
 pub mod tracing_layer;

@@ -38,6 +38,7 @@ fn ship_kill_child() {
     }
     let wal = Wal::open(LocalDisk::open(dir).unwrap(), Options::default()).unwrap();
     let sink = HttpSink::builder(url.to_string_lossy().into_owned())
+        .allow_http(true)
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();

@@ -8,7 +8,7 @@
 //!   or, with [`BodyFormat::Postcard`], a postcard `Vec<WireRecord<T>>`
 //!   (`Content-Type: application/x-postcard`).
 //! * `Content-Encoding: gzip` when [`gzip`](HttpSinkBuilder::gzip) is on.
-//! * `Authorization: Bearer {token}` when a token is set.
+//! * `Authorization: Bearer {token}` when a token or a [`TokenProvider`] is set.
 //! * `Idempotency-Key: {wal_id}:{first_seq}-{last_seq}` for the batch, and per record
 //!   the `key` field: a server dedupes by the record keys (a batch retried after a
 //!   permanent failure may be split, which changes the batch key but never a record key).
@@ -18,32 +18,58 @@
 //!
 //! * 2xx: accepted.
 //! * 5xx, 429 and 408, a connection failure or a timeout: transient. A `Retry-After`
-//!   in seconds is passed on as the retry-after hint (the shipper waits that long).
+//!   (seconds or an HTTP-date) is passed on as the retry-after hint (the shipper waits
+//!   that long).
+//! * 401 with a [`TokenProvider`]: the provider is asked for a fresh token and the
+//!   request is sent once more; a second 401 is classified like any other 4xx.
 //! * Any other status (3xx are not followed, 4xx): permanent. If the response has a
 //!   `Walspool-Reject-Seq: {seq}` header naming a record of the batch, that record alone
 //!   is refused ([`SinkError::Record`]), else the batch ([`SinkError::Batch`]).
+//! * A TLS failure that only a configuration change can fix (the server's certificate
+//!   does not verify against the roots and CA file, the server refuses the client
+//!   certificate): permanent ([`SinkError::Batch`], reason starting with `TLS:`).
+//!
+//! # TLS
+//!
+//! `https://` URLs use rustls (ring provider, TLS 1.2/1.3, no OpenSSL) with the webpki
+//! roots by default; [`TlsConfig`] picks the system's roots instead, adds CA files and
+//! a client certificate (mTLS). A plain `http://` URL is refused unless
+//! [`allow_http`](HttpSinkBuilder::allow_http) opts in. See [`crate::client`].
 //!
 //! # Runtimes
 //!
-//! The client is a blocking HTTP/1.1 client (`ureq`, keep-alive) on a thread the sink
-//! owns; `send` hands it the encoded body over a channel and awaits a
-//! `futures::channel::oneshot`. So the sink works the same under tokio, smol,
-//! async-std or a plain `futures` executor, with no runtime of its own to start and no
-//! tokio in the dependency tree. A shipper sends one batch at a time, so one thread per
-//! sink is all the concurrency it can use. Keep the sink's
-//! [`timeout`](HttpSinkBuilder::timeout) (default 10 s) below the shipper's send timeout
-//! (default 30 s): the thread cannot be interrupted mid-request. Plain `http://` only in
-//! this build (no TLS stack is compiled in).
+//! The client is a blocking HTTP/1.1 client (`ureq`, keep-alive: the connection, and
+//! its TLS session, is reused from batch to batch) on a thread the sink owns; `send`
+//! hands it the encoded body over a channel and awaits a `futures::channel::oneshot`.
+//! So the sink works the same under tokio, smol, async-std or a plain `futures`
+//! executor, with no runtime of its own to start and no tokio in the dependency tree.
+//! A shipper sends one batch at a time, so one thread per sink is all the concurrency
+//! it can use. Keep the sink's [`timeout`](HttpSinkBuilder::timeout) (default 10 s)
+//! below the shipper's send timeout (default 30 s): the thread cannot be interrupted
+//! mid-request.
+//!
+//! # Delivery
+//!
+//! At-least-once: a batch in flight when the process dies, or whose answer is lost, is
+//! sent again; the server drops duplicates by the record keys.
 //!
 //! ```no_run
-//! use walspool_backends::http::HttpSink;
+//! use walspool_backends::http::{HttpSink, Roots, TlsConfig};
 //! use walspool_wal::shipper::Shipper;
 //! use walspool_wal::{Memory, Options, Wal};
 //!
+//! # fn fetch_jwt(_refresh: bool) -> Result<String, String> { Ok("jwt".into()) }
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let wal = Wal::open(Memory::new(), Options::default())?;
-//! let sink = HttpSink::builder("http://127.0.0.1:8080/ingest")
-//!     .bearer_token("s3cret")
+//! let sink = HttpSink::builder("https://ingest.internal:8443/api/audit/v1/ingest")
+//!     .tls(
+//!         TlsConfig::new()
+//!             .roots(Roots::System)
+//!             .ca_file("/etc/walspool/ingest-ca.pem")
+//!             .client_cert_files("/etc/walspool/client.pem", "/etc/walspool/client.key"),
+//!     )
+//!     // Called per request (cache inside), and with `true` after a 401.
+//!     .token_provider(|refresh: bool| fetch_jwt(refresh))
 //!     .gzip(true)
 //!     .build()?;
 //! let shipper = Shipper::<_, String>::builder(wal.consumer("ingest")?, sink).build();
@@ -53,16 +79,31 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! Plain HTTP, on loopback:
+//!
+//! ```
+//! use walspool_backends::http::HttpSink;
+//! assert!(HttpSink::builder("http://127.0.0.1:8080/ingest").build().is_err());
+//! let sink = HttpSink::builder("http://127.0.0.1:8080/ingest")
+//!     .allow_http(true)
+//!     .bearer_token("s3cret")
+//!     .build()
+//!     .unwrap();
+//! assert!(!format!("{sink:?}").contains("s3cret"));
+//! ```
 
 use std::io::Write;
-use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::channel::oneshot;
 use serde::{Deserialize, Serialize};
 use walspool_wal::shipper::{Batch, Sink, SinkError};
 use walspool_wal::Error;
+
+use crate::client::{Auth, Client, ClientSettings, Worker};
+pub use crate::client::{Roots, TlsConfig, TokenProvider};
 
 /// How a batch is encoded in the request body.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -92,24 +133,43 @@ pub struct WireRecord<T> {
 }
 
 /// Header naming the one record a server refuses in a 4xx answer.
-pub const REJECT_SEQ_HEADER: &str = "Walspool-Reject-Seq";
+pub const REJECT_SEQ_HEADER: &str = crate::client::REJECT_SEQ_HEADER;
 
-/// Builds an [`HttpSink`].
+/// Builds an [`HttpSink`]. Its `Debug` output never shows the token, the private key
+/// or the values of extra headers.
 #[derive(Debug, Clone)]
 pub struct HttpSinkBuilder {
-    url: String,
-    token: Option<String>,
+    client: ClientSettings,
     gzip: bool,
     format: BodyFormat,
-    timeout: Duration,
-    connect_timeout: Duration,
-    headers: Vec<(String, String)>,
 }
 
 impl HttpSinkBuilder {
-    /// Sends `Authorization: Bearer {token}`.
+    /// Sends `Authorization: Bearer {token}` (a fixed token; see
+    /// [`token_provider`](Self::token_provider) for one that expires).
     pub fn bearer_token(mut self, token: impl Into<String>) -> Self {
-        self.token = Some(token.into());
+        self.client.auth = Some(Auth::fixed(token.into()));
+        self
+    }
+
+    /// Asks `provider` for the bearer token of each request, and for a fresh one after
+    /// a 401 (the request is then sent once more); see [`TokenProvider`].
+    pub fn token_provider(mut self, provider: impl TokenProvider + 'static) -> Self {
+        self.client.auth = Some(Auth(Arc::new(provider)));
+        self
+    }
+
+    /// TLS settings for an `https://` URL (default: webpki roots, no client
+    /// certificate).
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.client.tls = tls;
+        self
+    }
+
+    /// Allows a plain `http://` URL (default off: `build` refuses it, since records and
+    /// token would cross the network in clear text). For loopback and tests.
+    pub fn allow_http(mut self, allow: bool) -> Self {
+        self.client.allow_http = allow;
         self
     }
 
@@ -127,88 +187,65 @@ impl HttpSinkBuilder {
 
     /// Timeout of a whole request (default 10 s); past it the attempt is transient.
     pub fn timeout(mut self, d: Duration) -> Self {
-        self.timeout = d;
+        self.client.timeout = d;
         self
     }
 
     /// Connect timeout (default 5 s).
     pub fn connect_timeout(mut self, d: Duration) -> Self {
-        self.connect_timeout = d;
+        self.client.connect_timeout = d;
         self
     }
 
     /// Adds a header to every request.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.push((name.into(), value.into()));
+        self.client.headers.0.push((name.into(), value.into()));
         self
     }
 
-    /// Starts the sink's client thread.
+    /// Checks the URL (https://, or http:// with [`allow_http`](Self::allow_http)),
+    /// loads the TLS files and starts the sink's client thread.
     pub fn build(self) -> Result<HttpSink, Error> {
-        if !self.url.starts_with("http://") {
-            return Err(Error::Config(format!(
-                "HTTP sink URL {:?} must start with http:// (no TLS stack in this build)",
-                self.url
-            )));
-        }
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(self.connect_timeout)
-            .timeout(self.timeout)
-            .redirects(0)
-            .user_agent(concat!("walspool/", env!("CARGO_PKG_VERSION")))
-            .build();
-        let (tx, rx) = mpsc::channel::<Job>();
-        let url = self.url.clone();
-        std::thread::Builder::new()
-            .name("walspool-http-sink".into())
-            .spawn(move || {
-                // Ends when the sink (the sender) is dropped.
-                for job in rx {
-                    let r = post(&agent, &url, &job);
-                    let _ = job.reply.send(r);
-                }
-            })
-            .map_err(|e| Error::Io {
-                op: "spawn HTTP sink thread",
-                path: self.url.clone(),
-                source: e,
-            })?;
-        Ok(HttpSink { cfg: self, tx })
+        let client = self.client.client("HTTP sink")?;
+        let worker = Worker::spawn("walspool-http-sink", &self.client.url, move |job: Job| {
+            post(&client, &job)
+        })?;
+        Ok(HttpSink { cfg: self, worker })
     }
 }
 
-/// A [`Sink`] that POSTs batches to an HTTP ingest endpoint; see the
+/// A [`Sink`] that POSTs batches to an HTTP(S) ingest endpoint; see the
 /// [module documentation](self).
-#[derive(Debug)]
 pub struct HttpSink {
     cfg: HttpSinkBuilder,
-    tx: mpsc::Sender<Job>,
+    worker: Worker<Job, Result<(), SinkError>>,
+}
+
+impl std::fmt::Debug for HttpSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpSink").field("cfg", &self.cfg).finish()
+    }
 }
 
 struct Job {
     body: Vec<u8>,
     headers: Vec<(String, String)>,
     seqs: (u64, u64),
-    reply: oneshot::Sender<Result<(), SinkError>>,
 }
 
 impl HttpSink {
     /// Starts building a sink that POSTs to `url`.
     pub fn builder(url: impl Into<String>) -> HttpSinkBuilder {
         HttpSinkBuilder {
-            url: url.into(),
-            token: None,
+            client: ClientSettings::new(url.into()),
             gzip: false,
             format: BodyFormat::default(),
-            timeout: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(5),
-            headers: Vec::new(),
         }
     }
 
     /// The URL it posts to.
     pub fn url(&self) -> &str {
-        &self.cfg.url
+        &self.cfg.client.url
     }
 
     fn encode<T: Serialize>(&self, batch: &Batch<T>) -> Result<Vec<u8>, SinkError> {
@@ -276,63 +313,46 @@ impl<T: Serialize + Send + Sync + 'static> Sink<T> for HttpSink {
         if self.cfg.gzip {
             headers.push(("Content-Encoding".into(), "gzip".into()));
         }
-        if let Some(t) = &self.cfg.token {
-            headers.push(("Authorization".into(), format!("Bearer {t}")));
-        }
-        headers.extend(self.cfg.headers.iter().cloned());
-        let (reply, rx) = oneshot::channel();
+        headers.extend(self.cfg.client.headers.0.iter().cloned());
         let job = Job {
             body,
             headers,
             seqs: (batch.first_seq(), batch.last_seq()),
-            reply,
         };
-        self.tx
-            .send(job)
-            .map_err(|_| SinkError::transient("the HTTP sink's thread is gone"))?;
-        rx.await.unwrap_or_else(|_| {
-            Err(SinkError::transient(
-                "the HTTP sink's thread dropped the request",
-            ))
-        })
+        self.worker
+            .call(job)
+            .await
+            .unwrap_or_else(|| Err(SinkError::transient("the HTTP sink's thread is gone")))
     }
 }
 
 /// Runs one request on the sink's thread and classifies the answer.
-fn post(agent: &ureq::Agent, url: &str, job: &Job) -> Result<(), SinkError> {
-    let mut req = agent.post(url);
-    for (k, v) in &job.headers {
-        req = req.set(k, v);
-    }
-    match req.send_bytes(&job.body) {
+fn post(client: &Client, job: &Job) -> Result<(), SinkError> {
+    match client.post(&job.headers, &job.body)? {
         Ok(_) => Ok(()),
-        Err(ureq::Error::Status(code, resp)) => Err(classify(
-            code,
-            resp.header("Retry-After"),
-            resp.header(REJECT_SEQ_HEADER),
+        Err(r) => Err(classify(
+            r.code,
+            r.retry_after,
+            r.reject_seq.as_deref(),
             job.seqs,
-            resp.status_text(),
+            &r.text,
         )),
-        Err(ureq::Error::Transport(t)) => Err(SinkError::transient(format!("POST {url}: {t}"))),
     }
 }
 
 /// Maps an HTTP status (not 2xx) to a [`SinkError`].
 fn classify(
     code: u16,
-    retry_after: Option<&str>,
+    retry_after: Option<Duration>,
     reject: Option<&str>,
     seqs: (u64, u64),
     text: &str,
 ) -> SinkError {
     let reason = format!("HTTP {code} {text}");
     if code == 429 || code == 408 || (500..600).contains(&code) {
-        let hint = retry_after
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
         return SinkError::Transient {
             reason,
-            retry_after: hint,
+            retry_after,
         };
     }
     match reject.and_then(|v| v.trim().parse::<u64>().ok()) {
@@ -347,7 +367,15 @@ mod tests {
 
     #[test]
     fn statuses_map_to_transient_or_permanent() {
-        let t = |code, ra: Option<&str>| classify(code, ra, None, (1, 9), "x");
+        let t = |code, ra: Option<&str>| {
+            classify(
+                code,
+                ra.and_then(crate::client::parse_retry_after),
+                None,
+                (1, 9),
+                "x",
+            )
+        };
         assert_eq!(
             t(429, Some("3")),
             SinkError::Transient {

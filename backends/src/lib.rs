@@ -21,8 +21,12 @@
 
 #[cfg(feature = "object-store")]
 pub mod archive;
+#[cfg(any(feature = "http", feature = "otlp"))]
+pub mod client;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod local;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 
 pub use local::LocalDisk;

@@ -339,6 +339,7 @@ fn ship_through_chaos(rt: Runtime, format: BodyFormat, gzip: bool) {
     );
     let wal = Wal::open(Memory::new(), Options::default()).unwrap();
     let sink = HttpSink::builder(server.addr.clone())
+        .allow_http(true)
         .bearer_token(TOKEN)
         .gzip(gzip)
         .format(format)
@@ -486,6 +487,7 @@ fn http_sink_classifies_answers_and_connection_failures() {
         .unwrap()
         .port();
     let mut dead = HttpSink::builder(format!("http://127.0.0.1:{port}/ingest"))
+        .allow_http(true)
         .connect_timeout(Duration::from_millis(500))
         .build()
         .unwrap();
@@ -510,17 +512,20 @@ fn http_sink_classifies_answers_and_connection_failures() {
     // A wrong token: the server answers 401, a permanent refusal of the batch.
     let server = Server::start(Mode::Ok, false);
     let mut wrong = HttpSink::builder(server.addr.clone())
+        .allow_http(true)
         .bearer_token("nope")
         .build()
         .unwrap();
     let r = futures::executor::block_on(Sink::<Event>::send(&mut wrong, &batch));
     assert_eq!(r, Err(SinkError::batch("HTTP 401 Unauthorized")));
 
+    let refused = HttpSink::builder(server.addr.clone())
+        .bearer_token("nope")
+        .build()
+        .expect_err("plain http:// must be refused without allow_http");
     assert!(
-        HttpSink::builder("https://example.invalid/")
-            .build()
-            .is_err(),
-        "https without TLS must be refused"
+        refused.to_string().contains("allow_http"),
+        "the error says how to opt in: {refused}"
     );
 }
 
@@ -561,6 +566,7 @@ fn measure_http_throughput() {
     for gzip in [false, true] {
         let server = Server::start(Mode::Ok, gzip);
         let sink = HttpSink::builder(server.addr.clone())
+            .allow_http(true)
             .bearer_token(TOKEN)
             .gzip(gzip)
             .build()

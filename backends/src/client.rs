@@ -1,0 +1,565 @@
+//! The HTTP(S) client the HTTP and OTLP sinks share (features `http`, `otlp`).
+//!
+//! * [`TlsConfig`]: rustls with the *ring* provider (no OpenSSL): the webpki roots
+//!   (default) or the system's roots, plus CA certificates from PEM files, and an
+//!   optional client certificate (mTLS).
+//! * [`TokenProvider`]: a bearer token fetched per request, and fetched again with
+//!   `refresh = true` after the server answered 401 (the request is then sent once more
+//!   with the new token), so a short-lived token is renewed without restarting the
+//!   shipper. Tokens never appear in `Debug` output.
+//! * The client is a blocking HTTP/1.1 client (`ureq`) on a thread the sink owns, with
+//!   keep-alive (one pooled connection per host, reused while the server keeps it open).
+//!   The sinks therefore need no async runtime and work under tokio, smol or a plain
+//!   `futures` executor alike.
+//!
+//! A server certificate the client refuses (unknown issuer, wrong name, expired), a
+//! TLS alert refusing the client certificate, or an incompatible peer is a *permanent*
+//! error ([`SinkError::Batch`], reason starting with `TLS:`): retrying cannot fix a
+//! configuration mistake. (Under TLS 1.3 a server checks the client certificate after
+//! the client finished its handshake, so its alert races the request and often shows
+//! as a reset connection instead: transient, retried with backoff, counted in
+//! `ship_errors_total`.) Note what the shipper does with permanent errors: after
+//! `poison_attempts` it splits the batch and sets the records aside in the dead letter
+//! (from where [`Wal::redrive_dead_letters`](walspool_wal::Wal::redrive_dead_letters)
+//! sends them again once the configuration is fixed). Other connection failures and
+//! timeouts are transient.
+
+use std::error::Error as StdError;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, SystemTime};
+
+use futures::channel::oneshot;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use walspool_wal::shipper::SinkError;
+use walspool_wal::Error;
+
+/// Which trust anchors verify the server's certificate (besides any CA file).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Roots {
+    /// Mozilla's roots, compiled in (`webpki-roots`): the same on every machine.
+    #[default]
+    Webpki,
+    /// The operating system's store (`rustls-native-certs`: `/etc/ssl/certs`,
+    /// `SSL_CERT_FILE`, ...).
+    System,
+    /// None: only the CA certificates given with [`TlsConfig::ca_file`] /
+    /// [`TlsConfig::ca_pem`] (a private PKI).
+    None,
+}
+
+#[derive(Clone)]
+enum Pem {
+    File(PathBuf),
+    Bytes(Vec<u8>),
+}
+
+impl Pem {
+    fn load(&self, what: &'static str) -> Result<Vec<u8>, Error> {
+        match self {
+            Pem::Bytes(b) => Ok(b.clone()),
+            Pem::File(p) => std::fs::read(p).map_err(|e| Error::Io {
+                op: what,
+                path: p.display().to_string(),
+                source: e,
+            }),
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Pem::File(p) => p.display().to_string(),
+            Pem::Bytes(_) => "<PEM given in memory>".into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Pem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pem::File(p) => write!(f, "{p:?}"),
+            Pem::Bytes(b) => write!(f, "<{} PEM bytes>", b.len()),
+        }
+    }
+}
+
+/// TLS settings of the HTTP and OTLP sinks; see the [module documentation](self).
+///
+/// ```
+/// use walspool_backends::client::{Roots, TlsConfig};
+/// let tls = TlsConfig::new()
+///     .roots(Roots::None)
+///     .ca_file("/etc/walspool/ingest-ca.pem")
+///     .client_cert_files("/etc/walspool/client.pem", "/etc/walspool/client.key");
+/// // Files are read when the sink is built.
+/// # let _ = tls;
+/// ```
+#[derive(Clone, Default)]
+pub struct TlsConfig {
+    roots: Roots,
+    cas: Vec<Pem>,
+    client: Option<(Pem, Pem)>,
+}
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("roots", &self.roots)
+            .field("cas", &self.cas)
+            // The certificate is public; the key is not shown, even as a path.
+            .field(
+                "client_cert",
+                &self.client.as_ref().map(|(c, _)| (c, "<key redacted>")),
+            )
+            .finish()
+    }
+}
+
+impl TlsConfig {
+    /// Webpki roots, no extra CA, no client certificate.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The trust anchors (default [`Roots::Webpki`]).
+    pub fn roots(mut self, roots: Roots) -> Self {
+        self.roots = roots;
+        self
+    }
+
+    /// Also trusts the CA certificate(s) in this PEM file (read when the sink is built).
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.cas.push(Pem::File(path.into()));
+        self
+    }
+
+    /// Also trusts the CA certificate(s) in this PEM text.
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.cas.push(Pem::Bytes(pem.into()));
+        self
+    }
+
+    /// Presents a client certificate (mTLS): the chain and its private key (PKCS#8,
+    /// PKCS#1 or SEC1), PEM files read when the sink is built.
+    pub fn client_cert_files(mut self, chain: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.client = Some((Pem::File(chain.into()), Pem::File(key.into())));
+        self
+    }
+
+    /// Presents a client certificate (mTLS) given as PEM text.
+    pub fn client_cert_pem(mut self, chain: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Self {
+        self.client = Some((Pem::Bytes(chain.into()), Pem::Bytes(key.into())));
+        self
+    }
+
+    /// The rustls configuration: ring provider, TLS 1.2 and 1.3.
+    pub(crate) fn build(&self) -> Result<Arc<rustls::ClientConfig>, Error> {
+        let cfg = |m: String| Error::Config(format!("TLS: {m}"));
+        let mut roots = rustls::RootCertStore::empty();
+        match self.roots {
+            Roots::Webpki => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+            Roots::System => {
+                let found = rustls_native_certs::load_native_certs();
+                for e in &found.errors {
+                    tracing::warn!("TLS: loading the system's root certificates: {e}");
+                }
+                let (ok, _bad) = roots.add_parsable_certificates(found.certs);
+                if ok == 0 && self.cas.is_empty() {
+                    return Err(cfg(
+                        "no usable root certificate in the system's store".into()
+                    ));
+                }
+            }
+            Roots::None => {
+                if self.cas.is_empty() {
+                    return Err(cfg(
+                        "Roots::None needs a CA certificate (ca_file or ca_pem)".into(),
+                    ));
+                }
+            }
+        }
+        for ca in &self.cas {
+            let pem = ca.load("read CA file")?;
+            let mut n = 0;
+            for c in CertificateDer::pem_slice_iter(&pem) {
+                let c = c.map_err(|e| cfg(format!("CA {}: {e}", ca.name())))?;
+                roots
+                    .add(c)
+                    .map_err(|e| cfg(format!("CA {}: {e}", ca.name())))?;
+                n += 1;
+            }
+            if n == 0 {
+                return Err(cfg(format!("CA {}: no certificate in it", ca.name())));
+            }
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| cfg(e.to_string()))?
+        .with_root_certificates(roots);
+        let config = match &self.client {
+            None => builder.with_no_client_auth(),
+            Some((chain, key)) => {
+                let chain_pem = chain.load("read client certificate")?;
+                let chain: Vec<CertificateDer<'static>> =
+                    CertificateDer::pem_slice_iter(&chain_pem)
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| cfg(format!("client certificate {}: {e}", chain.name())))?;
+                if chain.is_empty() {
+                    return Err(cfg("client certificate: no certificate in it".into()));
+                }
+                let key_pem = key.load("read client key")?;
+                // The error names the file, never the key material.
+                let key = PrivateKeyDer::from_pem_slice(&key_pem)
+                    .map_err(|e| cfg(format!("client key {}: {e}", key.name())))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| cfg(format!("client certificate: {e}")))?
+            }
+        };
+        Ok(Arc::new(config))
+    }
+}
+
+/// Supplies the bearer token of each request.
+///
+/// Called on the sink's own thread before every request with `refresh = false` (cache
+/// the token and return it until it is about to expire), and with `refresh = true`
+/// after the server answered 401 to it: fetch a new one; the request is then sent once
+/// more. An `Err` is a transient sink error (the batch is retried after backoff).
+/// Blocking inside is fine (it runs on the sink's thread, never on the executor).
+///
+/// Any `Fn(bool) -> Result<String, String> + Send + Sync` is a provider.
+pub trait TokenProvider: Send + Sync {
+    /// The token to send (`Authorization: Bearer {token}`).
+    fn token(&self, refresh: bool) -> Result<String, String>;
+}
+
+impl<F> TokenProvider for F
+where
+    F: Fn(bool) -> Result<String, String> + Send + Sync,
+{
+    fn token(&self, refresh: bool) -> Result<String, String> {
+        self(refresh)
+    }
+}
+
+/// A fixed token.
+struct Static(String);
+
+impl TokenProvider for Static {
+    fn token(&self, _refresh: bool) -> Result<String, String> {
+        Ok(self.0.clone())
+    }
+}
+
+/// How a sink authenticates; shows as `<redacted>` in `Debug`.
+#[derive(Clone)]
+pub(crate) struct Auth(pub(crate) Arc<dyn TokenProvider>);
+
+impl Auth {
+    pub(crate) fn fixed(token: String) -> Self {
+        Auth(Arc::new(Static(token)))
+    }
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<bearer token redacted>")
+    }
+}
+
+/// Header list whose values do not show in `Debug` (they may carry API keys).
+#[derive(Clone, Default)]
+pub(crate) struct Headers(pub(crate) Vec<(String, String)>);
+
+impl std::fmt::Debug for Headers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(k, _)| format!("{k}: <redacted>")))
+            .finish()
+    }
+}
+
+/// Settings common to both sinks' builders.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientSettings {
+    pub(crate) url: String,
+    pub(crate) auth: Option<Auth>,
+    pub(crate) tls: TlsConfig,
+    pub(crate) allow_http: bool,
+    pub(crate) timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) headers: Headers,
+}
+
+impl ClientSettings {
+    pub(crate) fn new(url: String) -> Self {
+        ClientSettings {
+            url,
+            auth: None,
+            tls: TlsConfig::default(),
+            allow_http: false,
+            timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            headers: Headers::default(),
+        }
+    }
+
+    /// Checks the URL's scheme and builds the agent.
+    pub(crate) fn client(&self, what: &str) -> Result<Client, Error> {
+        let lower = self.url.to_ascii_lowercase();
+        let tls = if lower.starts_with("https://") {
+            Some(self.tls.build()?)
+        } else if lower.starts_with("http://") {
+            if !self.allow_http {
+                return Err(Error::Config(format!(
+                    "{what} URL {:?} is plain http://: records{} would cross the network \
+                     in clear text; use https://, or allow_http(true) to opt in",
+                    self.url,
+                    if self.auth.is_some() {
+                        " and the bearer token"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+            None
+        } else {
+            return Err(Error::Config(format!(
+                "{what} URL {:?} must start with https:// (or http:// with allow_http)",
+                self.url
+            )));
+        };
+        let mut agent = ureq::AgentBuilder::new()
+            .timeout_connect(self.connect_timeout)
+            .timeout(self.timeout)
+            .redirects(0)
+            .max_idle_connections_per_host(2)
+            .user_agent(concat!("walspool/", env!("CARGO_PKG_VERSION")));
+        if let Some(tls) = tls {
+            agent = agent.tls_config(tls);
+        }
+        Ok(Client {
+            agent: agent.build(),
+            url: self.url.clone(),
+            auth: self.auth.clone(),
+        })
+    }
+}
+
+/// A non-2xx answer.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub(crate) code: u16,
+    pub(crate) text: String,
+    pub(crate) retry_after: Option<Duration>,
+    pub(crate) reject_seq: Option<String>,
+    pub(crate) body: Vec<u8>,
+}
+
+/// Header naming the one record a server refuses in a 4xx answer (HTTP sink).
+pub(crate) const REJECT_SEQ_HEADER: &str = "Walspool-Reject-Seq";
+
+/// Bytes of a response body read at most (the rest is dropped with the connection).
+const MAX_BODY: u64 = 1 << 20;
+
+pub(crate) struct Client {
+    agent: ureq::Agent,
+    url: String,
+    auth: Option<Auth>,
+}
+
+impl Client {
+    /// POSTs `body`: `Ok(Ok(response body))` for 2xx, `Ok(Err(refusal))` for another
+    /// status, `Err` for a transport failure (classified). A 401 with a token provider
+    /// gets a refreshed token and one more try.
+    pub(crate) fn post(
+        &self,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> Result<Result<Vec<u8>, Refusal>, SinkError> {
+        let mut refresh = false;
+        loop {
+            let mut req = self.agent.post(&self.url);
+            for (k, v) in headers {
+                req = req.set(k, v);
+            }
+            if let Some(auth) = &self.auth {
+                let t = auth
+                    .0
+                    .token(refresh)
+                    .map_err(|e| SinkError::transient(format!("the token provider failed: {e}")))?;
+                req = req.set("Authorization", &format!("Bearer {t}"));
+            }
+            match req.send_bytes(body) {
+                Ok(resp) => return Ok(Ok(read_body(resp))),
+                Err(ureq::Error::Status(401, _)) if self.auth.is_some() && !refresh => {
+                    tracing::debug!("{}: 401, refreshing the bearer token", self.url);
+                    refresh = true;
+                }
+                Err(ureq::Error::Status(code, resp)) => {
+                    let retry_after = resp.header("Retry-After").and_then(parse_retry_after);
+                    let reject_seq = resp.header(REJECT_SEQ_HEADER).map(str::to_string);
+                    let text = resp.status_text().to_string();
+                    return Ok(Err(Refusal {
+                        code,
+                        text,
+                        retry_after,
+                        reject_seq,
+                        body: read_body(resp),
+                    }));
+                }
+                Err(ureq::Error::Transport(t)) => return Err(transport_error(&self.url, &t)),
+            }
+        }
+    }
+}
+
+/// Reads the body to its end, so the connection goes back to the pool (keep-alive).
+fn read_body(resp: ureq::Response) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = resp.into_reader().take(MAX_BODY).read_to_end(&mut out);
+    out
+}
+
+/// `Retry-After`: delay-seconds or an HTTP-date.
+pub(crate) fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(s) = v.parse::<u64>() {
+        return Some(Duration::from_secs(s));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// The rustls error somewhere in `e`'s chain. `io::Error::source` skips the error it
+/// wraps, so each io::Error is looked into.
+fn find_tls_error<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
+    let mut cur = Some(e);
+    while let Some(x) = cur {
+        if let Some(t) = x.downcast_ref::<rustls::Error>() {
+            return Some(t);
+        }
+        if let Some(io) = x.downcast_ref::<std::io::Error>() {
+            if let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return Some(t);
+            }
+        }
+        cur = x.source();
+    }
+    None
+}
+
+/// Classifies a failure to talk to the server: TLS configuration mistakes are
+/// permanent, the rest (refused, reset, timeout, DNS) transient.
+fn transport_error(url: &str, t: &ureq::Transport) -> SinkError {
+    use rustls::AlertDescription as A;
+    if let Some(tls) = find_tls_error(t) {
+        let permanent = match tls {
+            rustls::Error::InvalidCertificate(_)
+            | rustls::Error::NoCertificatesPresented
+            | rustls::Error::UnsupportedNameType
+            | rustls::Error::PeerIncompatible(_) => Some("the server's certificate or TLS setup"),
+            rustls::Error::AlertReceived(
+                A::BadCertificate
+                | A::UnsupportedCertificate
+                | A::CertificateRevoked
+                | A::CertificateExpired
+                | A::CertificateUnknown
+                | A::UnknownCA
+                | A::AccessDenied
+                | A::CertificateRequired
+                | A::HandshakeFailure
+                | A::ProtocolVersion,
+            ) => Some("the server refused the handshake (client certificate?)"),
+            _ => None,
+        };
+        if let Some(what) = permanent {
+            return SinkError::batch(format!(
+                "TLS: POST {url}: {what}: {tls} (check the CA / roots / client certificate)"
+            ));
+        }
+        return SinkError::transient(format!("TLS: POST {url}: {tls}"));
+    }
+    SinkError::transient(format!("POST {url}: {t}"))
+}
+
+type Job<J, R> = (J, oneshot::Sender<R>);
+
+/// The sink's client thread: runs `f` on each job, in order.
+pub(crate) struct Worker<J, R> {
+    tx: mpsc::Sender<Job<J, R>>,
+}
+
+impl<J: Send + 'static, R: Send + 'static> Worker<J, R> {
+    pub(crate) fn spawn(
+        name: &str,
+        url: &str,
+        mut f: impl FnMut(J) -> R + Send + 'static,
+    ) -> Result<Self, Error> {
+        let (tx, rx) = mpsc::channel::<Job<J, R>>();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                // Ends when the sink (the sender) is dropped.
+                for (job, reply) in rx {
+                    let _ = reply.send(f(job));
+                }
+            })
+            .map_err(|e| Error::Io {
+                op: "spawn sink client thread",
+                path: url.to_string(),
+                source: e,
+            })?;
+        Ok(Worker { tx })
+    }
+
+    /// Runs `job` on the thread; `None` if the thread is gone.
+    pub(crate) async fn call(&self, job: J) -> Option<R> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send((job, reply)).ok()?;
+        rx.await.ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_and_http_dates() {
+        assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
+        let later = SystemTime::now() + Duration::from_secs(120);
+        let d = parse_retry_after(&httpdate::fmt_http_date(later)).expect("date");
+        assert!(
+            d <= Duration::from_secs(120) && d >= Duration::from_secs(100),
+            "{d:?}"
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let mut s = ClientSettings::new("https://x".into());
+        s.auth = Some(Auth::fixed("s3cret-token".into()));
+        s.headers.0.push(("X-Api-Key".into(), "k3y".into()));
+        s.tls = TlsConfig::new().client_cert_pem("CERT", "PRIVATE-KEY");
+        let d = format!("{s:?}");
+        for secret in ["s3cret-token", "k3y", "PRIVATE-KEY"] {
+            assert!(!d.contains(secret), "{d}");
+        }
+        assert!(d.contains("X-Api-Key"), "{d}");
+    }
+}
