@@ -79,6 +79,9 @@ pub struct Snapshot {
     pub metrics: Metrics,
     /// True when `metrics` were computed from the files on disk.
     pub from_disk: bool,
+    /// Timestamp of the oldest record the slowest consumer has not committed, ms since
+    /// the epoch, read from the segment that holds it (0 = nothing unshipped, or unknown).
+    pub oldest_unshipped_ts_ms: u64,
 }
 
 /// Is process `pid` alive (and not a zombie)?
@@ -128,6 +131,8 @@ pub struct Collector {
     dir: PathBuf,
     storage: Option<LocalDisk>,
     cache: Option<DiskState>,
+    /// `(sequence number, its timestamp in ms)` of the last oldest-unshipped lookup.
+    oldest: Option<(u64, u64)>,
 }
 
 impl Collector {
@@ -137,6 +142,7 @@ impl Collector {
             dir: dir.as_ref().to_path_buf(),
             storage: None,
             cache: None,
+            oldest: None,
         }
     }
 
@@ -168,6 +174,7 @@ impl Collector {
             interval_ms: stats.as_ref().map_or(0, |s| s.interval_ms),
             metrics: stats.map(|s| s.metrics).unwrap_or_default(),
             from_disk: false,
+            oldest_unshipped_ts_ms: 0,
         };
         if !writer.is_running() {
             let storage = self.storage.as_ref().expect("opened above");
@@ -179,8 +186,124 @@ impl Collector {
         } else {
             self.cache = None;
         }
+        snap.oldest_unshipped_ts_ms = self.oldest_unshipped_ts_ms(&snap.metrics);
         Ok(snap)
     }
+
+    /// The timestamp (ms) of the oldest record the slowest consumer has not committed:
+    /// read from disk once per sequence number (it only changes when that consumer
+    /// commits), 0 when nothing is unshipped or it cannot be read.
+    fn oldest_unshipped_ts_ms(&mut self, m: &Metrics) -> u64 {
+        if m.backlog_records == 0 {
+            return 0;
+        }
+        let committed = m
+            .consumers
+            .iter()
+            .max_by_key(|c| c.backlog_records)
+            .map_or(0, |c| c.committed_seq);
+        let want = (committed + 1).max(m.first_seq);
+        if let Some((seq, ts)) = self.oldest {
+            if seq == want {
+                return ts;
+            }
+        }
+        let Some(storage) = self.storage.as_ref() else {
+            return 0;
+        };
+        // The first record at or after `want` (an older one may have been dropped).
+        match inspect::records(storage, want).next() {
+            Some(Ok(r)) => {
+                let ts = r.ts_us / 1000;
+                self.oldest = Some((want, ts));
+                ts
+            }
+            _ => 0,
+        }
+    }
+}
+
+/// Does `dir` look like a WAL directory: a stats file, or segment files next to the
+/// `meta` directory the WAL keeps its checkpoints in.
+pub fn is_wal_dir(dir: &Path) -> bool {
+    if dir.join(STATS_FILE).is_file() {
+        return true;
+    }
+    if !dir.join(walspool_backends::local::META_DIR).is_dir() {
+        return false;
+    }
+    std::fs::read_dir(dir).is_ok_and(|rd| {
+        rd.flatten().any(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.len() == 24 && n.ends_with(".wal") && n[..20].bytes().all(|b| b.is_ascii_digit())
+        })
+    })
+}
+
+/// Default depth of discovery under a root.
+pub const DEFAULT_DEPTH: usize = 4;
+
+/// Every WAL directory under `roots`, `(name, directory)`, sorted by name. A root that
+/// is itself a WAL directory is one WAL (named after its last component); under other
+/// roots, directories are searched down to `max_depth` levels (not following symbolic
+/// links, skipping hidden directories, not descending into a WAL directory). A WAL's
+/// name is its path under the root (the root's own name is prefixed when there are
+/// several roots).
+pub fn discover(roots: &[PathBuf], max_depth: usize) -> Vec<(String, PathBuf)> {
+    let mut out: Vec<(String, PathBuf)> = Vec::new();
+    for root in roots {
+        if is_wal_dir(root) {
+            let name = root
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| root.display().to_string());
+            out.push((name, root.clone()));
+            continue;
+        }
+        let mut stack = vec![(root.clone(), 0usize)];
+        while let Some((dir, depth)) = stack.pop() {
+            if depth >= max_depth {
+                continue;
+            }
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+                let hidden = e.file_name().to_string_lossy().starts_with('.');
+                if !is_dir || hidden {
+                    continue;
+                }
+                let p = e.path();
+                if is_wal_dir(&p) {
+                    let rel = p.strip_prefix(root).unwrap_or(&p);
+                    let mut name = rel.display().to_string();
+                    if roots.len() > 1 {
+                        if let Some(r) = root.file_name() {
+                            name = format!("{}/{name}", r.to_string_lossy());
+                        }
+                    }
+                    out.push((name, p));
+                } else {
+                    stack.push((p, depth + 1));
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup_by(|a, b| a.1 == b.1);
+    // Names must tell WALs apart: fall back to full paths when two collide.
+    let mut names: Vec<String> = out.iter().map(|w| w.0.clone()).collect();
+    names.sort();
+    let dup = names.windows(2).any(|w| w[0] == w[1]);
+    if dup {
+        for w in &mut out {
+            w.0 = w.1.display().to_string();
+        }
+        out.sort();
+    }
+    out
 }
 
 /// Overwrites the figures that the files on disk tell with what they tell.
@@ -228,28 +351,58 @@ pub fn apply_disk(m: &mut Metrics, d: &DiskState) {
         .collect();
 }
 
-/// Runs collectors in one thread, one snapshot per WAL every `every`, sending events
+/// Runs discovery and the collectors in one thread: every `every`, one snapshot per
+/// WAL; every `rescan` (and at the start), the roots are searched again and an
+/// [`Event::Wals`](crate::app::Event::Wals) is sent when the set changed. Sends events
 /// until the receiver is gone.
-pub fn spawn_collectors(
-    dirs: Vec<PathBuf>,
+pub fn spawn_fleet(
+    roots: Vec<PathBuf>,
+    max_depth: usize,
     every: Duration,
+    rescan: Duration,
     tx: std::sync::mpsc::Sender<crate::app::Event>,
 ) -> std::thread::JoinHandle<()> {
+    use crate::app::Event;
     std::thread::Builder::new()
         .name("walspool-collect".into())
         .spawn(move || {
-            let mut cs: Vec<Collector> = dirs.iter().map(Collector::new).collect();
+            let mut cs: Vec<Collector> = Vec::new();
+            let mut known: Vec<(String, PathBuf)> = Vec::new();
+            let mut last_scan: Option<std::time::Instant> = None;
             loop {
-                for (i, c) in cs.iter_mut().enumerate() {
+                if last_scan.is_none_or(|t| t.elapsed() >= rescan) {
+                    let first = last_scan.is_none();
+                    last_scan = Some(std::time::Instant::now());
+                    let found = discover(&roots, max_depth);
+                    if first || found != known {
+                        let mut old = std::mem::take(&mut cs);
+                        cs = found
+                            .iter()
+                            .map(|(_, d)| match old.iter().position(|c| c.dir() == d) {
+                                Some(i) => old.swap_remove(i),
+                                None => Collector::new(d),
+                            })
+                            .collect();
+                        let names = found
+                            .iter()
+                            .map(|(n, d)| (n.clone(), d.display().to_string()))
+                            .collect();
+                        known = found;
+                        if tx.send(Event::Wals(names)).is_err() {
+                            return;
+                        }
+                    }
+                }
+                for c in cs.iter_mut() {
                     let ev = match c.collect() {
-                        Ok(s) => crate::app::Event::Snapshot(i, Box::new(s)),
-                        Err(e) => crate::app::Event::CollectError(i, e),
+                        Ok(s) => Event::Snapshot(Box::new(s)),
+                        Err(e) => Event::CollectError(c.dir().display().to_string(), e),
                     };
                     if tx.send(ev).is_err() {
                         return;
                     }
                 }
-                if tx.send(crate::app::Event::Tick(now_ms())).is_err() {
+                if tx.send(Event::Tick(now_ms())).is_err() {
                     return;
                 }
                 std::thread::sleep(every);
