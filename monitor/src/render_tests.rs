@@ -461,7 +461,7 @@ fn detail_chart_snapshots() {
         );
     }
     let s = screen(&draw(&app, 200, 50));
-    assert!(s.contains("backlog age   42s (oldest unshipped)"), "{s}");
+    assert!(s.contains("backlog age   42s"), "{s}");
     assert!(!s.contains("ship rate     0.0"), "{s}");
     let s = screen(&draw(&app, 80, 24));
     assert!(s.contains("age     42s"), "{s}");

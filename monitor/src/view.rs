@@ -428,7 +428,6 @@ fn narrow(line: Line<'static>) -> Line<'static> {
     .to_string();
     let mut v = spans[1].content.to_string();
     for (from, to) in [
-        (" (oldest unshipped)", ""),
         (" records", ""),
         (" rec/s", "/s"),
         (" (writer not running)", ""),
@@ -577,7 +576,7 @@ fn figures(app: &App, p: &Panel, s: &Snapshot) -> Figures {
         } else {
             Style::new()
         };
-        (format!("{} (oldest unshipped)", fmt::age(age_ms)), st)
+        (fmt::age(age_ms), st)
     };
     Figures {
         age: kv("backlog age", age.0, age.1),
@@ -697,7 +696,7 @@ fn render_full(app: &App, f: &mut Frame, area: Rect) {
         Constraint::Percentage(33),
     ])
     .areas(boxes);
-    let fig = if b3.width < 32 { fig.map(narrow) } else { fig };
+    let fig = if b3.width < 38 { fig.map(narrow) } else { fig };
     f.render_widget(
         Paragraph::new(vec![fig.backlog, fig.backlog_bytes, fig.age, fig.seqs])
             .block(Block::default().borders(Borders::ALL).title(" Backlog ")),
