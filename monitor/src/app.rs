@@ -454,12 +454,9 @@ impl App {
 
     fn cmp(&self, a: &Panel, b: &Panel) -> Ordering {
         let now = self.now_ms;
-        let m = |p: &Panel| {
-            p.snap
-                .as_ref()
-                .map(|s| s.metrics.clone())
-                .unwrap_or_default()
-        };
+        fn m(p: &Panel, f: fn(&walspool_wal::Metrics) -> u64) -> u64 {
+            p.snap.as_ref().map_or(0, |s| f(&s.metrics))
+        }
         let f = |x: f64, y: f64| x.partial_cmp(&y).unwrap_or(Ordering::Equal);
         let by = match self.sort {
             SortKey::Worst => b
@@ -470,12 +467,16 @@ impl App {
             SortKey::Name => Ordering::Equal,
             SortKey::AppendRate => f(b.append_rate, a.append_rate),
             SortKey::ShipRate => f(b.ship_rate, a.ship_rate),
-            SortKey::Backlog => m(b).backlog_records.cmp(&m(a).backlog_records),
-            SortKey::BacklogBytes => m(b).backlog_bytes.cmp(&m(a).backlog_bytes),
+            SortKey::Backlog => m(b, |x| x.backlog_records).cmp(&m(a, |x| x.backlog_records)),
+            SortKey::BacklogBytes => m(b, |x| x.backlog_bytes).cmp(&m(a, |x| x.backlog_bytes)),
             SortKey::BacklogAge => b.backlog_age_ms(now).cmp(&a.backlog_age_ms(now)),
             SortKey::Errors => f(b.ship_error_rate, a.ship_error_rate),
-            SortKey::Drops => m(b).dropped_records_total.cmp(&m(a).dropped_records_total),
-            SortKey::ArchiveLag => m(b).archive_lag_segments.cmp(&m(a).archive_lag_segments),
+            SortKey::Drops => {
+                m(b, |x| x.dropped_records_total).cmp(&m(a, |x| x.dropped_records_total))
+            }
+            SortKey::ArchiveLag => {
+                m(b, |x| x.archive_lag_segments).cmp(&m(a, |x| x.archive_lag_segments))
+            }
         };
         let by = if self.reverse { by.reverse() } else { by };
         by.then_with(|| a.name.cmp(&b.name))
@@ -526,25 +527,21 @@ impl App {
                     return false;
                 }
                 self.now_ms = self.now_ms.max(snap.taken_ms);
-                match self.panels.iter_mut().find(|p| p.dir == snap.dir) {
-                    Some(p) => {
-                        p.apply(*snap);
-                        true
-                    }
-                    None => false,
+                // No redraw per snapshot: the collector's Tick after each round redraws
+                // once for all of them.
+                if let Some(p) = self.panels.iter_mut().find(|p| p.dir == snap.dir) {
+                    p.apply(*snap);
                 }
+                false
             }
             Event::CollectError(dir, e) => {
                 if self.paused {
                     return false;
                 }
-                match self.panels.iter_mut().find(|p| p.dir == dir) {
-                    Some(p) => {
-                        p.error = Some(e);
-                        true
-                    }
-                    None => false,
+                if let Some(p) = self.panels.iter_mut().find(|p| p.dir == dir) {
+                    p.error = Some(e);
                 }
+                false
             }
             Event::Tick(now) => {
                 if self.paused {
@@ -763,9 +760,9 @@ mod tests {
     #[test]
     fn snapshots_fill_the_panel_and_compute_rates() {
         let mut a = app(1);
-        assert!(a.update(Event::Snapshot(snap("/w0", 1_000, 100, 1, 10))));
+        assert!(!a.update(Event::Snapshot(snap("/w0", 1_000, 100, 1, 10))));
         assert_eq!(a.panels[0].append_rate, 0.0);
-        assert!(a.update(Event::Snapshot(snap("/w0", 1_500, 200, 2, 20))));
+        a.update(Event::Snapshot(snap("/w0", 1_500, 200, 2, 20)));
         let p = &a.panels[0];
         assert_eq!(p.append_rate, 200.0);
         assert_eq!(p.ship_error_rate, 2.0);
@@ -916,7 +913,8 @@ mod tests {
         assert_eq!(a.panels[0].snap, None);
         assert!(!a.update(Event::Tick(5)));
         a.update(Event::Key(Key::Char('p')));
-        assert!(a.update(Event::Snapshot(snap("/w0", 1_000, 1, 0, 1))));
+        a.update(Event::Snapshot(snap("/w0", 1_000, 1, 0, 1)));
+        assert!(a.panels[0].snap.is_some());
         a.update(Event::Key(Key::Char('?')));
         assert!(a.help);
         a.update(Event::Key(Key::Char('q'))); // closes help first
@@ -928,7 +926,7 @@ mod tests {
     #[test]
     fn errors_are_kept_until_the_next_snapshot() {
         let mut a = app(2);
-        assert!(a.update(Event::CollectError("/w1".into(), "gone".into())));
+        a.update(Event::CollectError("/w1".into(), "gone".into()));
         assert_eq!(a.panels[1].error.as_deref(), Some("gone"));
         assert_eq!(a.panels[1].severity(&a.thresholds, 0), 2);
         a.update(Event::Snapshot(snap("/w1", 1_000, 1, 0, 1)));

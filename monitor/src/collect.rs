@@ -1,6 +1,7 @@
 //! Collectors: read a WAL directory (its stats file, and the files themselves) into a
 //! [`Snapshot`]. One collector per WAL; each sends [`Event`](crate::app::Event)s.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -133,7 +134,22 @@ pub struct Collector {
     cache: Option<DiskState>,
     /// `(sequence number, its timestamp in ms)` of the last oldest-unshipped lookup.
     oldest: Option<(u64, u64)>,
+    /// The stats file last parsed, by its (modification time, length).
+    stats: Option<(StatsKey, StatsFile)>,
+    /// The figures last computed from disk, by the stats file they went with: while
+    /// the writer is not running neither changes, and they are reused.
+    from_disk: Option<(StatsKey, Metrics)>,
+    /// `(publication time ms, last_seq)` of the live writer's publications seen, oldest
+    /// first: a record appended while the collector watches is dated from these
+    /// (within one publication interval) instead of being read from disk.
+    appends: VecDeque<(u64, u64)>,
 }
+
+/// Publications remembered for dating records (an hour at the demo's 250ms).
+const APPENDS_KEPT: usize = 16_384;
+
+/// What tells one version of a stats file from the next.
+type StatsKey = (SystemTime, u64);
 
 impl Collector {
     /// A collector for `dir` (which may not exist yet).
@@ -143,6 +159,9 @@ impl Collector {
             storage: None,
             cache: None,
             oldest: None,
+            stats: None,
+            from_disk: None,
+            appends: VecDeque::new(),
         }
     }
 
@@ -157,10 +176,29 @@ impl Collector {
             self.storage = Some(LocalDisk::open_read_only(&self.dir).map_err(|e| e.to_string())?);
         }
         let now = now_ms();
-        let stats = match std::fs::read(self.dir.join(STATS_FILE)) {
-            Ok(b) => Some(StatsFile::parse(&b)?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(format!("read {}: {e}", self.dir.join(STATS_FILE).display())),
+        let path = self.dir.join(STATS_FILE);
+        let key: Option<StatsKey> = std::fs::metadata(&path)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())));
+        let cached = self
+            .stats
+            .as_ref()
+            .filter(|c| key.is_some_and(|k| k == c.0))
+            .map(|c| c.1.clone());
+        let stats = match cached {
+            Some(s) => Some(s),
+            None => match std::fs::read(&path) {
+                Ok(b) => {
+                    let s = StatsFile::parse(&b)?;
+                    self.stats = key.map(|k| (k, s.clone()));
+                    Some(s)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    self.stats = None;
+                    None
+                }
+                Err(e) => return Err(format!("read {}: {e}", path.display())),
+            },
         };
         let writer = match &stats {
             Some(s) => liveness(s, now, pid_alive),
@@ -177,14 +215,40 @@ impl Collector {
             oldest_unshipped_ts_ms: 0,
         };
         if !writer.is_running() {
-            let storage = self.storage.as_ref().expect("opened above");
-            let disk =
-                inspect::disk_state(storage, self.cache.as_ref()).map_err(|e| e.to_string())?;
-            apply_disk(&mut snap.metrics, &disk);
             snap.from_disk = true;
-            self.cache = Some(disk);
+            match self
+                .from_disk
+                .as_ref()
+                .filter(|c| key.is_some_and(|k| k == c.0))
+            {
+                Some((_, m)) => snap.metrics = m.clone(),
+                None => {
+                    let storage = self.storage.as_ref().expect("opened above");
+                    let disk = inspect::disk_state(storage, self.cache.as_ref())
+                        .map_err(|e| e.to_string())?;
+                    apply_disk(&mut snap.metrics, &disk);
+                    self.cache = Some(disk);
+                    self.from_disk = key.map(|k| (k, snap.metrics.clone()));
+                }
+            }
         } else {
             self.cache = None;
+            self.from_disk = None;
+            let pubn = (snap.stats_written_ms, snap.metrics.last_seq);
+            match self.appends.back() {
+                Some(&(t, seq)) if pubn.1 < seq || pubn.0 < t => {
+                    // A new writer (sequence or clock went back): start again.
+                    self.appends.clear();
+                    self.appends.push_back(pubn);
+                }
+                Some(&(_, seq)) if pubn.1 == seq => {}
+                _ => {
+                    if self.appends.len() == APPENDS_KEPT {
+                        self.appends.pop_front();
+                    }
+                    self.appends.push_back(pubn);
+                }
+            }
         }
         snap.oldest_unshipped_ts_ms = self.oldest_unshipped_ts_ms(&snap.metrics);
         Ok(snap)
@@ -206,6 +270,14 @@ impl Collector {
         if let Some((seq, ts)) = self.oldest {
             if seq == want {
                 return ts;
+            }
+        }
+        // Appended since the collector began watching: the first publication that
+        // included it (the record is at most one publication interval older).
+        if self.appends.front().is_some_and(|f| want > f.1) {
+            let i = self.appends.partition_point(|a| a.1 < want);
+            if let Some(&(t, _)) = self.appends.get(i) {
+                return t;
             }
         }
         let Some(storage) = self.storage.as_ref() else {
@@ -456,6 +528,43 @@ mod tests {
                 pid: 4242
             }
         );
+    }
+
+    #[test]
+    fn discovery_finds_wal_dirs_depth_bounded_and_not_inside_a_wal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let mk = |rel: &str, stats: bool, segment: bool| {
+            let d = root.join(rel);
+            std::fs::create_dir_all(d.join("meta")).unwrap();
+            if stats {
+                std::fs::write(d.join(STATS_FILE), b"{}").unwrap();
+            }
+            if segment {
+                std::fs::write(d.join("00000000000000000001.wal"), b"").unwrap();
+            }
+        };
+        mk("orders", true, true);
+        mk("team/billing", false, true); // no stats: meta/ + a segment is enough
+        mk("team/empty", false, false); // meta/ alone is not a WAL
+        mk("a/b/c/deep", true, false); // depth 4: found with depth 4, not 3
+        mk("orders/nested", true, false); // inside a WAL: not searched
+        mk(".hidden/x", true, false);
+        let names = |depth| -> Vec<String> {
+            discover(&[root.to_path_buf()], depth)
+                .into_iter()
+                .map(|w| w.0)
+                .collect()
+        };
+        assert_eq!(names(4), ["a/b/c/deep", "orders", "team/billing"]);
+        assert_eq!(names(3), ["orders", "team/billing"]);
+        // A WAL directory given as the root is one WAL, named after itself.
+        let w = discover(&[root.join("orders")], 4);
+        assert_eq!(w, [("orders".to_string(), root.join("orders"))]);
+        // Several roots: names are prefixed with the root's name.
+        let w = discover(&[root.join("team"), root.join("a")], 4);
+        let n: Vec<&str> = w.iter().map(|x| x.0.as_str()).collect();
+        assert_eq!(n, ["a/b/c/deep", "team/billing"]);
     }
 
     #[test]

@@ -487,7 +487,14 @@ fn docs_screenshots_are_current() {
         ("top-detail-80x24.txt", screen(&draw(&detail, 80, 24))),
     ];
     let update = std::env::var_os("WALSPOOL_UPDATE_DOCS").is_some();
+    let readme = std::fs::read_to_string(docs.join("../../README.md")).unwrap_or_default();
     for (file, text) in shots {
+        if file.ends_with("80x24.txt") && !update {
+            assert!(
+                readme.contains(&format!("```text\n{text}\n```")),
+                "README.md shows an old {file}: paste the new one"
+            );
+        }
         let path = docs.join(file);
         let text = format!(
             "{text}
