@@ -460,7 +460,7 @@ fn top_over_a_fleet_of_twelve_writers_worst_first_filter_and_detail() {
     {
         let rate = (10 + 5 * i).to_string();
         let mut args = vec!["--rate", rate.as_str(), "--sink", "ok"];
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             args.push("--no-archive");
         }
         writers.push(Writer::start(&bin, &dir(n), &args));

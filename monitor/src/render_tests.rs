@@ -95,7 +95,7 @@ fn app_with(last: Snapshot) -> App {
     for i in 0..=600u64 {
         // Appends vary in waves; the sink keeps up with a little lag.
         appended += 40 + (i % 40) * 3;
-        committed += 30 + ((i + 6) % 40) * 3 + u64::from(i % 10 == 0) * 50;
+        committed += 30 + ((i + 6) % 40) * 3 + u64::from(i.is_multiple_of(10)) * 50;
         committed = committed.min(appended);
         let mut s = if i == 600 {
             last.clone()
@@ -330,7 +330,7 @@ fn fleet() -> App {
             let i = i as u64;
             let mut m = metrics(0, "closed");
             m.consumers.truncate(1);
-            m.archiving = i % 3 != 0;
+            m.archiving = !i.is_multiple_of(3);
             m.archive_lag_segments = i % 2;
             let written = NOW - 2_000 + step * 1_000;
             let rate = 40 + i * 17;

@@ -829,7 +829,7 @@ fn render_full(app: &App, f: &mut Frame, area: Rect) {
 fn ago_label(secs: u64) -> String {
     if secs == 0 {
         "now".into()
-    } else if secs % 60 == 0 {
+    } else if secs.is_multiple_of(60) {
         format!("-{}m", secs / 60)
     } else {
         format!("-{}m{:02}s", secs / 60, secs % 60)
