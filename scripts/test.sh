@@ -5,7 +5,8 @@
 #   scripts/test.sh [extra cargo test args]
 #
 # Needs: the Rust toolchain (rustup), python3 (for moto's S3 server in a venv), and
-# either tmux, curl and fuse3 (fusermount3) or root + apt-get to install them. The
+# either tmux, curl, fuse3 (fusermount3) and promtool (Debian package prometheus) or
+# root + apt-get to install them. The
 # tmpfs and FUSE tests (tests/full_disk.rs, tests/power_loss.rs) need root and
 # /dev/fuse to mount; they fail with CI=true and are skipped loudly otherwise. Set
 # WALSPOOL_S3_ENDPOINT to use an S3 server you already run instead of moto.
@@ -21,10 +22,13 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # tests/power_loss.rs mounts a FUSE file system: as root it mounts directly through
 # /dev/fuse, fusermount3 is the fallback (and what non-root users need).
 command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
+# monitor/tests/fleet_status.rs checks `walspool status ROOT --prometheus` with
+# `promtool check metrics`; Debian ships promtool in the prometheus package.
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "test.sh: installing ${need_apt[*]}" >&2
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
     else
         echo "test.sh: please install: ${need_apt[*]}" >&2
         exit 1

@@ -1,10 +1,15 @@
 //! `walspool top` in a real terminal: tmux runs the real binary against live writer
 //! processes (`walspool demo --headless`), and `capture-pane` reads the screen.
 //!
-//! It checks that the offset advances between two captures, that a forced drop shows
-//! up in the drop count, that after the writer is SIGKILLed the screen says it is not
-//! running and shows the backlog computed from the files on disk, and that `q` exits
-//! and leaves the terminal usable (cooked mode, echo on).
+//! The first test checks that the offset advances between two captures, that a forced
+//! drop shows up in the drop count, that after the writer is SIGKILLed the screen says
+//! it is not running and shows the backlog computed from the files on disk, and that
+//! `q` exits and leaves the terminal usable (cooked mode, echo on).
+//!
+//! The second runs twelve writers under one root (one with a stalled sink, one
+//! dropping, one stopped, one whose sink always fails) and checks the fleet overview:
+//! twelve rows, the stalled one first, the alert count in the title, `/` filtering,
+//! Enter into the detail view (its charts) and Esc back.
 //!
 //! The binary is built with `cargo build -p walspool-monitor` in the same profile as
 //! this test (a no-op when it is fresh). Deadlines below only stop a hung run; nothing
@@ -89,8 +94,11 @@ struct Tmux {
 
 impl Tmux {
     fn new(width: u16, height: u16) -> Tmux {
+        // One server per test: tests run in parallel threads of one process.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let t = Tmux {
-            socket: format!("walspool-test-{}", std::process::id()),
+            socket: format!("walspool-test-{}-{n}", std::process::id()),
         };
         let ok = t
             .cmd()
@@ -116,6 +124,34 @@ impl Tmux {
         let mut c = Command::new("tmux");
         c.args(["-L", &self.socket]);
         c
+    }
+
+    /// Sends keys one `send-keys` at a time, a little apart: a lone Esc followed at
+    /// once by another key would read as Alt+key.
+    fn keys(&self, keys: &[&str]) {
+        for k in keys {
+            self.send(&[k]);
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    }
+
+    /// Types `text` literally (no key names).
+    fn literal(&self, text: &str) {
+        let ok = self
+            .cmd()
+            .args(["send-keys", "-t", "t", "-l", text])
+            .status()
+            .expect("tmux send-keys");
+        assert!(ok.success());
+        std::thread::sleep(Duration::from_millis(150));
+    }
+
+    /// From the overview or a detail view: back to the overview, clear the filter,
+    /// filter on `name` and open the (only) row.
+    fn open(&self, name: &str) {
+        self.keys(&["Escape", "Escape", "/"]);
+        self.literal(name);
+        self.keys(&["Enter", "Enter"]);
     }
 
     fn send(&self, keys: &[&str]) {
@@ -250,6 +286,12 @@ fn top_in_tmux_follows_live_writers_drops_a_killed_writer_and_quits_cleanly() {
         drops.display()
     ));
 
+    // The overview lists both; open the live one.
+    tmux.wait_for("the overview", |s| {
+        (s.contains("2 WALs") && s.contains("  live") && s.contains("  drops")).then_some(())
+    });
+    tmux.open("live");
+
     // 1. The offset advances between two captures.
     let first = tmux.wait_for("a running writer with a position", |s| {
         (s.contains("writer running") && s.contains("walspool top"))
@@ -264,16 +306,19 @@ fn top_in_tmux_follows_live_writers_drops_a_killed_writer_and_quits_cleanly() {
         "{first:?} -> {later:?}"
     );
 
-    // 2. The second panel (tab) shows the forced drops.
-    tmux.send(&["Tab"]);
+    // 2. The drops WAL's detail view shows the forced drops.
+    tmux.open("drops");
     let dropped = tmux.wait_for("a non-zero drop count on the drops panel", |s| {
-        if !s.contains("writer running") {
+        if !s.contains("writer running") || !s.contains("› drops") {
             return None;
         }
         number_after(s, "dropped").filter(|&n| n > 0)
     });
     assert!(dropped > 0);
-    tmux.send(&["Tab"]); // back to the live panel
+    tmux.open("live"); // back to the live WAL
+    tmux.wait_for("the live WAL's detail view", |s| {
+        s.contains("› live").then_some(())
+    });
 
     // 3. SIGKILL the live writer: the screen says it is not running and shows the
     //    backlog computed from the files on disk.
@@ -316,6 +361,220 @@ fn top_in_tmux_follows_live_writers_drops_a_killed_writer_and_quits_cleanly() {
         s.lines().any(|l| l.trim() == "icanon echo"),
         "terminal left in raw mode:\n{s}"
     );
+}
+
+/// The overview's data rows (between the header and the bottom border): `(alerting,
+/// name)`.
+fn overview_rows(screen: &str) -> Vec<(bool, String)> {
+    screen
+        .lines()
+        .skip_while(|l| !l.contains("│wal "))
+        .skip(1)
+        .take_while(|l| !l.starts_with('└'))
+        .filter_map(|l| {
+            let row = l.strip_prefix('│')?;
+            let alerting = row.starts_with("! ");
+            let name = row.get(2..)?.split_whitespace().next()?.to_string();
+            (name != "│").then_some((alerting, name))
+        })
+        .collect()
+}
+
+/// The alert count in the title ("· N alerting").
+fn title_alerts(screen: &str) -> Option<usize> {
+    let title = screen.lines().next()?;
+    let at = title.find(" alerting")?;
+    title[..at].rsplit(' ').next()?.parse().ok()
+}
+
+#[test]
+fn top_over_a_fleet_of_twelve_writers_worst_first_filter_and_detail() {
+    let bin = walspool_bin();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("nv-wal");
+    let dir = |n: &str| root.join(n);
+    let mut writers = Vec::new();
+    // The stalled sink starts first: its unshipped backlog is the oldest of all.
+    writers.push(Writer::start(
+        &bin,
+        &dir("payments"),
+        &["--rate", "20", "--sink", "stalled", "--no-archive"],
+    ));
+    std::thread::sleep(Duration::from_millis(1500));
+    // Dropping: a stalled sink and a tiny bound with DropOldest (its backlog stays young).
+    writers.push(Writer::start(
+        &bin,
+        &dir("sessions"),
+        &[
+            "--rate",
+            "100",
+            "--segment-size",
+            "4096",
+            "--max-bytes",
+            "8192",
+            "--drop-oldest",
+            "--sink",
+            "stalled",
+            "--no-archive",
+        ],
+    ));
+    // Every delivery fails: errors, then an open breaker and an old backlog.
+    writers.push(Writer::start(
+        &bin,
+        &dir("email"),
+        &["--rate", "20", "--fail-percent", "100", "--no-archive"],
+    ));
+    // Stopped: runs one second and closes cleanly, records left unshipped.
+    let stopped = Command::new(&bin)
+        .args([
+            "demo",
+            "--headless",
+            "--for",
+            "1s",
+            "--rate",
+            "20",
+            "--sink",
+            "ok",
+            "--no-archive",
+            "--dir",
+        ])
+        .arg(dir("search"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run the stopped writer");
+    assert!(stopped.success());
+    // Eight healthy ones, in two teams (discovery goes below the root).
+    for (i, n) in [
+        "audit",
+        "billing",
+        "cart",
+        "catalog",
+        "team-a/inventory",
+        "team-a/ledger",
+        "team-b/orders",
+        "team-b/shipping",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let rate = (10 + 5 * i).to_string();
+        let mut args = vec!["--rate", rate.as_str(), "--sink", "ok"];
+        if i.is_multiple_of(2) {
+            args.push("--no-archive");
+        }
+        writers.push(Writer::start(&bin, &dir(n), &args));
+    }
+    let start = Instant::now();
+    loop {
+        let n = published_stats(&root);
+        if n == 12 {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "only {n} writers published stats"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Normal writers keep a backlog of a few seconds (the demo's lagging `warehouse`
+    // consumer); 15s separates them from the stalled, failing and stopped ones.
+    let tmux = Tmux::new(100, 30);
+    tmux.wait_for("the shell prompt", |s| s.contains('$').then_some(()));
+    tmux.type_line(&format!(
+        "{} top --refresh 300ms --warn-backlog-age 15s --warn-errors-rate 1/s {}; echo TOP-EXIT=$?",
+        bin.display(),
+        root.display()
+    ));
+
+    // Twelve rows, the stalled one first, and (once their backlogs are 15s old) three
+    // alerting: the stalled, the failing and the stopped one.
+    let screen = tmux.wait_for("12 rows with payments first and 3 alerting", |s| {
+        let rows = overview_rows(s);
+        (s.contains("12 WALs")
+            && rows.len() == 12
+            && rows[0] == (true, "payments".to_string())
+            && title_alerts(s) == Some(3))
+        .then(|| s.to_string())
+    });
+    let rows = overview_rows(&screen);
+    let alerting: Vec<&str> = rows.iter().filter(|r| r.0).map(|r| r.1.as_str()).collect();
+    assert_eq!(alerting.len(), 3, "{screen}");
+    for n in ["payments", "email", "search"] {
+        assert!(
+            alerting.contains(&n),
+            "{n} should alert:
+{screen}"
+        );
+    }
+    assert!(screen.contains("stopped"), "{screen}");
+    assert!(rows.iter().any(|r| r.1 == "team-b/orders"), "{screen}");
+    // status agrees, and exits 1.
+    let o = Command::new(&bin)
+        .arg("status")
+        .arg(&root)
+        .args(["--json", "--sample", "500ms", "--warn-backlog-age", "15s"])
+        .output()
+        .expect("walspool status");
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["alerting"], 3, "{v}");
+    assert_eq!(v["wals"][0]["name"], "payments", "{v}");
+
+    // `/` filters by name.
+    tmux.keys(&["/"]);
+    tmux.literal("team-");
+    tmux.keys(&["Enter"]);
+    let s = tmux.wait_for("only the four team WALs", |s| {
+        (overview_rows(s).len() == 4).then(|| s.to_string())
+    });
+    assert!(
+        overview_rows(&s).iter().all(|r| r.1.starts_with("team-")),
+        "{s}"
+    );
+
+    // Esc clears the filter; Enter opens the first row's detail view (the stalled WAL).
+    tmux.keys(&["Escape"]);
+    tmux.wait_for("all twelve rows again", |s| {
+        (overview_rows(s).len() == 12).then_some(())
+    });
+    tmux.keys(&["Home", "Enter"]);
+    let s = tmux.wait_for("the payments detail view", |s| {
+        (s.contains("› payments") && s.contains("rec/s: append ship")).then(|| s.to_string())
+    });
+    assert!(s.contains("backlog, records · last 5m"), "{s}");
+    assert!(s.contains("age     ") && s.contains("ship    "), "{s}");
+
+    // Esc returns to the overview.
+    tmux.keys(&["Escape"]);
+    tmux.wait_for("the overview again", |s| {
+        (overview_rows(s).len() == 12 && !s.contains("› payments")).then_some(())
+    });
+
+    tmux.send(&["q"]);
+    tmux.wait_for("top to exit", |s| s.contains("TOP-EXIT=0").then_some(()));
+    drop(writers);
+}
+
+/// How many WAL directories under `root` have published stats (two levels).
+fn published_stats(root: &Path) -> usize {
+    let mut n = 0;
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return 0;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.join("stats.json").exists() {
+            n += 1;
+        } else if let Ok(sub) = std::fs::read_dir(&p) {
+            n += sub
+                .flatten()
+                .filter(|e| e.path().join("stats.json").exists())
+                .count();
+        }
+    }
+    n
 }
 
 fn fmt_count(n: u64) -> String {

@@ -41,6 +41,10 @@ pub fn status_json(s: &Snapshot) -> Value {
     map.insert("writer".into(), writer);
     map.insert("from_disk".into(), Value::from(s.from_disk));
     map.insert("stats_written_ms".into(), Value::from(s.stats_written_ms));
+    map.insert(
+        "oldest_unshipped_ts_ms".into(),
+        Value::from(s.oldest_unshipped_ts_ms),
+    );
     Value::Object(map)
 }
 
@@ -86,6 +90,17 @@ pub fn status_text(s: &Snapshot, now_ms: u64) -> String {
         ("last_ship_ts", last_ship),
         ("current_file", m.current_file.clone()),
         ("current_offset", m.current_offset.to_string()),
+        (
+            "backlog age",
+            if m.backlog_records == 0 || s.oldest_unshipped_ts_ms == 0 {
+                "-".to_string()
+            } else {
+                format!(
+                    "{} (oldest unshipped record)",
+                    fmt::age(now_ms.saturating_sub(s.oldest_unshipped_ts_ms))
+                )
+            },
+        ),
         ("seq on disk", format!("{}..{}", m.first_seq, m.last_seq)),
         (
             "fsync p50/p99",
@@ -131,8 +146,14 @@ pub fn status_text(s: &Snapshot, now_ms: u64) -> String {
     o
 }
 
-/// Runs `status`; returns the exit code.
-pub fn status(dir: &Path, as_json: bool, out: &mut dyn Write) -> std::io::Result<i32> {
+/// Runs `status` on one WAL directory; returns the exit code: 1 when its oldest
+/// unshipped record is older than `--warn-backlog-age` (rates need `status ROOT`).
+pub fn status(
+    dir: &Path,
+    as_json: bool,
+    thresholds: &crate::app::Thresholds,
+    out: &mut dyn Write,
+) -> std::io::Result<i32> {
     let snap = match Collector::new(dir).collect() {
         Ok(s) => s,
         Err(e) => {
@@ -149,7 +170,11 @@ pub fn status(dir: &Path, as_json: bool, out: &mut dyn Write) -> std::io::Result
     } else {
         write!(out, "{}", status_text(&snap, crate::collect::now_ms()))?;
     }
-    Ok(0)
+    let age = crate::collect::now_ms().saturating_sub(snap.oldest_unshipped_ts_ms);
+    let old = snap.metrics.backlog_records > 0
+        && snap.oldest_unshipped_ts_ms > 0
+        && age > thresholds.backlog_age_ms;
+    Ok(i32::from(old))
 }
 
 /// How `dump` decodes payloads.

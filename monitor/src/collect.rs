@@ -1,6 +1,7 @@
 //! Collectors: read a WAL directory (its stats file, and the files themselves) into a
 //! [`Snapshot`]. One collector per WAL; each sends [`Event`](crate::app::Event)s.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -79,6 +80,9 @@ pub struct Snapshot {
     pub metrics: Metrics,
     /// True when `metrics` were computed from the files on disk.
     pub from_disk: bool,
+    /// Timestamp of the oldest record the slowest consumer has not committed, ms since
+    /// the epoch, read from the segment that holds it (0 = nothing unshipped, or unknown).
+    pub oldest_unshipped_ts_ms: u64,
 }
 
 /// Is process `pid` alive (and not a zombie)?
@@ -128,7 +132,24 @@ pub struct Collector {
     dir: PathBuf,
     storage: Option<LocalDisk>,
     cache: Option<DiskState>,
+    /// `(sequence number, its timestamp in ms)` of the last oldest-unshipped lookup.
+    oldest: Option<(u64, u64)>,
+    /// The stats file last parsed, by its (modification time, length).
+    stats: Option<(StatsKey, StatsFile)>,
+    /// The figures last computed from disk, by the stats file they went with: while
+    /// the writer is not running neither changes, and they are reused.
+    from_disk: Option<(StatsKey, Metrics)>,
+    /// `(publication time ms, last_seq)` of the live writer's publications seen, oldest
+    /// first: a record appended while the collector watches is dated from these
+    /// (within one publication interval) instead of being read from disk.
+    appends: VecDeque<(u64, u64)>,
 }
+
+/// Publications remembered for dating records (an hour at the demo's 250ms).
+const APPENDS_KEPT: usize = 16_384;
+
+/// What tells one version of a stats file from the next.
+type StatsKey = (SystemTime, u64);
 
 impl Collector {
     /// A collector for `dir` (which may not exist yet).
@@ -137,6 +158,10 @@ impl Collector {
             dir: dir.as_ref().to_path_buf(),
             storage: None,
             cache: None,
+            oldest: None,
+            stats: None,
+            from_disk: None,
+            appends: VecDeque::new(),
         }
     }
 
@@ -151,10 +176,29 @@ impl Collector {
             self.storage = Some(LocalDisk::open_read_only(&self.dir).map_err(|e| e.to_string())?);
         }
         let now = now_ms();
-        let stats = match std::fs::read(self.dir.join(STATS_FILE)) {
-            Ok(b) => Some(StatsFile::parse(&b)?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(format!("read {}: {e}", self.dir.join(STATS_FILE).display())),
+        let path = self.dir.join(STATS_FILE);
+        let key: Option<StatsKey> = std::fs::metadata(&path)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())));
+        let cached = self
+            .stats
+            .as_ref()
+            .filter(|c| key.is_some_and(|k| k == c.0))
+            .map(|c| c.1.clone());
+        let stats = match cached {
+            Some(s) => Some(s),
+            None => match std::fs::read(&path) {
+                Ok(b) => {
+                    let s = StatsFile::parse(&b)?;
+                    self.stats = key.map(|k| (k, s.clone()));
+                    Some(s)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    self.stats = None;
+                    None
+                }
+                Err(e) => return Err(format!("read {}: {e}", path.display())),
+            },
         };
         let writer = match &stats {
             Some(s) => liveness(s, now, pid_alive),
@@ -168,19 +212,170 @@ impl Collector {
             interval_ms: stats.as_ref().map_or(0, |s| s.interval_ms),
             metrics: stats.map(|s| s.metrics).unwrap_or_default(),
             from_disk: false,
+            oldest_unshipped_ts_ms: 0,
         };
         if !writer.is_running() {
-            let storage = self.storage.as_ref().expect("opened above");
-            let disk =
-                inspect::disk_state(storage, self.cache.as_ref()).map_err(|e| e.to_string())?;
-            apply_disk(&mut snap.metrics, &disk);
             snap.from_disk = true;
-            self.cache = Some(disk);
+            match self
+                .from_disk
+                .as_ref()
+                .filter(|c| key.is_some_and(|k| k == c.0))
+            {
+                Some((_, m)) => snap.metrics = m.clone(),
+                None => {
+                    let storage = self.storage.as_ref().expect("opened above");
+                    let disk = inspect::disk_state(storage, self.cache.as_ref())
+                        .map_err(|e| e.to_string())?;
+                    apply_disk(&mut snap.metrics, &disk);
+                    self.cache = Some(disk);
+                    self.from_disk = key.map(|k| (k, snap.metrics.clone()));
+                }
+            }
         } else {
             self.cache = None;
+            self.from_disk = None;
+            let pubn = (snap.stats_written_ms, snap.metrics.last_seq);
+            match self.appends.back() {
+                Some(&(t, seq)) if pubn.1 < seq || pubn.0 < t => {
+                    // A new writer (sequence or clock went back): start again.
+                    self.appends.clear();
+                    self.appends.push_back(pubn);
+                }
+                Some(&(_, seq)) if pubn.1 == seq => {}
+                _ => {
+                    if self.appends.len() == APPENDS_KEPT {
+                        self.appends.pop_front();
+                    }
+                    self.appends.push_back(pubn);
+                }
+            }
         }
+        snap.oldest_unshipped_ts_ms = self.oldest_unshipped_ts_ms(&snap.metrics);
         Ok(snap)
     }
+
+    /// The timestamp (ms) of the oldest record the slowest consumer has not committed:
+    /// read from disk once per sequence number (it only changes when that consumer
+    /// commits), 0 when nothing is unshipped or it cannot be read.
+    fn oldest_unshipped_ts_ms(&mut self, m: &Metrics) -> u64 {
+        if m.backlog_records == 0 {
+            return 0;
+        }
+        let committed = m
+            .consumers
+            .iter()
+            .max_by_key(|c| c.backlog_records)
+            .map_or(0, |c| c.committed_seq);
+        let want = (committed + 1).max(m.first_seq);
+        if let Some((seq, ts)) = self.oldest {
+            if seq == want {
+                return ts;
+            }
+        }
+        // Appended since the collector began watching: the first publication that
+        // included it (the record is at most one publication interval older).
+        if self.appends.front().is_some_and(|f| want > f.1) {
+            let i = self.appends.partition_point(|a| a.1 < want);
+            if let Some(&(t, _)) = self.appends.get(i) {
+                return t;
+            }
+        }
+        let Some(storage) = self.storage.as_ref() else {
+            return 0;
+        };
+        // The first record at or after `want` (an older one may have been dropped).
+        match inspect::records(storage, want).next() {
+            Some(Ok(r)) => {
+                let ts = r.ts_us / 1000;
+                self.oldest = Some((want, ts));
+                ts
+            }
+            _ => 0,
+        }
+    }
+}
+
+/// Does `dir` look like a WAL directory: a stats file, or segment files next to the
+/// `meta` directory the WAL keeps its checkpoints in.
+pub fn is_wal_dir(dir: &Path) -> bool {
+    if dir.join(STATS_FILE).is_file() {
+        return true;
+    }
+    if !dir.join(walspool_backends::local::META_DIR).is_dir() {
+        return false;
+    }
+    std::fs::read_dir(dir).is_ok_and(|rd| {
+        rd.flatten().any(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.len() == 24 && n.ends_with(".wal") && n[..20].bytes().all(|b| b.is_ascii_digit())
+        })
+    })
+}
+
+/// Default depth of discovery under a root.
+pub const DEFAULT_DEPTH: usize = 4;
+
+/// Every WAL directory under `roots`, `(name, directory)`, sorted by name. A root that
+/// is itself a WAL directory is one WAL (named after its last component); under other
+/// roots, directories are searched down to `max_depth` levels (not following symbolic
+/// links, skipping hidden directories, not descending into a WAL directory). A WAL's
+/// name is its path under the root (the root's own name is prefixed when there are
+/// several roots).
+pub fn discover(roots: &[PathBuf], max_depth: usize) -> Vec<(String, PathBuf)> {
+    let mut out: Vec<(String, PathBuf)> = Vec::new();
+    for root in roots {
+        if is_wal_dir(root) {
+            let name = root
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| root.display().to_string());
+            out.push((name, root.clone()));
+            continue;
+        }
+        let mut stack = vec![(root.clone(), 0usize)];
+        while let Some((dir, depth)) = stack.pop() {
+            if depth >= max_depth {
+                continue;
+            }
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+                let hidden = e.file_name().to_string_lossy().starts_with('.');
+                if !is_dir || hidden {
+                    continue;
+                }
+                let p = e.path();
+                if is_wal_dir(&p) {
+                    let rel = p.strip_prefix(root).unwrap_or(&p);
+                    let mut name = rel.display().to_string();
+                    if roots.len() > 1 {
+                        if let Some(r) = root.file_name() {
+                            name = format!("{}/{name}", r.to_string_lossy());
+                        }
+                    }
+                    out.push((name, p));
+                } else {
+                    stack.push((p, depth + 1));
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup_by(|a, b| a.1 == b.1);
+    // Names must tell WALs apart: fall back to full paths when two collide.
+    let mut names: Vec<String> = out.iter().map(|w| w.0.clone()).collect();
+    names.sort();
+    let dup = names.windows(2).any(|w| w[0] == w[1]);
+    if dup {
+        for w in &mut out {
+            w.0 = w.1.display().to_string();
+        }
+        out.sort();
+    }
+    out
 }
 
 /// Overwrites the figures that the files on disk tell with what they tell.
@@ -228,28 +423,58 @@ pub fn apply_disk(m: &mut Metrics, d: &DiskState) {
         .collect();
 }
 
-/// Runs collectors in one thread, one snapshot per WAL every `every`, sending events
+/// Runs discovery and the collectors in one thread: every `every`, one snapshot per
+/// WAL; every `rescan` (and at the start), the roots are searched again and an
+/// [`Event::Wals`](crate::app::Event::Wals) is sent when the set changed. Sends events
 /// until the receiver is gone.
-pub fn spawn_collectors(
-    dirs: Vec<PathBuf>,
+pub fn spawn_fleet(
+    roots: Vec<PathBuf>,
+    max_depth: usize,
     every: Duration,
+    rescan: Duration,
     tx: std::sync::mpsc::Sender<crate::app::Event>,
 ) -> std::thread::JoinHandle<()> {
+    use crate::app::Event;
     std::thread::Builder::new()
         .name("walspool-collect".into())
         .spawn(move || {
-            let mut cs: Vec<Collector> = dirs.iter().map(Collector::new).collect();
+            let mut cs: Vec<Collector> = Vec::new();
+            let mut known: Vec<(String, PathBuf)> = Vec::new();
+            let mut last_scan: Option<std::time::Instant> = None;
             loop {
-                for (i, c) in cs.iter_mut().enumerate() {
+                if last_scan.is_none_or(|t| t.elapsed() >= rescan) {
+                    let first = last_scan.is_none();
+                    last_scan = Some(std::time::Instant::now());
+                    let found = discover(&roots, max_depth);
+                    if first || found != known {
+                        let mut old = std::mem::take(&mut cs);
+                        cs = found
+                            .iter()
+                            .map(|(_, d)| match old.iter().position(|c| c.dir() == d) {
+                                Some(i) => old.swap_remove(i),
+                                None => Collector::new(d),
+                            })
+                            .collect();
+                        let names = found
+                            .iter()
+                            .map(|(n, d)| (n.clone(), d.display().to_string()))
+                            .collect();
+                        known = found;
+                        if tx.send(Event::Wals(names)).is_err() {
+                            return;
+                        }
+                    }
+                }
+                for c in cs.iter_mut() {
                     let ev = match c.collect() {
-                        Ok(s) => crate::app::Event::Snapshot(i, Box::new(s)),
-                        Err(e) => crate::app::Event::CollectError(i, e),
+                        Ok(s) => Event::Snapshot(Box::new(s)),
+                        Err(e) => Event::CollectError(c.dir().display().to_string(), e),
                     };
                     if tx.send(ev).is_err() {
                         return;
                     }
                 }
-                if tx.send(crate::app::Event::Tick(now_ms())).is_err() {
+                if tx.send(Event::Tick(now_ms())).is_err() {
                     return;
                 }
                 std::thread::sleep(every);
@@ -303,6 +528,43 @@ mod tests {
                 pid: 4242
             }
         );
+    }
+
+    #[test]
+    fn discovery_finds_wal_dirs_depth_bounded_and_not_inside_a_wal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let mk = |rel: &str, stats: bool, segment: bool| {
+            let d = root.join(rel);
+            std::fs::create_dir_all(d.join("meta")).unwrap();
+            if stats {
+                std::fs::write(d.join(STATS_FILE), b"{}").unwrap();
+            }
+            if segment {
+                std::fs::write(d.join("00000000000000000001.wal"), b"").unwrap();
+            }
+        };
+        mk("orders", true, true);
+        mk("team/billing", false, true); // no stats: meta/ + a segment is enough
+        mk("team/empty", false, false); // meta/ alone is not a WAL
+        mk("a/b/c/deep", true, false); // depth 4: found with depth 4, not 3
+        mk("orders/nested", true, false); // inside a WAL: not searched
+        mk(".hidden/x", true, false);
+        let names = |depth| -> Vec<String> {
+            discover(&[root.to_path_buf()], depth)
+                .into_iter()
+                .map(|w| w.0)
+                .collect()
+        };
+        assert_eq!(names(4), ["a/b/c/deep", "orders", "team/billing"]);
+        assert_eq!(names(3), ["orders", "team/billing"]);
+        // A WAL directory given as the root is one WAL, named after itself.
+        let w = discover(&[root.join("orders")], 4);
+        assert_eq!(w, [("orders".to_string(), root.join("orders"))]);
+        // Several roots: names are prefixed with the root's name.
+        let w = discover(&[root.join("team"), root.join("a")], 4);
+        let n: Vec<&str> = w.iter().map(|x| x.0.as_str()).collect();
+        assert_eq!(n, ["a/b/c/deep", "team/billing"]);
     }
 
     #[test]

@@ -313,8 +313,10 @@ pub fn run(o: DemoOptions) -> Result<i32, String> {
         0
     } else {
         let r = crate::tui::run_top(crate::tui::TopOptions {
-            dirs: vec![o.dir.clone()],
+            roots: vec![o.dir.clone()],
+            depth: crate::collect::DEFAULT_DEPTH,
             refresh: o.refresh,
+            rescan: Duration::from_secs(2),
             thresholds: Default::default(),
         });
         if let Err(e) = r {

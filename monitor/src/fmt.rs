@@ -86,6 +86,33 @@ pub fn micros_as_ms(us: u64) -> String {
     format!("{:.2}ms", us as f64 / 1000.0)
 }
 
+/// A rate, short: `0`, `0.4`, `12.5`, `340`, `12.3k`, `4.1M`.
+pub fn rate(v: f64) -> String {
+    if v <= 0.0 || !v.is_finite() {
+        "0".into()
+    } else if v < 100.0 {
+        let s = format!("{v:.1}");
+        s.strip_suffix(".0").map(str::to_string).unwrap_or(s)
+    } else if v < 10_000.0 {
+        format!("{v:.0}")
+    } else if v < 10_000_000.0 {
+        format!("{:.1}k", v / 1000.0)
+    } else {
+        format!("{:.1}M", v / 1e6)
+    }
+}
+
+/// A count, short: `950`, `12.3k`, `4.1M`.
+pub fn short_count(n: u64) -> String {
+    if n < 10_000 {
+        n.to_string()
+    } else if n < 10_000_000 {
+        format!("{:.1}k", n as f64 / 1000.0)
+    } else {
+        format!("{:.1}M", n as f64 / 1e6)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,5 +135,12 @@ mod tests {
         );
         assert_eq!(datetime_ms(951_782_400_000), "2000-02-29 00:00:00 UTC");
         assert_eq!(base_name("/a/b/0001.wal"), "0001.wal");
+        assert_eq!(rate(0.0), "0");
+        assert_eq!(rate(2.0), "2");
+        assert_eq!(rate(12.34), "12.3");
+        assert_eq!(rate(340.2), "340");
+        assert_eq!(rate(12_345.0), "12.3k");
+        assert_eq!(short_count(950), "950");
+        assert_eq!(short_count(123_456), "123.5k");
     }
 }

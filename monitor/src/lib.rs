@@ -1,7 +1,7 @@
 //! # walspool-monitor
 //!
-//! The `walspool` command: `demo`, `top` (a live dashboard), `status`, `dump` and
-//! `verify`. It reads a WAL directory from the outside: the stats file the writer
+//! The `walspool` command: `demo`, `top` (a live dashboard of every WAL under a root),
+//! `status`, `dump` and `verify`. It reads a WAL directory from the outside: the stats file the writer
 //! publishes, and the files themselves (through `walspool_wal::inspect`), so it works
 //! while the writer runs and after it died.
 //!
@@ -13,6 +13,7 @@ pub mod app;
 pub mod cli;
 pub mod collect;
 pub mod demo;
+pub mod fleet;
 pub mod fmt;
 pub mod tui;
 pub mod view;

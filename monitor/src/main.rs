@@ -5,9 +5,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use walspool_monitor::app::Thresholds;
 use walspool_monitor::cli::{self, DumpOptions, Schema};
+use walspool_monitor::collect::is_wal_dir;
 use walspool_monitor::demo::{self, parse_duration, DemoOptions, SinkMode};
+use walspool_monitor::fleet::{self, Output, ThresholdArgs};
 use walspool_monitor::tui::{self, TopOptions};
 
 #[derive(Debug, Parser)]
@@ -62,37 +63,37 @@ enum Cmd {
         #[arg(long, default_value = "500ms", value_parser = parse_duration)]
         refresh: Duration,
     },
-    /// Live dashboard of one or more WAL directories.
+    /// Live dashboard of every WAL under one or more roots (or of WAL directories).
     Top {
-        /// WAL directories (one panel each; tab or arrows switch).
+        /// Roots searched for WAL directories, or WAL directories themselves.
         #[arg(required = true)]
-        dirs: Vec<PathBuf>,
+        roots: Vec<PathBuf>,
         /// Refresh interval.
         #[arg(long, default_value = "500ms", value_parser = parse_duration)]
         refresh: Duration,
-        /// Warn when the backlog exceeds this many records.
-        #[arg(long, default_value_t = 10_000)]
-        warn_backlog: u64,
-        /// Warn when nothing was shipped for this long while a backlog exists (seconds).
-        #[arg(long, default_value_t = 60)]
-        warn_ship_age: u64,
-        /// Warn above this many ship errors per minute.
-        #[arg(long, default_value_t = 10.0)]
-        warn_error_rate: f64,
-        /// Warn when fsync p99 exceeds this many milliseconds.
-        #[arg(long, default_value_t = 50.0)]
-        warn_fsync_ms: f64,
-        /// Warn when more sealed segments than this wait for the archive.
-        #[arg(long, default_value_t = 4)]
-        warn_archive_lag: u64,
+        /// How often the roots are searched again for WALs that appeared or went away.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        rescan: Duration,
+        #[command(flatten)]
+        thresholds: ThresholdArgs,
     },
-    /// Print a WAL's figures once.
+    /// Print the figures of a WAL, or of every WAL under a root, once. Exits 1 when a
+    /// threshold is crossed, 2 when nothing could be read.
     Status {
-        /// The WAL directory.
+        /// A WAL directory, or a root searched for WAL directories.
         dir: PathBuf,
-        /// JSON, keyed by metric name.
+        /// JSON, keyed by metric name (for a root: one object per WAL).
         #[arg(long)]
         json: bool,
+        /// Prometheus text exposition of every WAL, labelled wal="<name>" (the
+        /// node_exporter textfile-collector convention).
+        #[arg(long, conflicts_with = "json")]
+        prometheus: bool,
+        /// Rates are measured over this long (two reads of every WAL).
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        sample: Duration,
+        #[command(flatten)]
+        thresholds: ThresholdArgs,
     },
     /// Print records: sequence, timestamp, size, payload preview.
     Dump {
@@ -190,35 +191,58 @@ fn main() -> ExitCode {
             })
         }
         Cmd::Top {
-            dirs,
+            roots,
             refresh,
-            warn_backlog,
-            warn_ship_age,
-            warn_error_rate,
-            warn_fsync_ms,
-            warn_archive_lag,
+            rescan,
+            thresholds,
         } => {
             drop(out);
-            let opts = TopOptions {
-                dirs,
-                refresh,
-                thresholds: Thresholds {
-                    backlog_records: warn_backlog,
-                    ship_age_secs: warn_ship_age,
-                    ship_errors_per_min: warn_error_rate,
-                    fsync_p99_ms: warn_fsync_ms,
-                    archive_lag_segments: warn_archive_lag,
-                },
-            };
-            match tui::run_top(opts) {
-                Ok(()) => 0,
+            match thresholds.resolve() {
                 Err(e) => {
                     eprintln!("walspool top: {e}");
-                    1
+                    2
+                }
+                Ok(settings) => {
+                    let opts = TopOptions {
+                        roots,
+                        depth: settings.depth,
+                        refresh,
+                        rescan,
+                        thresholds: settings.thresholds,
+                    };
+                    match tui::run_top(opts) {
+                        Ok(()) => 0,
+                        Err(e) => {
+                            eprintln!("walspool top: {e}");
+                            1
+                        }
+                    }
                 }
             }
         }
-        Cmd::Status { dir, json } => cli::status(&dir, json, &mut out).unwrap_or(1),
+        Cmd::Status {
+            dir,
+            json,
+            prometheus,
+            sample,
+            thresholds,
+        } => match thresholds.resolve() {
+            Err(e) => {
+                eprintln!("walspool status: {e}");
+                2
+            }
+            Ok(settings) if prometheus || !is_wal_dir(&dir) => {
+                let output = if prometheus {
+                    Output::Prometheus
+                } else if json {
+                    Output::Json
+                } else {
+                    Output::Text
+                };
+                fleet::status_fleet(&dir, &settings, output, sample, &mut out).unwrap_or(2)
+            }
+            Ok(settings) => cli::status(&dir, json, &settings.thresholds, &mut out).unwrap_or(2),
+        },
         Cmd::Dump {
             dir,
             from,

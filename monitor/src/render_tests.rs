@@ -7,7 +7,7 @@ use ratatui::style::Color;
 use ratatui::Terminal;
 use walspool_wal::{ConsumerMetrics, Metrics, SegmentMetrics};
 
-use crate::app::{App, Event, Key, Thresholds};
+use crate::app::{App, Event, Key, Screen, Thresholds};
 use crate::collect::{Snapshot, Writer};
 use crate::view;
 
@@ -79,6 +79,7 @@ fn snapshot(writer: Writer, m: Metrics) -> Snapshot {
         interval_ms: 500,
         metrics: m,
         from_disk,
+        oldest_unshipped_ts_ms: NOW - 42_000,
     }
 }
 
@@ -86,21 +87,43 @@ fn snapshot(writer: Writer, m: Metrics) -> Snapshot {
 /// sparkline and rates have data), ending with `last`.
 fn app_with(last: Snapshot) -> App {
     let dirs = vec![
-        "/var/lib/orders".to_string(),
-        "/var/lib/billing".to_string(),
+        ("orders".to_string(), "/var/lib/orders".to_string()),
+        ("billing".to_string(), "/var/lib/billing".to_string()),
     ];
     let mut app = App::new(&dirs, Thresholds::default(), 500);
-    for i in 0..30u64 {
-        let mut s = snapshot(Writer::Running { pid: 4242 }, metrics(0, "closed"));
-        s.stats_written_ms = NOW - 30_000 + i * 500;
+    let (mut appended, mut committed) = (1_000u64, 500u64);
+    for i in 0..=600u64 {
+        // Appends vary in waves; the sink keeps up with a little lag.
+        appended += 40 + (i % 40) * 3;
+        committed += 30 + ((i + 6) % 40) * 3 + u64::from(i.is_multiple_of(10)) * 50;
+        committed = committed.min(appended);
+        let mut s = if i == 600 {
+            last.clone()
+        } else {
+            snapshot(Writer::Running { pid: 4242 }, metrics(0, "closed"))
+        };
+        if i == 600 && !last.writer.is_running() {
+            break;
+        }
+        s.stats_written_ms = NOW - 300_000 + i * 500;
         s.taken_ms = s.stats_written_ms + 50;
-        s.metrics.backlog_records = 200 + (i * 37) % 900;
-        s.metrics.appended_records_total = 1_000 + i * 100;
-        s.metrics.ship_errors_total = 10 + i / 5;
-        app.update(Event::Snapshot(0, Box::new(s)));
+        if i < 600 {
+            s.metrics.backlog_records = appended - committed + 200;
+        }
+        s.metrics.appended_records_total = appended;
+        s.metrics.ship_errors_total = 10 + i / 50;
+        s.metrics.consumers[0].committed_seq = committed;
+        if i == 600 {
+            s.stats_written_ms = last.stats_written_ms;
+            s.taken_ms = last.taken_ms;
+        }
+        app.update(Event::Snapshot(Box::new(s)));
     }
-    app.update(Event::Snapshot(0, Box::new(last)));
+    if !last.writer.is_running() {
+        app.update(Event::Snapshot(Box::new(last)));
+    }
     app.update(Event::Tick(NOW));
+    app.screen = Screen::Detail("/var/lib/orders".into());
     app
 }
 
@@ -240,16 +263,16 @@ fn second_panel_paused_and_help() {
     ));
     app.update(Event::Key(Key::Next));
     app.update(Event::CollectError(
-        1,
+        "/var/lib/billing".into(),
         "open WAL directory failed on /var/lib/billing: No such file".into(),
     ));
-    app.update(Event::Key(Key::Pause));
+    app.update(Event::Key(Key::Char('p')));
     let t = draw(&app, 120, 40);
     let s = screen(&t);
     insta::assert_snapshot!("second_panel_paused", s);
     assert!(s.contains("PAUSED"), "{s}");
     assert!(s.contains("No such file"), "{s}");
-    app.update(Event::Key(Key::Help));
+    app.update(Event::Key(Key::Char('?')));
     let t = draw(&app, 120, 40);
     insta::assert_snapshot!("help_overlay", screen(&t));
 }
@@ -266,5 +289,227 @@ fn tiny_terminal_does_not_panic() {
     }
     let empty = App::new(&[], Thresholds::default(), 500);
     let s = screen(&draw(&empty, 120, 40));
-    assert!(s.contains("no WAL directory given"), "{s}");
+    assert!(s.contains("no WAL directory found"), "{s}");
+    let f = fleet();
+    for (w, h) in [(1, 1), (10, 3), (40, 10), (79, 23), (300, 80)] {
+        let t = draw(&f, w, h);
+        assert_eq!(t.backend().buffer().area.width, w);
+    }
+}
+
+/// Twelve WALs as the fleet overview sees them: most fine, one stalled (old backlog),
+/// one failing deliveries, one dropping, one stopped, one crashed.
+fn fleet() -> App {
+    let names = [
+        "audit",
+        "billing",
+        "cart",
+        "catalog",
+        "email",
+        "inventory",
+        "ledger",
+        "orders",
+        "payments",
+        "search",
+        "sessions",
+        "shipping",
+    ];
+    let wals: Vec<(String, String)> = names
+        .iter()
+        .map(|n| (n.to_string(), format!("/var/lib/nv-wal/{n}")))
+        .collect();
+    let t = Thresholds {
+        backlog_age_ms: 5 * 60_000,
+        errors_per_sec: 1.0,
+        ..Thresholds::default()
+    };
+    let mut app = App::new(&wals, t, 500);
+    app.roots = vec!["/var/lib/nv-wal".into()];
+    for step in 0..3u64 {
+        for (i, n) in names.iter().enumerate() {
+            let i = i as u64;
+            let mut m = metrics(0, "closed");
+            m.consumers.truncate(1);
+            m.archiving = !i.is_multiple_of(3);
+            m.archive_lag_segments = i % 2;
+            let written = NOW - 2_000 + step * 1_000;
+            let rate = 40 + i * 17;
+            m.appended_records_total = 10_000 + step * rate;
+            m.consumers[0].committed_seq = 9_000 + step * rate;
+            m.backlog_records = 20 + i * 3;
+            m.backlog_bytes = m.backlog_records * 97;
+            let mut oldest = written - 800 - i * 300;
+            let mut writer = Writer::Running {
+                pid: 1000 + i as u32,
+            };
+            match *n {
+                "payments" => {
+                    // Stalled sink: nothing shipped for 12 minutes.
+                    m.consumers[0].committed_seq = 9_000;
+                    m.backlog_records = 1_000 + step * rate;
+                    m.backlog_bytes = m.backlog_records * 97;
+                    m.breaker_state = "open".into();
+                    oldest = NOW - 12 * 60_000;
+                }
+                "email" => {
+                    // A failing sink: 3 failed deliveries a second.
+                    m.ship_errors_total = 100 + step * 3;
+                    m.breaker_state = "half-open".into();
+                }
+                "sessions" => m.dropped_records_total = 4_096 + step * 50,
+                "search" => {
+                    writer = Writer::Closed {
+                        at_ms: NOW - 3_600_000,
+                        pid: 77,
+                    };
+                    m.backlog_records = 0;
+                    m.backlog_bytes = 0;
+                }
+                "cart" => {
+                    writer = Writer::NotRunning {
+                        since_ms: NOW - 95_000,
+                        pid: 78,
+                        why: "pid 78 gone".into(),
+                    };
+                    oldest = NOW - 100_000;
+                }
+                _ => {}
+            }
+            let from_disk = !writer.is_running();
+            let s = Snapshot {
+                dir: format!("/var/lib/nv-wal/{n}"),
+                taken_ms: written + 20,
+                writer,
+                stats_written_ms: written,
+                interval_ms: 500,
+                metrics: m,
+                from_disk,
+                oldest_unshipped_ts_ms: oldest,
+            };
+            app.update(Event::Snapshot(Box::new(s)));
+        }
+    }
+    app.update(Event::Tick(NOW));
+    app
+}
+
+#[test]
+fn overview_worst_first_with_alerts() {
+    let app = fleet();
+    assert_eq!(app.alerting(), 2);
+    let order: Vec<&str> = app.visible().iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(order[..4], ["payments", "email", "cart", "sessions"]);
+    for (w, h, name) in [(200, 50, "overview_200x50"), (80, 24, "overview_80x24")] {
+        let t = draw(&app, w, h);
+        let s = screen(&t);
+        insta::assert_snapshot!(name, s);
+        assert!(s.contains("12 WALs · 2 alerting"), "{s}");
+        // The stalled WAL is the first row, marked and red.
+        let first = s.lines().nth(3).unwrap();
+        assert!(first.contains("! payments"), "{s}");
+        assert_eq!(fg_of(t.backend().buffer(), "! payments"), Some(Color::Red));
+        assert_eq!(fg_of(t.backend().buffer(), "2 alerting"), Some(Color::Red));
+        assert_eq!(s.lines().filter(|l| l.contains("│! ")).count(), 2, "{s}");
+    }
+    // 80 columns: the less important columns are gone, the rest does not overlap.
+    let s = screen(&draw(&app, 80, 24));
+    assert!(
+        s.contains("age") && s.contains("backlog") && !s.contains("arch lag"),
+        "{s}"
+    );
+    assert!(s.lines().all(|l| l.chars().count() <= 80));
+}
+
+#[test]
+fn overview_filter_and_sort() {
+    let mut app = fleet();
+    for k in [Key::Char('/'), Key::Char('s'), Key::Char('e')] {
+        app.update(Event::Key(k));
+    }
+    let s = screen(&draw(&app, 80, 24));
+    assert!(s.contains("/se▏"), "{s}");
+    // "search", "sessions" (and nothing else).
+    assert!(s.contains("  search ") && s.contains("  sessions "), "{s}");
+    for other in ["payments", "email", "audit", "shipping"] {
+        assert!(!s.contains(other), "{s}");
+    }
+    app.update(Event::Key(Key::Esc));
+    app.update(Event::Key(Key::Char('n')));
+    let s = screen(&draw(&app, 200, 50));
+    assert!(s.contains("sort name ▼"), "{s}");
+    let first = s.lines().nth(3).unwrap();
+    assert!(first.contains("audit"), "{s}");
+}
+
+#[test]
+fn detail_chart_snapshots() {
+    let app = app_with(snapshot(
+        Writer::Running { pid: 4242 },
+        metrics(0, "closed"),
+    ));
+    for (w, h, name) in [
+        (200, 50, "detail_chart_200x50"),
+        (80, 24, "detail_chart_80x24"),
+    ] {
+        let s = screen(&draw(&app, w, h));
+        insta::assert_snapshot!(name, s);
+        assert!(s.contains("rec/s: append ship · last 5m"), "{s}");
+        assert!(s.contains("backlog, records · last 5m"), "{s}");
+        assert!(
+            s.contains("-5m") && s.contains("now") && s.contains("rec/s"),
+            "{s}"
+        );
+    }
+    let s = screen(&draw(&app, 200, 50));
+    assert!(s.contains("backlog age   42s"), "{s}");
+    assert!(!s.contains("ship rate     0.0"), "{s}");
+    let s = screen(&draw(&app, 80, 24));
+    assert!(s.contains("age     42s"), "{s}");
+    let mut app = app;
+    app.update(Event::Key(Key::Char('t')));
+    let s = screen(&draw(&app, 200, 50));
+    assert!(s.contains("last 15m") && s.contains("-7m30s"), "{s}");
+}
+
+/// The screenshots in docs/ (shown in the README) are these renders; they are checked
+/// here so they do not go stale. `WALSPOOL_UPDATE_DOCS=1` rewrites them.
+#[test]
+fn docs_screenshots_are_current() {
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
+    let detail = app_with(snapshot(
+        Writer::Running { pid: 4242 },
+        metrics(0, "closed"),
+    ));
+    let shots = [
+        ("top-overview-120x30.txt", screen(&draw(&fleet(), 120, 30))),
+        ("top-overview-80x24.txt", screen(&draw(&fleet(), 80, 24))),
+        ("top-detail-120x40.txt", screen(&draw(&detail, 120, 40))),
+        ("top-detail-80x24.txt", screen(&draw(&detail, 80, 24))),
+    ];
+    let update = std::env::var_os("WALSPOOL_UPDATE_DOCS").is_some();
+    let readme = std::fs::read_to_string(docs.join("../../README.md")).unwrap_or_default();
+    for (file, text) in shots {
+        if file.ends_with("80x24.txt") && !update {
+            assert!(
+                readme.contains(&format!("```text\n{text}\n```")),
+                "README.md shows an old {file}: paste the new one"
+            );
+        }
+        let path = docs.join(file);
+        let text = format!(
+            "{text}
+"
+        );
+        if update {
+            std::fs::create_dir_all(&docs).unwrap();
+            std::fs::write(&path, &text).unwrap();
+        } else {
+            let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                on_disk == text,
+                "{} is stale: run WALSPOOL_UPDATE_DOCS=1 cargo test -p walspool-monitor",
+                path.display()
+            );
+        }
+    }
 }

@@ -17,8 +17,8 @@ use ratatui::crossterm::terminal::{
 use ratatui::crossterm::{cursor, execute};
 use ratatui::Terminal;
 
-use crate::app::{App, Event, Key, Thresholds};
-use crate::collect::{now_ms, spawn_collectors};
+use crate::app::{App, Event, Key, Screen, Thresholds};
+use crate::collect::{is_wal_dir, now_ms, spawn_fleet};
 use crate::view;
 
 /// Puts the terminal back as it was: cooked mode, main screen, visible cursor.
@@ -70,13 +70,19 @@ pub fn map_key(k: KeyEvent) -> Option<Key> {
         return None;
     }
     Some(match k.code {
-        KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => Key::Quit,
-        KeyCode::Char('q') | KeyCode::Esc => Key::Quit,
-        KeyCode::Char('p') | KeyCode::Char(' ') => Key::Pause,
-        KeyCode::Char('?') => Key::Help,
-        KeyCode::Tab | KeyCode::Right | KeyCode::Char('l') => Key::Next,
-        KeyCode::BackTab | KeyCode::Left | KeyCode::Char('h') => Key::Prev,
-        KeyCode::Char(c @ '1'..='9') => Key::Select(c as usize - '1' as usize),
+        KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => Key::CtrlC,
+        KeyCode::Char(c) => Key::Char(c),
+        KeyCode::Esc => Key::Esc,
+        KeyCode::Enter => Key::Enter,
+        KeyCode::Backspace => Key::Backspace,
+        KeyCode::Up => Key::Up,
+        KeyCode::Down => Key::Down,
+        KeyCode::PageUp => Key::PageUp,
+        KeyCode::PageDown => Key::PageDown,
+        KeyCode::Home => Key::Home,
+        KeyCode::End => Key::End,
+        KeyCode::Tab | KeyCode::Right => Key::Next,
+        KeyCode::BackTab | KeyCode::Left => Key::Prev,
         _ => Key::Other,
     })
 }
@@ -86,7 +92,7 @@ fn spawn_input(tx: mpsc::Sender<Event>, stop: Arc<AtomicBool>) -> io::Result<()>
         .name("walspool-input".into())
         .spawn(move || loop {
             if stop.load(Ordering::Relaxed) {
-                let _ = tx.send(Event::Key(Key::Quit));
+                let _ = tx.send(Event::Key(Key::CtrlC));
                 return;
             }
             match event::poll(Duration::from_millis(250)) {
@@ -95,7 +101,7 @@ fn spawn_input(tx: mpsc::Sender<Event>, stop: Arc<AtomicBool>) -> io::Result<()>
                         Ok(CtEvent::Key(k)) => map_key(k).map(Event::Key),
                         Ok(CtEvent::Resize(..)) => Some(Event::Resize),
                         Ok(_) => None,
-                        Err(_) => Some(Event::Key(Key::Quit)),
+                        Err(_) => Some(Event::Key(Key::CtrlC)),
                     };
                     if let Some(ev) = ev {
                         if tx.send(ev).is_err() {
@@ -105,7 +111,7 @@ fn spawn_input(tx: mpsc::Sender<Event>, stop: Arc<AtomicBool>) -> io::Result<()>
                 }
                 Ok(false) => {}
                 Err(_) => {
-                    let _ = tx.send(Event::Key(Key::Quit));
+                    let _ = tx.send(Event::Key(Key::CtrlC));
                     return;
                 }
             }
@@ -116,10 +122,14 @@ fn spawn_input(tx: mpsc::Sender<Event>, stop: Arc<AtomicBool>) -> io::Result<()>
 /// Options of `walspool top`.
 #[derive(Debug, Clone)]
 pub struct TopOptions {
-    /// The WAL directories.
-    pub dirs: Vec<PathBuf>,
+    /// Roots to search for WAL directories (or WAL directories themselves).
+    pub roots: Vec<PathBuf>,
+    /// How deep to search under a root.
+    pub depth: usize,
     /// How often each WAL is read.
     pub refresh: Duration,
+    /// How often the roots are searched again for WALs that appeared or went away.
+    pub rescan: Duration,
     /// Warning thresholds.
     pub thresholds: Thresholds,
 }
@@ -135,23 +145,36 @@ pub fn run_top(opts: TopOptions) -> io::Result<()> {
         signal_hook::flag::register(sig, stop.clone())?;
     }
     let (tx, rx) = mpsc::channel();
-    let names: Vec<String> = opts.dirs.iter().map(|d| d.display().to_string()).collect();
     let mut app = App::new(
-        &names,
+        &[],
         opts.thresholds.clone(),
         opts.refresh.as_millis() as u64,
     );
+    app.roots = opts.roots.iter().map(|d| d.display().to_string()).collect();
     app.now_ms = now_ms();
+    // `top DIR` on one WAL directory opens its detail view.
+    let single = opts.roots.len() == 1 && is_wal_dir(&opts.roots[0]);
+    let mut opened = false;
 
     let guard = TerminalGuard::enter()?;
     let mut terminal: Terminal<CrosstermBackend<Stdout>> =
         Terminal::new(CrosstermBackend::new(io::stdout()))?;
     terminal.clear()?;
     spawn_input(tx.clone(), stop)?;
-    let _collectors = spawn_collectors(opts.dirs.clone(), opts.refresh, tx);
+    let _collectors = spawn_fleet(
+        opts.roots.clone(),
+        opts.depth,
+        opts.refresh,
+        opts.rescan,
+        tx,
+    );
     terminal.draw(|f| view::render(&app, f))?;
     while let Ok(ev) = rx.recv() {
         let mut redraw = app.update(ev);
+        if single && app.screen == Screen::Overview && app.panels.len() == 1 && !opened {
+            opened = true;
+            app.screen = Screen::Detail(app.panels[0].dir.clone());
+        }
         // Coalesce whatever else is already queued into one redraw.
         while let Ok(ev) = rx.try_recv() {
             redraw |= app.update(ev);
@@ -177,40 +200,29 @@ mod tests {
     }
 
     #[test]
-    fn keys_map_to_dashboard_actions() {
-        assert_eq!(
-            press(KeyCode::Char('q'), KeyModifiers::NONE),
-            Some(Key::Quit)
-        );
-        assert_eq!(press(KeyCode::Esc, KeyModifiers::NONE), Some(Key::Quit));
+    fn keys_map_to_dashboard_keys() {
+        let none = KeyModifiers::NONE;
+        assert_eq!(press(KeyCode::Char('q'), none), Some(Key::Char('q')));
+        assert_eq!(press(KeyCode::Esc, none), Some(Key::Esc));
         assert_eq!(
             press(KeyCode::Char('c'), KeyModifiers::CONTROL),
-            Some(Key::Quit)
+            Some(Key::CtrlC)
         );
-        assert_eq!(
-            press(KeyCode::Char('c'), KeyModifiers::NONE),
-            Some(Key::Other)
-        );
-        assert_eq!(
-            press(KeyCode::Char('p'), KeyModifiers::NONE),
-            Some(Key::Pause)
-        );
+        assert_eq!(press(KeyCode::Char('c'), none), Some(Key::Char('c')));
         assert_eq!(
             press(KeyCode::Char('?'), KeyModifiers::SHIFT),
-            Some(Key::Help)
+            Some(Key::Char('?'))
         );
-        assert_eq!(press(KeyCode::Tab, KeyModifiers::NONE), Some(Key::Next));
-        assert_eq!(press(KeyCode::Right, KeyModifiers::NONE), Some(Key::Next));
+        assert_eq!(press(KeyCode::Enter, none), Some(Key::Enter));
+        assert_eq!(press(KeyCode::Tab, none), Some(Key::Next));
+        assert_eq!(press(KeyCode::Right, none), Some(Key::Next));
         assert_eq!(
             press(KeyCode::BackTab, KeyModifiers::SHIFT),
             Some(Key::Prev)
         );
-        assert_eq!(press(KeyCode::Left, KeyModifiers::NONE), Some(Key::Prev));
-        assert_eq!(
-            press(KeyCode::Char('3'), KeyModifiers::NONE),
-            Some(Key::Select(2))
-        );
-        let mut release = KeyEvent::new(KeyCode::Char('q'), KeyModifiers::NONE);
+        assert_eq!(press(KeyCode::Down, none), Some(Key::Down));
+        assert_eq!(press(KeyCode::Backspace, none), Some(Key::Backspace));
+        let mut release = KeyEvent::new(KeyCode::Char('q'), none);
         release.kind = KeyEventKind::Release;
         assert_eq!(map_key(release), None);
     }

@@ -1,13 +1,19 @@
 //! The view: renders an [`App`] into a ratatui frame. Pure: the same `App` always draws
 //! the same screen (ages are computed against `App::now_ms`).
+//!
+//! Two screens: the fleet overview (a table, one row per WAL, whose columns collapse
+//! to fit the width) and one WAL's detail view (figures, charts, consumers, segments).
 
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
+use ratatui::symbols::Marker;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, Table, Tabs};
+use ratatui::widgets::{
+    Axis, Block, Borders, Cell, Chart, Clear, Dataset, GraphType, Paragraph, Row, Table, TableState,
+};
 use ratatui::Frame;
 
-use crate::app::{App, Panel};
+use crate::app::{App, Panel, Screen, SortKey, CHART_WINDOWS_MIN};
 use crate::collect::{Snapshot, Writer};
 use crate::fmt;
 
@@ -20,26 +26,339 @@ const LABEL: Style = Style::new().fg(Color::Cyan);
 /// Draws the whole screen.
 pub fn render(app: &App, f: &mut Frame) {
     let area = f.area();
-    if area.width < 70 || area.height < 20 {
-        render_compact(app, f, area);
-    } else {
-        render_full(app, f, area);
+    match &app.screen {
+        Screen::Overview => render_overview(app, f, area),
+        Screen::Detail(_) => {
+            if area.width < 70 || area.height < 20 {
+                render_compact(app, f, area);
+            } else {
+                render_full(app, f, area);
+            }
+        }
     }
     if app.help {
         render_help(f, area);
     }
 }
 
+/// The title: the WAL count and, in red, how many cross a threshold.
 fn title(app: &App) -> Line<'static> {
     let mut spans = vec![Span::styled(
         "walspool top",
         Style::new().add_modifier(Modifier::BOLD),
     )];
+    let n = app.panels.len();
+    spans.push(Span::raw(format!(
+        " · {n} WAL{}",
+        if n == 1 { "" } else { "s" }
+    )));
+    let alerting = app.alerting();
+    spans.push(Span::raw(" · "));
+    spans.push(if alerting > 0 {
+        Span::styled(format!("{alerting} alerting"), BAD)
+    } else {
+        Span::styled("0 alerting", GOOD)
+    });
     spans.push(Span::raw(format!(" · refresh {}ms", app.refresh_ms)));
     if app.paused {
         spans.push(Span::styled(" · PAUSED", WARN));
     }
     Line::from(spans)
+}
+
+/// The writer state as the overview shows it: `running`, `stopped HH:MM:SS` (closed
+/// cleanly), `crashed HH:MM:SS` (stale stats or pid gone), `no stats`.
+fn state_cell(p: &Panel) -> (String, Style) {
+    if let Some(e) = &p.error {
+        if p.snap.is_none() {
+            let short: String = e.chars().take(20).collect();
+            return (format!("error: {short}"), BAD);
+        }
+    }
+    match p.snap.as_ref().map(|s| &s.writer) {
+        None => ("…".into(), DIM),
+        Some(Writer::Running { .. }) => ("running".into(), GOOD),
+        Some(Writer::Closed { at_ms, .. }) => (format!("stopped {}", fmt::clock(*at_ms)), WARN),
+        Some(Writer::NotRunning { since_ms, .. }) => {
+            (format!("crashed {}", fmt::clock(*since_ms)), BAD)
+        }
+        Some(Writer::NoStats) => ("no stats".into(), WARN),
+    }
+}
+
+/// One overview column: header, width, sort key, and the cell of a WAL.
+struct Column {
+    header: &'static str,
+    width: u16,
+    key: SortKey,
+    cell: fn(&App, &Panel) -> (String, Style),
+}
+
+fn metric<T: Default>(p: &Panel, f: impl Fn(&walspool_wal::Metrics) -> T) -> T {
+    p.snap.as_ref().map(|s| f(&s.metrics)).unwrap_or_default()
+}
+
+fn live_rate(p: &Panel, v: f64) -> (String, Style) {
+    match &p.snap {
+        Some(s) if !s.from_disk => (fmt::rate(v), Style::new()),
+        Some(_) => ("-".into(), DIM),
+        None => ("".into(), DIM),
+    }
+}
+
+/// Every column in display order; `PRIORITY` says which survive a narrow terminal.
+const COLUMNS: [Column; 11] = [
+    Column {
+        header: "wal",
+        width: 14,
+        key: SortKey::Name,
+        cell: |app, p| {
+            let alerting = !p.alerts(&app.thresholds, app.now_ms).is_empty();
+            (
+                format!("{}{}", if alerting { "! " } else { "  " }, p.name),
+                Style::new(),
+            )
+        },
+    },
+    Column {
+        header: "writer",
+        width: 16,
+        key: SortKey::Worst,
+        cell: |_, p| state_cell(p),
+    },
+    Column {
+        header: "append/s",
+        width: 8,
+        key: SortKey::AppendRate,
+        cell: |_, p| live_rate(p, p.append_rate),
+    },
+    Column {
+        header: "ship/s",
+        width: 7,
+        key: SortKey::ShipRate,
+        cell: |_, p| live_rate(p, p.ship_rate),
+    },
+    Column {
+        header: "backlog",
+        width: 8,
+        key: SortKey::Backlog,
+        cell: |app, p| {
+            let n = metric(p, |m| m.backlog_records);
+            let st = if n > app.thresholds.backlog_records {
+                WARN
+            } else {
+                Style::new()
+            };
+            (fmt::short_count(n), st)
+        },
+    },
+    Column {
+        header: "bytes",
+        width: 10,
+        key: SortKey::BacklogBytes,
+        cell: |_, p| (fmt::bytes(metric(p, |m| m.backlog_bytes)), Style::new()),
+    },
+    Column {
+        header: "age",
+        width: 7,
+        key: SortKey::BacklogAge,
+        cell: |app, p| {
+            let age = p.backlog_age_ms(app.now_ms);
+            if age == 0 {
+                ("-".into(), DIM)
+            } else if age > app.thresholds.backlog_age_ms {
+                (fmt::age(age), BAD)
+            } else {
+                (fmt::age(age), Style::new())
+            }
+        },
+    },
+    Column {
+        header: "err/s",
+        width: 6,
+        key: SortKey::Errors,
+        cell: |app, p| {
+            let st = if p.ship_error_rate > app.thresholds.errors_per_sec {
+                BAD
+            } else if p.ship_error_rate > 0.0 {
+                WARN
+            } else {
+                Style::new()
+            };
+            (fmt::rate(p.ship_error_rate), st)
+        },
+    },
+    Column {
+        header: "drops",
+        width: 7,
+        key: SortKey::Drops,
+        cell: |_, p| {
+            let n = metric(p, |m| m.dropped_records_total);
+            (fmt::short_count(n), if n > 0 { BAD } else { Style::new() })
+        },
+    },
+    Column {
+        header: "breaker",
+        width: 9,
+        key: SortKey::Worst,
+        cell: |_, p| match metric(p, |m| m.breaker_state.clone()).as_str() {
+            "" => ("-".into(), DIM),
+            "open" => ("OPEN".into(), BAD),
+            "half-open" => ("half-open".into(), WARN),
+            other => (other.to_string(), Style::new()),
+        },
+    },
+    Column {
+        header: "arch lag",
+        width: 8,
+        key: SortKey::ArchiveLag,
+        cell: |app, p| {
+            let (on, lag) = metric(p, |m| (m.archiving, m.archive_lag_segments));
+            if !on && lag == 0 {
+                ("off".into(), DIM)
+            } else if lag > app.thresholds.archive_lag_segments {
+                (format!("{lag} seg"), WARN)
+            } else {
+                (format!("{lag} seg"), Style::new())
+            }
+        },
+    },
+];
+
+/// Indexes into `COLUMNS`, most important first: a narrow terminal keeps a prefix.
+const PRIORITY: [usize; 11] = [0, 1, 6, 4, 7, 2, 3, 8, 5, 9, 10];
+
+/// The columns that fit `width` with a name column `name_w` wide, display order.
+fn fitting_columns(width: u16, name_w: u16) -> Vec<usize> {
+    let mut used = 0u16;
+    let mut keep = Vec::new();
+    for &i in &PRIORITY {
+        let w = if i == 0 { name_w } else { COLUMNS[i].width } + u16::from(!keep.is_empty());
+        if used + w > width {
+            break;
+        }
+        used += w;
+        keep.push(i);
+    }
+    keep.sort_unstable();
+    keep
+}
+
+fn render_overview(app: &App, f: &mut Frame, area: Rect) {
+    let [top, body, footer] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(1),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    f.render_widget(Paragraph::new(title(app)), top);
+    let rows_shown = app.visible();
+
+    // Footer: the filter being typed, else the keys.
+    let footer_line = if app.editing_filter {
+        Line::from(vec![
+            Span::styled("/", LABEL),
+            Span::raw(app.filter.clone()),
+            Span::styled("▏", LABEL),
+            Span::styled("  enter keep · esc clear", DIM),
+        ])
+    } else {
+        let mut v = vec![
+            Span::styled("q", LABEL),
+            Span::raw(" quit "),
+            Span::styled("⏎", LABEL),
+            Span::raw(" open "),
+            Span::styled("/", LABEL),
+            Span::raw(" filter "),
+            Span::styled("wnasbBoedl", LABEL),
+            Span::raw(" sort "),
+            Span::styled("?", LABEL),
+            Span::raw(" help"),
+        ];
+        if !app.filter.is_empty() {
+            v.push(Span::styled(format!(" · filter {:?}", app.filter), WARN));
+        }
+        Line::from(v)
+    };
+    f.render_widget(Paragraph::new(footer_line), footer);
+
+    let inner_w = body.width.saturating_sub(2);
+    // The name column: as wide as the longest name (and its marker), within reason.
+    let longest = app
+        .panels
+        .iter()
+        .map(|p| p.name.chars().count() as u16 + 2)
+        .max()
+        .unwrap_or(0);
+    let name_w = longest.clamp(COLUMNS[0].width, 40.max(inner_w / 3));
+    let name_w = name_w.min(inner_w);
+    let cols = fitting_columns(inner_w, name_w);
+    let mut widths: Vec<Constraint> = cols
+        .iter()
+        .map(|&i| Constraint::Length(if i == 0 { name_w } else { COLUMNS[i].width }))
+        .collect();
+    widths.push(Constraint::Fill(1));
+    let arrow = if app.reverse { "▲" } else { "▼" };
+    let header = Row::new(cols.iter().map(|&i| {
+        let c = &COLUMNS[i];
+        let sorted = c.key == app.sort && !(app.sort == SortKey::Worst && i != 1);
+        if sorted {
+            Cell::from(format!("{}{arrow}", c.header))
+                .style(LABEL.add_modifier(Modifier::BOLD | Modifier::UNDERLINED))
+        } else {
+            Cell::from(c.header).style(LABEL)
+        }
+    }));
+    let rows: Vec<Row> = rows_shown
+        .iter()
+        .map(|p| {
+            let alerting = !p.alerts(&app.thresholds, app.now_ms).is_empty();
+            Row::new(cols.iter().map(|&i| {
+                let (text, st) = (COLUMNS[i].cell)(app, p);
+                let st = if alerting && (i == 0 || st == Style::new()) {
+                    BAD
+                } else {
+                    st
+                };
+                Cell::from(text).style(st)
+            }))
+        })
+        .collect();
+    let empty = rows.is_empty();
+    let block_title = format!(
+        " {} · sort {} {arrow} ",
+        if app.roots.is_empty() {
+            "WALs".to_string()
+        } else {
+            app.roots.join(", ")
+        },
+        app.sort.name()
+    );
+    let table = Table::new(rows, widths)
+        .header(header)
+        .column_spacing(1)
+        .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
+        .block(Block::default().borders(Borders::ALL).title(block_title));
+    let mut state = TableState::default();
+    if !empty {
+        state.select(Some(app.cursor));
+    }
+    f.render_stateful_widget(table, body, &mut state);
+    if empty {
+        let msg = if app.panels.is_empty() {
+            "no WAL directory found (yet): looking for stats.json or meta/ with segments"
+                .to_string()
+        } else {
+            format!("no WAL matches {:?} (esc clears the filter)", app.filter)
+        };
+        let inner = Rect {
+            x: body.x + 1,
+            y: body.y + 2,
+            width: body.width.saturating_sub(2),
+            height: body.height.saturating_sub(3).min(1),
+        };
+        f.render_widget(Paragraph::new(Span::styled(msg, DIM)), inner);
+    }
 }
 
 /// The writer line: running, closed, or not running since when.
@@ -87,7 +406,55 @@ fn kv(label: &'static str, value: String, style: Style) -> Line<'static> {
     ])
 }
 
+/// A figure line for a narrow box (under 30 columns inside): short label, short value.
+fn narrow(line: Line<'static>) -> Line<'static> {
+    let mut spans = line.spans;
+    if spans.len() != 2 {
+        return Line::from(spans);
+    }
+    let label = match spans[0].content.trim_end() {
+        "backlog bytes" => "bytes",
+        "backlog age" => "age",
+        "seq on disk" => "seqs",
+        "ship rate" => "ship",
+        "ship errors" => "errors",
+        "last ship" => "shipped",
+        "append rate" => "append",
+        "current file" => "file",
+        "fsync p50/p99" => "fsync",
+        "archive lag" => "archive",
+        other => other,
+    }
+    .to_string();
+    let mut v = spans[1].content.to_string();
+    for (from, to) in [
+        (" records", ""),
+        (" rec/s", "/s"),
+        (" (writer not running)", ""),
+        (" (no consumer)", ""),
+    ] {
+        v = v.replace(from, to);
+    }
+    if let Some(inner) = v
+        .split_once(" (")
+        .and_then(|(_, r)| r.strip_suffix(" ago)"))
+    {
+        v = format!("{inner} ago");
+    }
+    if let Some((segs, _)) = v.split_once(" / ").filter(|x| x.0.ends_with(" seg")) {
+        v = segs.to_string();
+    }
+    if v.ends_with(".wal") {
+        v = format!("…{}", v.trim_start_matches('0'));
+    }
+    spans[0].content = format!("{label:<8}").into();
+    spans[1].content = v.into();
+    Line::from(spans)
+}
+
 struct Figures {
+    age: Line<'static>,
+    ship_rate: Line<'static>,
     backlog: Line<'static>,
     backlog_bytes: Line<'static>,
     errors: Line<'static>,
@@ -102,6 +469,27 @@ struct Figures {
     seqs: Line<'static>,
 }
 
+impl Figures {
+    fn map(self, f: fn(Line<'static>) -> Line<'static>) -> Figures {
+        Figures {
+            age: f(self.age),
+            ship_rate: f(self.ship_rate),
+            backlog: f(self.backlog),
+            backlog_bytes: f(self.backlog_bytes),
+            errors: f(self.errors),
+            dropped: f(self.dropped),
+            last_ship: f(self.last_ship),
+            breaker: f(self.breaker),
+            file: f(self.file),
+            offset: f(self.offset),
+            rate: f(self.rate),
+            fsync: f(self.fsync),
+            archive: f(self.archive),
+            seqs: f(self.seqs),
+        }
+    }
+}
+
 fn figures(app: &App, p: &Panel, s: &Snapshot) -> Figures {
     let m = &s.metrics;
     let t = &app.thresholds;
@@ -110,7 +498,7 @@ fn figures(app: &App, p: &Panel, s: &Snapshot) -> Figures {
     } else {
         Style::new()
     };
-    let err_style = if p.ship_error_rate > t.ship_errors_per_min {
+    let err_style = if p.ship_error_rate > t.errors_per_sec {
         BAD
     } else if m.ship_errors_total > 0 {
         WARN
@@ -172,7 +560,27 @@ fn figures(app: &App, p: &Panel, s: &Snapshot) -> Figures {
     } else {
         format!("{:.1} rec/s", p.append_rate)
     };
+    let ship_rate = if s.from_disk {
+        "-".to_string()
+    } else if m.consumers.is_empty() {
+        "- (no consumer)".to_string()
+    } else {
+        format!("{:.1} rec/s", p.ship_rate)
+    };
+    let age_ms = p.backlog_age_ms(app.now_ms);
+    let age = if age_ms == 0 {
+        ("-".to_string(), DIM)
+    } else {
+        let st = if age_ms > t.backlog_age_ms {
+            BAD
+        } else {
+            Style::new()
+        };
+        (fmt::age(age_ms), st)
+    };
     Figures {
+        age: kv("backlog age", age.0, age.1),
+        ship_rate: kv("ship rate", ship_rate, Style::new()),
         backlog: kv(
             "backlog",
             format!("{} records", fmt::count(m.backlog_records)),
@@ -182,9 +590,9 @@ fn figures(app: &App, p: &Panel, s: &Snapshot) -> Figures {
         errors: kv(
             "ship errors",
             format!(
-                "{} ({:.1}/min)",
+                "{} ({}/s)",
                 fmt::count(m.ship_errors_total),
-                p.ship_error_rate
+                fmt::rate(p.ship_error_rate)
             ),
             err_style,
         ),
@@ -221,39 +629,41 @@ fn figures(app: &App, p: &Panel, s: &Snapshot) -> Figures {
 }
 
 fn render_full(app: &App, f: &mut Frame, area: Rect) {
-    let [top, status, boxes, tables, footer] = Layout::vertical([
+    let tall = area.height >= 34;
+    let [top, status, boxes, charts, tables, footer] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Length(1),
         Constraint::Length(8),
-        Constraint::Min(4),
+        if tall {
+            Constraint::Length(12)
+        } else {
+            Constraint::Min(6)
+        },
+        if tall {
+            Constraint::Min(4)
+        } else {
+            Constraint::Length(0)
+        },
         Constraint::Length(1),
     ])
     .areas(area);
 
-    // Title and tabs.
-    let [t_left, t_right] =
-        Layout::horizontal([Constraint::Length(42), Constraint::Min(10)]).areas(top);
-    f.render_widget(Paragraph::new(title(app)), t_left);
-    let tabs: Vec<Line> = app
-        .panels
-        .iter()
-        .enumerate()
-        .map(|(i, p)| Line::from(format!("{} {}", i + 1, p.dir)))
-        .collect();
-    f.render_widget(
-        Tabs::new(tabs)
-            .select(app.selected)
-            .highlight_style(Style::new().add_modifier(Modifier::REVERSED)),
-        t_right,
-    );
+    let mut t = title(app);
+    if let Some(p) = app.current() {
+        t.spans
+            .insert(1, Span::styled(format!(" › {}", p.name), LABEL));
+    }
+    f.render_widget(Paragraph::new(t), top);
     f.render_widget(
         Paragraph::new(Line::from(vec![
             Span::styled("q", LABEL),
             Span::raw(" quit  "),
-            Span::styled("p", LABEL),
-            Span::raw(" pause  "),
+            Span::styled("esc", LABEL),
+            Span::raw(" overview  "),
             Span::styled("tab/←→", LABEL),
             Span::raw(" switch WAL  "),
+            Span::styled("t", LABEL),
+            Span::raw(format!(" chart {}m  ", CHART_WINDOWS_MIN[app.window])),
             Span::styled("?", LABEL),
             Span::raw(" help"),
         ])),
@@ -261,7 +671,7 @@ fn render_full(app: &App, f: &mut Frame, area: Rect) {
     );
 
     let Some(p) = app.current() else {
-        f.render_widget(Paragraph::new("no WAL directory given"), status);
+        f.render_widget(Paragraph::new("that WAL is gone (esc: overview)"), status);
         return;
     };
     let Some(s) = &p.snap else {
@@ -286,39 +696,32 @@ fn render_full(app: &App, f: &mut Frame, area: Rect) {
         Constraint::Percentage(33),
     ])
     .areas(boxes);
-
-    let backlog_block = Block::default().borders(Borders::ALL).title(" Backlog ");
-    let inner = backlog_block.inner(b1);
-    f.render_widget(backlog_block, b1);
-    let [l, spark] = Layout::vertical([Constraint::Length(3), Constraint::Min(1)]).areas(inner);
+    let fig = if b3.width < 38 { fig.map(narrow) } else { fig };
     f.render_widget(
-        Paragraph::new(vec![fig.backlog, fig.backlog_bytes, fig.seqs]),
-        l,
+        Paragraph::new(vec![fig.backlog, fig.backlog_bytes, fig.age, fig.seqs])
+            .block(Block::default().borders(Borders::ALL).title(" Backlog ")),
+        b1,
     );
-    let width = spark.width as usize;
-    let data: Vec<u64> = p
-        .backlog_history
-        .iter()
-        .skip(p.backlog_history.len().saturating_sub(width))
-        .copied()
-        .collect();
     f.render_widget(
-        Sparkline::default()
-            .data(&data)
-            .style(Style::new().fg(Color::Magenta)),
-        spark,
-    );
-
-    f.render_widget(
-        Paragraph::new(vec![fig.errors, fig.dropped, fig.last_ship, fig.breaker])
-            .block(Block::default().borders(Borders::ALL).title(" Shipping ")),
+        Paragraph::new(vec![
+            fig.ship_rate,
+            fig.errors,
+            fig.dropped,
+            fig.last_ship,
+            fig.breaker,
+        ])
+        .block(Block::default().borders(Borders::ALL).title(" Shipping ")),
         b2,
     );
     f.render_widget(
-        Paragraph::new(vec![fig.file, fig.offset, fig.rate, fig.fsync, fig.archive])
+        Paragraph::new(vec![fig.rate, fig.file, fig.offset, fig.fsync, fig.archive])
             .block(Block::default().borders(Borders::ALL).title(" Writer ")),
         b3,
     );
+    render_charts(app, p, f, charts);
+    if !tall {
+        return;
+    }
 
     let m = &s.metrics;
     let n_cons = m.consumers.len().max(1) as u16;
@@ -422,21 +825,146 @@ fn render_full(app: &App, f: &mut Frame, area: Rect) {
     );
 }
 
+/// `-15m`, `-7m30s`, `now`: a time-axis label for `secs` before now.
+fn ago_label(secs: u64) -> String {
+    if secs == 0 {
+        "now".into()
+    } else if secs.is_multiple_of(60) {
+        format!("-{}m", secs / 60)
+    } else {
+        format!("-{}m{:02}s", secs / 60, secs % 60)
+    }
+}
+
+/// The y bound and labels for values up to `max`, with a unit.
+fn y_axis(max: f64, fmt_v: fn(f64) -> String) -> (f64, Vec<Line<'static>>) {
+    let top = if max <= 0.0 { 1.0 } else { max * 1.1 };
+    (
+        top,
+        vec![
+            Line::from("0"),
+            Line::from(fmt_v(top / 2.0)),
+            Line::from(fmt_v(top)),
+        ],
+    )
+}
+
+/// The detail view's charts: append and ship rate, and backlog, over the chart window.
+fn render_charts(app: &App, p: &Panel, f: &mut Frame, area: Rect) {
+    if area.height < 4 {
+        return;
+    }
+    let window_s = CHART_WINDOWS_MIN[app.window] * 60;
+    let now = app.now_ms;
+    let pts = p
+        .history
+        .iter()
+        .filter(|x| x.t_ms + window_s * 1000 >= now && x.t_ms <= now);
+    let x = |t_ms: u64| -((now - t_ms) as f64 / 1000.0);
+    let append: Vec<(f64, f64)> = pts.clone().map(|q| (x(q.t_ms), q.append_rate)).collect();
+    let ship: Vec<(f64, f64)> = pts.clone().map(|q| (x(q.t_ms), q.ship_rate)).collect();
+    let backlog: Vec<(f64, f64)> = pts.map(|q| (x(q.t_ms), q.backlog as f64)).collect();
+    let x_axis = || {
+        Axis::default()
+            .style(DIM)
+            .bounds([-(window_s as f64), 0.0])
+            .labels(vec![
+                Line::from(ago_label(window_s)),
+                Line::from(ago_label(window_s / 2)),
+                Line::from("now"),
+            ])
+    };
+    let [left, right] =
+        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(area);
+
+    let max_rate = append
+        .iter()
+        .chain(ship.iter())
+        .map(|q| q.1)
+        .fold(0.0, f64::max);
+    let (top, labels) = y_axis(max_rate, fmt::rate);
+    let rates = Chart::new(vec![
+        Dataset::default()
+            .name("append")
+            .marker(Marker::Braille)
+            .graph_type(GraphType::Line)
+            .style(Style::new().fg(Color::Cyan))
+            .data(&append),
+        Dataset::default()
+            .name("ship")
+            .marker(Marker::Braille)
+            .graph_type(GraphType::Line)
+            .style(Style::new().fg(Color::Green))
+            .data(&ship),
+    ])
+    .block(
+        Block::default()
+            .borders(Borders::ALL)
+            .title(Line::from(vec![
+                Span::raw(" rec/s: "),
+                Span::styled("append", Style::new().fg(Color::Cyan)),
+                Span::raw(" "),
+                Span::styled("ship", Style::new().fg(Color::Green)),
+                Span::raw(format!(" · last {}m ", window_s / 60)),
+            ])),
+    )
+    .x_axis(x_axis())
+    .y_axis(
+        Axis::default()
+            .style(DIM)
+            .title("rec/s")
+            .bounds([0.0, top])
+            .labels(labels),
+    )
+    .legend_position(None);
+    f.render_widget(rates, left);
+
+    let max_backlog = backlog.iter().map(|q| q.1).fold(0.0, f64::max);
+    let (top, labels) = y_axis(max_backlog, |v| fmt::short_count(v.round() as u64));
+    let chart = Chart::new(vec![Dataset::default()
+        .name("backlog")
+        .marker(Marker::Braille)
+        .graph_type(GraphType::Line)
+        .style(Style::new().fg(Color::Magenta))
+        .data(&backlog)])
+    .block(
+        Block::default()
+            .borders(Borders::ALL)
+            .title(format!(" backlog, records · last {}m ", window_s / 60)),
+    )
+    .x_axis(x_axis())
+    .y_axis(
+        Axis::default()
+            .style(DIM)
+            .title("records")
+            .bounds([0.0, top])
+            .labels(labels),
+    )
+    .legend_position(None);
+    f.render_widget(chart, right);
+}
+
 fn render_compact(app: &App, f: &mut Frame, area: Rect) {
     let mut lines: Vec<Line> = Vec::new();
+    let alerting = app.alerting();
     let mut head = vec![Span::styled(
-        format!("[{}/{}] ", app.selected + 1, app.panels.len()),
+        format!("[{} WALs, ", app.panels.len()),
         Style::new().add_modifier(Modifier::BOLD),
     )];
+    head.push(Span::styled(
+        format!("{alerting} alerting"),
+        if alerting > 0 { BAD } else { GOOD },
+    ));
+    head.push(Span::raw("] "));
     if let Some(p) = app.current() {
-        head.push(Span::raw(p.dir.clone()));
+        head.push(Span::raw(p.name.clone()));
     }
     if app.paused {
         head.push(Span::styled(" PAUSED", WARN));
     }
     lines.push(Line::from(head));
     match app.current() {
-        None => lines.push(Line::from("no WAL directory given")),
+        None => lines.push(Line::from("that WAL is gone (esc: overview)")),
         Some(p) => match &p.snap {
             None => lines.push(Line::from(Span::styled(
                 p.error.clone().unwrap_or_else(|| "reading …".into()),
@@ -464,6 +992,7 @@ fn render_compact(app: &App, f: &mut Frame, area: Rect) {
                     fmt::count(m.backlog_records),
                     fmt::bytes(m.backlog_bytes)
                 )));
+                lines.push(fig.age);
                 lines.push(fig.errors);
                 lines.push(fig.dropped);
                 lines.push(fig.last_ship);
@@ -491,25 +1020,32 @@ fn render_compact(app: &App, f: &mut Frame, area: Rect) {
     let [body, footer] = Layout::vertical([Constraint::Min(1), Constraint::Length(1)]).areas(area);
     f.render_widget(Paragraph::new(lines), body);
     f.render_widget(
-        Paragraph::new(Span::styled("q quit p pause ⇥ next ? help", DIM)),
+        Paragraph::new(Span::styled("q quit esc back ⇥ next ? help", DIM)),
         footer,
     );
 }
 
 fn render_help(f: &mut Frame, area: Rect) {
     let text = vec![
-        Line::from("q / Esc / Ctrl-C   quit"),
+        Line::from("q / Ctrl-C         quit"),
         Line::from("p                  pause / resume"),
-        Line::from("tab / → / l        next WAL"),
-        Line::from("shift-tab / ← / h  previous WAL"),
-        Line::from("1..9               WAL by number"),
+        Line::from("↑↓ j k PgUp PgDn   move (overview)"),
+        Line::from("enter              open the WAL's detail"),
+        Line::from("esc                back to the overview"),
+        Line::from("/                  filter by name"),
+        Line::from("w n a s b B o e d l  sort: worst, name,"),
+        Line::from("  append, ship, backlog, bytes, age,"),
+        Line::from("  errors, drops, archive lag (again: reverse)"),
+        Line::from("tab / → / l        next WAL (detail)"),
+        Line::from("shift-tab / ← / h  previous WAL (detail)"),
+        Line::from("t                  chart window 5/15/60m"),
         Line::from("?                  this help"),
         Line::from(""),
         Line::from("Figures come from the writer's stats file;"),
         Line::from("when it is stale or its pid is gone they are"),
         Line::from("computed from the files on disk."),
     ];
-    let w = 50.min(area.width);
+    let w = 52.min(area.width);
     let h = (text.len() as u16 + 2).min(area.height);
     let r = Rect {
         x: area.x + (area.width - w) / 2,
