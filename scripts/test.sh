@@ -9,6 +9,10 @@
 # tmpfs and FUSE tests (tests/full_disk.rs, tests/power_loss.rs) need root and
 # /dev/fuse to mount; they fail with CI=true and are skipped loudly otherwise. Set
 # WALSPOOL_S3_ENDPOINT to use an S3 server you already run instead of moto.
+# PostgreSQL (Debian's `postgresql`, installed as root if missing) is started on
+# 127.0.0.1:$WALSPOOL_PG_PORT (default 55432) in a throwaway cluster by
+# scripts/postgres.sh and stopped at exit; the PostgreSQL sink's tests find it through
+# WALSPOOL_PG_URL (without it they skip loudly, and fail with CI=true).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,12 +39,23 @@ if [ -z "${WALSPOOL_S3_ENDPOINT:-}" ]; then
     . scripts/moto.sh start "$MOTO_PORT"
     started_moto=1
 fi
+started_pg=""
 cleanup() {
     if [ -n "$started_moto" ]; then
         scripts/moto.sh stop "$MOTO_PORT" >/dev/null 2>&1 || true
     fi
+    if [ -n "$started_pg" ]; then
+        scripts/postgres.sh stop "$WALSPOOL_PG_PORT" >/dev/null 2>&1 || true
+    fi
 }
 trap cleanup EXIT
 
-echo "test.sh: S3 endpoint $WALSPOOL_S3_ENDPOINT" >&2
+export WALSPOOL_PG_PORT="${WALSPOOL_PG_PORT:-55432}"
+if ! scripts/postgres.sh status "$WALSPOOL_PG_PORT"; then
+    started_pg=1
+fi
+# shellcheck source=postgres.sh
+. scripts/postgres.sh start "$WALSPOOL_PG_PORT"
+
+echo "test.sh: S3 endpoint $WALSPOOL_S3_ENDPOINT, PostgreSQL $WALSPOOL_PG_URL" >&2
 cargo test --workspace --all-features --no-fail-fast "$@"

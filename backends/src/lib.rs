@@ -24,5 +24,7 @@ pub mod archive;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod local;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 
 pub use local::LocalDisk;
