@@ -21,6 +21,7 @@
 
 #[cfg(feature = "object-store")]
 pub mod archive;
+pub mod file;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod local;
