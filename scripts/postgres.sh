@@ -50,9 +50,10 @@ _pg_main() {
     }
 
     # Runs a command as the cluster's owner: `postgres` when we are root, else ourselves.
+    # From /: the checkout may sit in a directory that user cannot enter.
     _pg_as_owner() {
         if [ "$(id -u)" = 0 ]; then
-            runuser -u postgres -- "$@"
+            (cd / && runuser -u postgres -- "$@")
         else
             "$@"
         fi

@@ -217,7 +217,7 @@ pub struct PgSink {
 #[derive(Debug)]
 enum Job {
     Insert {
-        rows: Rows,
+        rows: Box<Rows>,
         reply: oneshot::Sender<Result<(), SinkError>>,
     },
     Check {
@@ -314,7 +314,10 @@ impl<T: Serialize + Send + Sync + 'static> Sink<T> for PgSink {
         let rows = encode(batch)?;
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Job::Insert { rows, reply })
+            .send(Job::Insert {
+                rows: Box::new(rows),
+                reply,
+            })
             .map_err(|_| SinkError::transient("the PostgreSQL sink's thread is gone"))?;
         rx.await.unwrap_or_else(|_| {
             Err(SinkError::transient(
