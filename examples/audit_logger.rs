@@ -1,5 +1,5 @@
 //! The audit logger from the seeds (tokio): **WAL first, then the primary sink** — here
-//! a JSON-lines file.
+//! a JSON-lines file written by the [`FileSink`].
 //!
 //! ```text
 //! cargo run --example audit_logger -- --dir /tmp/audit-wal --sink /tmp/audit.jsonl --count 100
@@ -11,64 +11,32 @@
 //!   the sink has it (written and fsynced).
 //! * On startup, entries the sink never got are replayed into it, then the WAL is
 //!   truncated (the fully committed segments are deleted).
-//! * The sink is idempotent: each line carries the entry's WAL sequence number and a
-//!   replay skips what the file already holds, so a crash between the sink write and
-//!   the commit does not duplicate an entry: exactly once in the file.
+//! * The sink is idempotent: each line carries the entry's WAL id and sequence number
+//!   (`wal_id`, `wal_seq`), the sink recovers the last one from the file when it opens
+//!   and skips what the file already holds, so a crash between the sink write and the
+//!   commit does not duplicate an entry: exactly once in the file.
 //! * `--crash-before-flush` appends one entry, prints `APPENDED <seq>` and waits to be
 //!   killed before the sink write (the integration test SIGKILLs it there).
 //! * `--measure N` prints the latency an audit call sees with the WAL on and off.
 //!
 //! Watch it with `walspool top <dir>`: the backlog stays at 0 unless the sink stalls.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use walspool::backends::file::{FileSink, LineFormat};
 use walspool::records::{now_ms, AuditRecord};
+use walspool::shipper::Batch;
 use walspool::{Entry, LocalDisk, Options, Wal};
 
-struct PrimarySink {
-    file: std::fs::File,
-    last_seq: u64,
-}
+/// The consumer that feeds the primary sink.
+const CONSUMER: &str = "primary-sink";
 
-impl PrimarySink {
-    fn open(path: &PathBuf) -> std::io::Result<Self> {
-        let mut last_seq = 0;
-        if let Ok(f) = std::fs::File::open(path) {
-            for line in std::io::BufReader::new(f).lines() {
-                let line = line?;
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    last_seq = last_seq.max(v["wal_seq"].as_u64().unwrap_or(0));
-                }
-            }
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
-        Ok(PrimarySink { file, last_seq })
-    }
-
-    /// Writes entries the file does not hold yet, then fsyncs.
-    fn write(&mut self, entries: &[(u64, &AuditRecord)]) -> std::io::Result<usize> {
-        let mut n = 0;
-        let mut buf = Vec::new();
-        for (seq, r) in entries {
-            if *seq <= self.last_seq {
-                continue; // already in the sink: idempotent
-            }
-            let mut v = serde_json::to_value(r).expect("audit record is JSON");
-            v["wal_seq"] = (*seq).into();
-            buf.extend(serde_json::to_vec(&v).expect("JSON"));
-            buf.push(b'\n');
-            self.last_seq = *seq;
-            n += 1;
-        }
-        self.file.write_all(&buf)?;
-        self.file.sync_data()?;
-        Ok(n)
-    }
+/// One entry as a batch for the sink.
+fn one(wal: &Wal<LocalDisk>, seq: u64, record: AuditRecord) -> Batch<AuditRecord> {
+    let ts_us = now_ms() * 1000;
+    Batch::new(wal.id(), CONSUMER, vec![Entry { seq, ts_us, record }])
 }
 
 fn arg(args: &[String], name: &str) -> Option<String> {
@@ -105,14 +73,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let measure: Option<usize> = arg(&args, "--measure").map(|s| s.parse()).transpose()?;
 
     let wal: Wal<LocalDisk> = Wal::open(LocalDisk::open(&dir)?, Options::default())?;
-    let consumer = wal.consumer("primary-sink")?;
-    let mut sink = PrimarySink::open(&sink_path)?;
+    let consumer = wal.consumer(CONSUMER)?;
+    // The primary sink: JSON lines (the audit record's own fields plus `wal_id` and
+    // `wal_seq`), fsynced per batch, rotated at 64 MiB; on open it recovers the last
+    // `wal_seq` it holds, so a replay writes nothing twice.
+    let sink = FileSink::builder(&sink_path)
+        .format(LineFormat::Flat)
+        .max_bytes(64 << 20)
+        .build()?;
 
     // Startup: replay what the sink never got, then truncate.
+    let wal_id = wal.id().to_string();
     let replayed = consumer
         .replay(500, |batch: Vec<Entry<AuditRecord>>| {
-            let r = sink.write(&batch.iter().map(|e| (e.seq, &e.record)).collect::<Vec<_>>());
-            async move { r.map(|_| ()) }
+            sink.write(&Batch::new(wal_id.as_str(), CONSUMER, batch))
         })
         .await?;
     wal.roll();
@@ -131,7 +105,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
             }
         }
-        sink.write(&[(seq, &ev)])?; // 2. primary sink
+        sink.write(&one(&wal, seq, ev)).await?; // 2. primary sink (written, fsynced)
         consumer.commit(seq).await?; // 3. checkpoint
     }
     println!("logged {count} entries");
@@ -159,7 +133,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let t = Instant::now();
             let seq = wal.append(&ev).await?;
             lat_on.push(t.elapsed().as_micros());
-            sink.write(&[(seq, &ev)])?;
+            sink.write(&one(&wal, seq, ev)).await?;
             consumer.commit(seq).await?;
         }
         let _ = std::fs::remove_file(&off_path);

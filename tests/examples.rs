@@ -302,3 +302,50 @@ fn tracing_layer_runs() {
         .unwrap();
     assert!(logged > 0 && shipped == logged, "{out}");
 }
+
+/// The PostgreSQL sink's example against the server scripts/test.sh starts
+/// (`WALSPOOL_PG_URL`; skipped loudly without it, failed with `CI=true`): a second run
+/// on the same WAL ships only its new records.
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_sink_ships_and_a_second_run_ships_only_new_records() {
+    let Ok(url) = std::env::var("WALSPOOL_PG_URL") else {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "WALSPOOL_PG_URL is not set: run scripts/test.sh"
+        );
+        eprintln!("SKIPPED: WALSPOOL_PG_URL is not set");
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let wal = d.path().join("wal");
+    let table = format!("example_{}", std::process::id());
+    let args = |count: &'static str| {
+        vec![
+            "--url".to_string(),
+            url.clone(),
+            "--dir".into(),
+            wal.to_str().unwrap().into(),
+            "--count".into(),
+            count.into(),
+            "--table".into(),
+            table.clone(),
+        ]
+    };
+    let a = args("300");
+    let out = run(
+        "postgres_sink",
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[],
+    );
+    assert!(out.contains("shipped through seq 300"), "{out}");
+    assert!(out.contains("300 records acknowledged"), "{out}");
+    let a = args("50");
+    let out = run(
+        "postgres_sink",
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[],
+    );
+    assert!(out.contains("shipped through seq 350"), "{out}");
+    assert!(out.contains("(50 records acknowledged"), "{out}");
+}

@@ -1,11 +1,13 @@
 //! Archival of sealed segments to object storage: upload, restore and replay.
 //!
 //! * [`ArchiveStore`] is where archived segments live: any [`object_store::ObjectStore`]
-//!   (S3 and S3-compatible servers, the local file system, memory) plus a key prefix,
-//!   opened from a URL ([`ArchiveStore::open`]): `s3://bucket/prefix`, `file:///path`
-//!   (the embedded default) or `memory://` (tests). It owns the tokio runtime that
-//!   object_store's clients need, so every `async fn` here runs on **any** executor
-//!   (tokio, smol, async-std, `futures::executor`).
+//!   (S3 and S3-compatible servers, Google Cloud Storage, Azure Blob Storage, the local
+//!   file system, memory) plus a key prefix, opened from a URL that object_store itself
+//!   parses ([`ArchiveStore::open`]): `s3://bucket/prefix`, `gs://bucket/prefix`,
+//!   `az://container/prefix` (or `abfs://container@account.dfs.core.windows.net/...`),
+//!   `file:///path` (the embedded default) or `memory://` (tests). It owns the tokio
+//!   runtime that object_store's clients need, so every `async fn` here runs on **any**
+//!   executor (tokio, smol, async-std, `futures::executor`).
 //! * [`Archiver`] uploads every sealed segment of a [`Wal`](walspool_wal::Wal), in
 //!   order, verifies it (size, and the segment's footer with its body CRC read back from
 //!   the store; optionally a full read-back CRC), records the archived point durably in

@@ -23,10 +23,13 @@
 pub mod archive;
 #[cfg(any(feature = "http", feature = "otlp"))]
 pub mod client;
+pub mod file;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod local;
 #[cfg(feature = "otlp")]
 pub mod otlp;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 
 pub use local::LocalDisk;

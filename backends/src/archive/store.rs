@@ -6,8 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::TryStreamExt;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{ObjectStore, ObjectStoreExt, ObjectStoreScheme};
 
 use super::runtime::OwnedRuntime;
 use super::ArchiveError;
@@ -51,8 +54,9 @@ pub struct ArchivedSegment {
 /// Options for opening an [`ArchiveStore`] from a URL. Explicit values override the
 /// usual AWS environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 /// `AWS_SESSION_TOKEN`, `AWS_REGION`/`AWS_DEFAULT_REGION`, `AWS_ENDPOINT`/
-/// `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`), which are read for `s3://` URLs.
-#[derive(Debug, Clone)]
+/// `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`), which are read for `s3://` URLs; `gs://` reads
+/// the `GOOGLE_*` and `az://` the `AZURE_*` variables. `Debug` redacts the secrets.
+#[derive(Clone)]
 pub struct StoreOptions {
     endpoint: Option<String>,
     allow_http: Option<bool>,
@@ -63,6 +67,7 @@ pub struct StoreOptions {
     request_timeout: Duration,
     connect_timeout: Duration,
     client_retries: usize,
+    options: Vec<(String, String)>,
 }
 
 impl Default for StoreOptions {
@@ -77,12 +82,57 @@ impl Default for StoreOptions {
             request_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(5),
             client_retries: 2,
+            options: Vec::new(),
         }
     }
 }
 
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redact = |v: &Option<String>| v.as_ref().map(|_| "<redacted>");
+        let secret = |k: &str| {
+            let k = k.to_ascii_lowercase();
+            [
+                "key",
+                "secret",
+                "token",
+                "password",
+                "sas",
+                "credential",
+                "service_account",
+            ]
+            .iter()
+            .any(|w| k.contains(w))
+                && !k.ends_with("key_id")
+        };
+        let options: Vec<(&str, &str)> = self
+            .options
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str(),
+                    if secret(k) { "<redacted>" } else { v.as_str() },
+                )
+            })
+            .collect();
+        f.debug_struct("StoreOptions")
+            .field("endpoint", &self.endpoint)
+            .field("allow_http", &self.allow_http)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &redact(&self.secret_access_key))
+            .field("session_token", &redact(&self.session_token))
+            .field("request_timeout", &self.request_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("client_retries", &self.client_retries)
+            .field("options", &options)
+            .finish()
+    }
+}
+
 impl StoreOptions {
-    /// S3 endpoint, for S3-compatible servers (MinIO, moto, R2...): `http://127.0.0.1:5055`.
+    /// S3 endpoint, for S3-compatible servers (MinIO, moto, R2...): `http://127.0.0.1:5055`;
+    /// for Azure, the blob endpoint (an emulator such as Azurite).
     pub fn endpoint(mut self, url: impl Into<String>) -> Self {
         self.endpoint = Some(url.into());
         self
@@ -122,6 +172,16 @@ impl StoreOptions {
         self.connect_timeout = t;
         self
     }
+    /// A store-specific option by object_store's key name, applied before the typed
+    /// options above: `aws_…` for S3 (`AmazonS3ConfigKey`), `google_…` for GCS
+    /// (`GoogleConfigKey`: `google_service_account`, `google_service_account_key`, ...),
+    /// `azure_…` for Azure (`AzureConfigKey`: `azure_storage_account_name`,
+    /// `azure_storage_account_key`, `azure_storage_use_emulator`, ...). A key the store
+    /// does not know is a configuration error when the store is opened.
+    pub fn option(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.options.push((key.into(), value.into()));
+        self
+    }
     /// Retries object_store's HTTP client makes by itself before an error reaches the
     /// archiver, which then backs off and retries on its own schedule (default 2).
     pub fn client_retries(mut self, n: usize) -> Self {
@@ -158,43 +218,91 @@ impl std::fmt::Debug for ArchiveStore {
 }
 
 impl ArchiveStore {
-    /// Opens a store from a URL with default [`StoreOptions`]:
+    /// Opens a store from a URL with default [`StoreOptions`]. The URL is parsed by
+    /// object_store ([`object_store::ObjectStoreScheme::parse`] and each store
+    /// builder's `with_url`), so every form object_store knows works:
     ///
-    /// * `s3://bucket/prefix`: Amazon S3 or an S3-compatible server; credentials,
-    ///   region and endpoint from the AWS environment variables.
+    /// * `s3://bucket/prefix` (or `s3a://`, `https://s3.<region>.amazonaws.com/bucket/...`,
+    ///   `https://<bucket>.s3.<region>.amazonaws.com/...`): Amazon S3 or an
+    ///   S3-compatible server; credentials, region and endpoint from the options and the
+    ///   AWS environment variables.
+    /// * `gs://bucket/prefix`: Google Cloud Storage; credentials from
+    ///   `GOOGLE_SERVICE_ACCOUNT` / `GOOGLE_APPLICATION_CREDENTIALS`, the
+    ///   `google_service_account` option, else the instance's metadata server.
+    /// * `az://container/prefix` (or `azure://`, `adl://`,
+    ///   `abfs[s]://container@account.dfs.core.windows.net/prefix`,
+    ///   `https://account.blob.core.windows.net/container/prefix`): Azure Blob Storage;
+    ///   the account and credentials from the URL, the `AZURE_*` environment variables or
+    ///   options such as `azure_storage_account_name` and `azure_storage_account_key`.
     /// * `file:///absolute/path`: a directory (created if missing); the embedded default.
-    /// * `memory://` or `memory://prefix`: a fresh in-memory store (for tests; shared
-    ///   only between clones of the returned value).
+    /// * `memory:///prefix` (object_store's form) or `memory://prefix`: a fresh in-memory
+    ///   store (for tests; shared only between clones of the returned value).
+    ///
+    /// Building a store does not touch the network; the first request does.
     pub fn open(url: &str) -> Result<Self, ArchiveError> {
         Self::open_with(url, StoreOptions::default())
     }
 
     /// Opens a store from a URL (see [`open`](Self::open)) with explicit options.
     pub fn open_with(url: &str, opts: StoreOptions) -> Result<Self, ArchiveError> {
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+        let parsed = url::Url::parse(url).map_err(|e| {
             ArchiveError::Config(format!(
-                "{url:?} is not a URL (want s3://, file:// or memory://)"
+                "{url:?} is not a URL ({e}; want s3://, gs://, az://, file:// or memory://)"
             ))
         })?;
-        match scheme {
-            "s3" | "s3a" => {
-                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-                if bucket.is_empty() {
-                    return Err(ArchiveError::Config(format!("{url:?} names no bucket")));
+        if parsed.scheme() == "memory" {
+            // object_store's own form is `memory:///prefix`; `memory://prefix` is accepted too.
+            let prefix = format!("{}{}", parsed.host_str().unwrap_or(""), parsed.path());
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let id = format!("memory://{}#{n}", std::process::id());
+            return Self::with_identity(
+                Arc::new(object_store::memory::InMemory::new()),
+                &prefix,
+                id,
+            );
+        }
+        let (scheme, prefix) = ObjectStoreScheme::parse(&parsed).map_err(|e| {
+            ArchiveError::Config(format!(
+                "unsupported archive URL {url:?}: {e} (want s3://, gs://, az://, abfs://, file:// or memory://)"
+            ))
+        })?;
+        let config = |e: object_store::Error| ArchiveError::Config(format!("{url}: {e}"));
+        let allow_http = |env: &str| {
+            let env_http = std::env::var(env).is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+            let endpoint_http = opts
+                .endpoint
+                .as_deref()
+                .is_some_and(|e| e.starts_with("http://"));
+            opts.allow_http.unwrap_or(env_http || endpoint_http)
+        };
+        // Client options (timeouts, allow-http) are set whole: `with_client_options`
+        // replaces them all, including an `*_ALLOW_HTTP` read from the environment,
+        // which is therefore read here.
+        let client = |allow: bool| {
+            object_store::ClientOptions::new()
+                .with_timeout(opts.request_timeout)
+                .with_connect_timeout(opts.connect_timeout)
+                .with_allow_http(allow)
+        };
+        let retry = object_store::RetryConfig {
+            backoff: object_store::BackoffConfig {
+                init_backoff: Duration::from_millis(50),
+                max_backoff: Duration::from_secs(1),
+                base: 2.0,
+            },
+            max_retries: opts.client_retries,
+            retry_timeout: opts.request_timeout,
+        };
+        let base = identity_base(&parsed, &prefix);
+        let store: Arc<dyn ObjectStore> = match scheme {
+            ObjectStoreScheme::AmazonS3 => {
+                let mut b = AmazonS3Builder::from_env()
+                    .with_url(url)
+                    .with_client_options(client(allow_http("AWS_ALLOW_HTTP")));
+                for (k, v) in &opts.options {
+                    b = b.with_config(option_key::<AmazonS3ConfigKey>(k, url)?, v);
                 }
-                // Client options (timeouts, allow-http) first: `with_client_options`
-                // replaces them all, including an `AWS_ALLOW_HTTP` read from the
-                // environment, which is therefore read here.
-                let env_http = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
-                let endpoint_http = opts.endpoint.as_deref().is_some_and(|e| e.starts_with("http://"));
-                let allow_http = opts.allow_http.unwrap_or(env_http || endpoint_http);
-                let client = object_store::ClientOptions::new()
-                    .with_timeout(opts.request_timeout)
-                    .with_connect_timeout(opts.connect_timeout)
-                    .with_allow_http(allow_http);
-                let mut b = object_store::aws::AmazonS3Builder::from_env()
-                    .with_client_options(client)
-                    .with_bucket_name(bucket);
                 if let Some(e) = &opts.endpoint {
                     b = b.with_endpoint(e);
                 }
@@ -207,44 +315,49 @@ impl ArchiveStore {
                 if let Some(t) = &opts.session_token {
                     b = b.with_token(t);
                 }
-                let retry = object_store::RetryConfig {
-                    backoff: object_store::BackoffConfig {
-                        init_backoff: Duration::from_millis(50),
-                        max_backoff: Duration::from_secs(1),
-                        base: 2.0,
-                    },
-                    max_retries: opts.client_retries,
-                    retry_timeout: opts.request_timeout,
-                };
-                let s3 = b
-                    .with_retry(retry)
-                    .build()
-                    .map_err(|e| ArchiveError::Config(format!("{url}: {e}")))?;
-                Self::with_identity(Arc::new(s3), prefix, format!("s3://{bucket}"))
+                Arc::new(b.with_retry(retry).build().map_err(config)?)
             }
-            "file" => {
-                let (dir, _) = rest.split_once(['?', '#']).unwrap_or((rest, ""));
-                if !dir.starts_with('/') {
-                    return Err(ArchiveError::Config(format!(
-                        "{url:?}: a file URL needs an absolute path (file:///var/lib/walspool/archive)"
-                    )));
+            ObjectStoreScheme::GoogleCloudStorage => {
+                let mut b = GoogleCloudStorageBuilder::from_env()
+                    .with_url(url)
+                    .with_client_options(client(allow_http("GOOGLE_ALLOW_HTTP")));
+                for (k, v) in &opts.options {
+                    b = b.with_config(option_key::<GoogleConfigKey>(k, url)?, v);
                 }
-                std::fs::create_dir_all(dir).map_err(|e| ArchiveError::io("create archive directory", dir, e))?;
-                let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
-                    .map_err(|e| ArchiveError::Config(format!("{url}: {e}")))?
+                Arc::new(b.with_retry(retry).build().map_err(config)?)
+            }
+            ObjectStoreScheme::MicrosoftAzure => {
+                let mut b = MicrosoftAzureBuilder::from_env()
+                    .with_url(url)
+                    .with_client_options(client(allow_http("AZURE_ALLOW_HTTP")));
+                for (k, v) in &opts.options {
+                    b = b.with_config(option_key::<AzureConfigKey>(k, url)?, v);
+                }
+                if let Some(e) = &opts.endpoint {
+                    b = b.with_endpoint(e.clone());
+                }
+                Arc::new(b.with_retry(retry).build().map_err(config)?)
+            }
+            ObjectStoreScheme::Local => {
+                let dir = parsed.to_file_path().map_err(|()| {
+                    ArchiveError::Config(format!(
+                        "{url:?}: a file URL needs an absolute local path (file:///var/lib/walspool/archive)"
+                    ))
+                })?;
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| ArchiveError::io("create archive directory", dir.display().to_string(), e))?;
+                let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                    .map_err(config)?
                     .with_automatic_cleanup(true);
-                Self::with_identity(Arc::new(fs), "", format!("file://{dir}"))
+                return Self::with_identity(Arc::new(fs), "", format!("file://{}", dir.display()));
             }
-            "memory" => {
-                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let id = format!("memory://{}#{n}", std::process::id());
-                Self::with_identity(Arc::new(object_store::memory::InMemory::new()), rest, id)
+            other => {
+                return Err(ArchiveError::Config(format!(
+                    "unsupported archive URL {url:?} ({other:?}; want s3://, gs://, az://, abfs://, file:// or memory://)"
+                )))
             }
-            other => Err(ArchiveError::Config(format!(
-                "unsupported archive URL scheme {other:?} in {url:?} (want s3://, file:// or memory://)"
-            ))),
-        }
+        };
+        Self::with_identity(store, prefix.as_ref(), base)
     }
 
     /// Wraps any object store, with a key prefix (may be empty).
@@ -402,6 +515,36 @@ pub(crate) async fn get_range(
         .await
         .map_err(|e| ArchiveError::store("get", key, e))?;
     Ok(b.to_vec())
+}
+
+/// A store-specific option key (`aws_…`, `google_…`, `azure_…`), as object_store names it.
+fn option_key<K: std::str::FromStr<Err = object_store::Error>>(
+    key: &str,
+    url: &str,
+) -> Result<K, ArchiveError> {
+    key.parse()
+        .map_err(|e| ArchiveError::Config(format!("{url}: option {key:?}: {e}")))
+}
+
+/// The store part of an archive identity: the URL without the key prefix, query and
+/// fragment (`s3a://` written `s3://`, as it always was).
+fn identity_base(url: &url::Url, prefix: &Path) -> String {
+    let mut u = url.clone();
+    u.set_query(None);
+    u.set_fragment(None);
+    let full = u.as_str().trim_end_matches('/').to_string();
+    let p = prefix.as_ref();
+    let base = if p.is_empty() {
+        full.as_str()
+    } else {
+        full.strip_suffix(p)
+            .map(|b| b.trim_end_matches('/'))
+            .unwrap_or(&full)
+    };
+    match base.strip_prefix("s3a://") {
+        Some(rest) => format!("s3://{rest}"),
+        None => base.to_string(),
+    }
 }
 
 #[cfg(test)]
