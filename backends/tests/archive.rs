@@ -630,8 +630,10 @@ fn segments_deleted_before_archival_are_counted_lost_not_archived() {
         roll(&wal).await;
         let doomed = wal.sealed_segments();
         assert!(doomed.len() >= 2, "{doomed:?}");
+        // The WAL forgets a segment just before it removes the file: wait for both.
         wait_until("max_age deleting the sealed segments", || {
             wal.sealed_segments().is_empty()
+                && doomed.iter().all(|s| !segment_files(&dir).contains(&s.0))
         });
         for s in &doomed {
             assert!(!segment_files(&dir).contains(&s.0));
