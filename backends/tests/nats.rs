@@ -39,7 +39,7 @@ struct Rec {
 
 fn rec(n: u64) -> Rec {
     Rec {
-        kind: if n % 3 == 0 { "audit" } else { "log" }.into(),
+        kind: if n.is_multiple_of(3) { "audit" } else { "log" }.into(),
         n,
         msg: format!("record number {n}"),
     }
