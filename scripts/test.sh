@@ -17,6 +17,11 @@
 # 127.0.0.1:$WALSPOOL_PG_PORT (default 55432) in a throwaway cluster by
 # scripts/postgres.sh and stopped at exit; the PostgreSQL sink's tests find it through
 # WALSPOOL_PG_URL (without it they skip loudly, and fail with CI=true).
+# NATS (Debian's `nats-server`, installed as root if missing) is started with JetStream
+# on 127.0.0.1:$WALSPOOL_NATS_PORT (default 54222), its store in a temp dir, by
+# scripts/nats.sh and stopped at exit; the NATS sink's tests find it through
+# WALSPOOL_NATS_URL and the binary through WALSPOOL_NATS_SERVER (the outage test runs
+# its own instance on another port); without them they skip loudly, and fail with CI=true.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,7 +52,11 @@ if [ -z "${WALSPOOL_S3_ENDPOINT:-}" ]; then
     started_moto=1
 fi
 started_pg=""
+started_nats=""
 cleanup() {
+    if [ -n "$started_nats" ]; then
+        scripts/nats.sh stop "$WALSPOOL_NATS_PORT" >/dev/null 2>&1 || true
+    fi
     if [ -n "$started_moto" ]; then
         scripts/moto.sh stop "$MOTO_PORT" >/dev/null 2>&1 || true
     fi
@@ -64,5 +73,12 @@ fi
 # shellcheck source=postgres.sh
 . scripts/postgres.sh start "$WALSPOOL_PG_PORT"
 
-echo "test.sh: S3 endpoint $WALSPOOL_S3_ENDPOINT, PostgreSQL $WALSPOOL_PG_URL" >&2
+export WALSPOOL_NATS_PORT="${WALSPOOL_NATS_PORT:-54222}"
+if ! scripts/nats.sh status "$WALSPOOL_NATS_PORT"; then
+    started_nats=1
+fi
+# shellcheck source=nats.sh
+. scripts/nats.sh start "$WALSPOOL_NATS_PORT"
+
+echo "test.sh: S3 endpoint $WALSPOOL_S3_ENDPOINT, PostgreSQL $WALSPOOL_PG_URL, NATS $WALSPOOL_NATS_URL" >&2
 cargo test --workspace --all-features --no-fail-fast "$@"

@@ -27,6 +27,8 @@ pub mod file;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod local;
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "otlp")]
 pub mod otlp;
 #[cfg(feature = "postgres")]

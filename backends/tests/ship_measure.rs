@@ -4,6 +4,11 @@
 //! `WALSPOOL_MEASURE=1 cargo test --release -p walspool-backends --features http,otlp --test ship_measure -- --nocapture`
 //!
 //! Prints a markdown table; asserts only that every record arrived.
+//!
+//! With `--features http,otlp,nats` and `WALSPOOL_NATS_URL` set (scripts/nats.sh start),
+//! the same run ends with the NATS JetStream sink into a loopback `nats-server -js`
+//! (a stream of its own; "MB on the wire" is then the bytes the stream stores:
+//! payloads, headers and subjects).
 
 #![cfg(all(feature = "http", feature = "otlp"))]
 
@@ -199,5 +204,37 @@ fn measure_shipping_throughput() {
                 format!("{:.1}", bytes.load(Ordering::Relaxed) as f64 / 1e6)
             }
         );
+    }
+    #[cfg(feature = "nats")]
+    match std::env::var("WALSPOOL_NATS_URL") {
+        Ok(url) => {
+            let stream = format!("MEASURE_{}", std::process::id());
+            let sink = walspool_backends::nats::NatsSink::builder(&url)
+                .stream(&stream)
+                .subject_prefix(format!("measure{}", std::process::id()))
+                .default_kind("event")
+                .build()
+                .unwrap();
+            let (secs, _) = run("nats", Box::new(sink));
+            let rate = total as f64 / secs;
+            let (n, stored) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+                    let mut s = js.get_stream(&stream).await.unwrap();
+                    let st = s.info().await.unwrap().state.clone();
+                    js.delete_stream(&stream).await.unwrap();
+                    (st.messages, st.bytes)
+                });
+            assert_eq!(n, total, "NATS stream");
+            println!(
+                "| NATS JetStream, JSON, Nats-Msg-Id | {total} | {secs:.2} | {rate:.0} | {:.2}x | {:.1} |",
+                rate / noop,
+                stored as f64 / 1e6
+            );
+        }
+        Err(_) => eprintln!("WALSPOOL_NATS_URL unset: NATS not measured"),
     }
 }
