@@ -415,7 +415,7 @@ pub(crate) fn recover_tail<S: Storage>(
                 tracing::error!(segment = %name, error = %e, "lenient recovery: rewriting the damaged header of the tail segment");
                 let h = SegmentHeader {
                     version: FORMAT_VERSION,
-                    flags: 0,
+                    flags: crate::format::FLAG_SCHEMA,
                     base_seq: base,
                     created_us: now_us(),
                     chain: None,
@@ -604,7 +604,7 @@ pub(crate) fn write_header<S: Storage>(
     let name = storage.segment_name(base);
     let h = SegmentHeader {
         version: FORMAT_VERSION,
-        flags: 0,
+        flags: crate::format::FLAG_SCHEMA,
         base_seq: base,
         created_us: now_us(),
         chain,
