@@ -30,7 +30,8 @@ use std::io;
 use crate::cursor::{FrameCursor, Step};
 use crate::error::{Error, Result};
 use crate::format::{
-    header_len_from_fixed, split_schema, SegmentFooter, SegmentHeader, FOOTER_LEN, HEADER_LEN, HEADER_MAX_LEN,
+    header_len_from_fixed, split_schema, SegmentFooter, SegmentHeader, FOOTER_LEN, HEADER_LEN,
+    HEADER_MAX_LEN,
 };
 use crate::options::RecoveryMode;
 use crate::recovery::{floor_next_seq, read_end, scan_tail, LogEnd};

@@ -331,9 +331,10 @@ impl<S: Storage, T> ReadStream<S, T> {
         if self.until.is_some_and(|u| self.raw.next > u) {
             return Ok(None);
         }
-        Ok(self.raw.next_frame()?.map(|(seq, ts_us, version, record)| {
-            (version, Entry { seq, ts_us, record })
-        }))
+        Ok(self
+            .raw
+            .next_frame()?
+            .map(|(seq, ts_us, version, record)| (version, Entry { seq, ts_us, record })))
     }
 }
 

@@ -504,7 +504,10 @@ impl<S: Storage> DeadLetterStore for MetaDeadLetters<S> {
         let mut from = 0;
         while from < letters.len() {
             let c = &letters[from].consumer;
-            let n = letters[from..].iter().take_while(|l| &l.consumer == c).count();
+            let n = letters[from..]
+                .iter()
+                .take_while(|l| &l.consumer == c)
+                .count();
             put_meta_letters(&self.wal, &letters[from..from + n])?;
             from += n;
         }
@@ -522,7 +525,8 @@ fn put_meta_letters<S: Storage>(wal: &Wal<S>, letters: &[DeadLetter]) -> Result<
 }
 
 fn encode_letters(letters: &[DeadLetter]) -> Result<Vec<u8>> {
-    postcard::to_extend(&letters, DEAD_LETTER_MAGIC.to_vec()).map_err(|e| Error::Encode(e.to_string()))
+    postcard::to_extend(&letters, DEAD_LETTER_MAGIC.to_vec())
+        .map_err(|e| Error::Encode(e.to_string()))
 }
 
 /// Decodes a value of the default store (a batch, or one JSON letter of older stores).

@@ -13,8 +13,8 @@ use serde::Serialize;
 use crate::chain::HmacKey;
 use crate::error::{Error, Result};
 use crate::format::{
-    encode_frame_with, ChainHeader, SegmentHeader, FOOTER_LEN, FRAME_HEADER_LEN, HEADER_LEN, HEADER_MAX_LEN,
-    MAC_LEN,
+    encode_frame_with, ChainHeader, SegmentHeader, FOOTER_LEN, FRAME_HEADER_LEN, HEADER_LEN,
+    HEADER_MAX_LEN, MAC_LEN,
 };
 use crate::housekeeper::{self, HkMsg};
 use crate::metrics::{Counters, PersistedCounters};
@@ -87,8 +87,8 @@ impl Encoded {
     /// Every payload is the record's schema version (one byte, `format::FLAG_SCHEMA`) and
     /// its postcard encoding.
     fn one<T: Serialize + ?Sized>(version: u8, record: &T) -> Result<Self> {
-        let buf = postcard::to_extend(record, vec![version])
-            .map_err(|e| Error::Encode(e.to_string()))?;
+        let buf =
+            postcard::to_extend(record, vec![version]).map_err(|e| Error::Encode(e.to_string()))?;
         Ok(Encoded {
             ends: vec![buf.len()],
             buf,
@@ -529,15 +529,11 @@ impl<S: Storage> Wal<S> {
 
         // Segments written before schema versions were recorded (format version < 3)
         // take no new record: the tail is sealed (or its empty header rewritten) first.
-        let tail_has_schema = crate::storage::StorageExt::read_vec(
-            &inner.storage,
-            tail.base,
-            0,
-            HEADER_MAX_LEN,
-        )
-        .ok()
-        .and_then(|h| SegmentHeader::decode(&h, "").ok())
-        .is_none_or(|h| h.has_schema());
+        let tail_has_schema =
+            crate::storage::StorageExt::read_vec(&inner.storage, tail.base, 0, HEADER_MAX_LEN)
+                .ok()
+                .and_then(|h| SegmentHeader::decode(&h, "").ok())
+                .is_none_or(|h| h.has_schema());
         if !tail_has_schema {
             lock(&inner.state).push_roll(None);
         }
@@ -604,7 +600,9 @@ impl<S: Storage> Wal<S> {
     /// Appends one record; resolves with its sequence number once it is as durable as
     /// the configured [`Durability`].
     pub async fn append<T: Serialize + ?Sized>(&self, record: &T) -> Result<u64> {
-        let (first, _) = self.append_encoded(Encoded::one(self.inner.opts.schema.version(), record)?).await?;
+        let (first, _) = self
+            .append_encoded(Encoded::one(self.inner.opts.schema.version(), record)?)
+            .await?;
         Ok(first)
     }
 
@@ -615,7 +613,9 @@ impl<S: Storage> Wal<S> {
             let next = lock(&self.inner.state).next_seq;
             return Ok(next..next);
         }
-        let (first, n) = self.append_encoded(Encoded::many(self.inner.opts.schema.version(), records)?).await?;
+        let (first, n) = self
+            .append_encoded(Encoded::many(self.inner.opts.schema.version(), records)?)
+            .await?;
         Ok(first..first + n)
     }
 
@@ -623,7 +623,11 @@ impl<S: Storage> Wal<S> {
     /// or any bytes when the WAL is read raw); each is stamped with the WAL's schema
     /// version like any append. Returns the first sequence number and the count.
     pub async fn append_payloads(&self, payloads: Vec<Vec<u8>>) -> Result<(u64, u64)> {
-        self.append_encoded(Encoded::from_vecs(self.inner.opts.schema.version(), payloads)).await
+        self.append_encoded(Encoded::from_vecs(
+            self.inner.opts.schema.version(),
+            payloads,
+        ))
+        .await
     }
 
     async fn append_encoded(&self, payloads: Encoded) -> Result<(u64, u64)> {
@@ -644,7 +648,9 @@ impl<S: Storage> Wal<S> {
     /// `WhenFull::Block` (back-pressure). A later failure poisons the WAL; use
     /// [`flush`](Self::flush) to learn that everything queued is durable.
     pub fn append_nowait<T: Serialize + ?Sized>(&self, record: &T) -> Result<u64> {
-        let (first, _, _rx) = futures::executor::block_on(self.enqueue(Encoded::one(self.inner.opts.schema.version(), record)?))?;
+        let (first, _, _rx) = futures::executor::block_on(
+            self.enqueue(Encoded::one(self.inner.opts.schema.version(), record)?),
+        )?;
         Ok(first)
     }
 
