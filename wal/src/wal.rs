@@ -13,8 +13,8 @@ use serde::Serialize;
 use crate::chain::HmacKey;
 use crate::error::{Error, Result};
 use crate::format::{
-    encode_frame_with, ChainHeader, SegmentHeader, FOOTER_LEN, FRAME_HEADER_LEN, HEADER_LEN,
-    HEADER_MAX_LEN, MAC_LEN,
+    encode_frame_with, ChainHeader, FOOTER_LEN, FRAME_HEADER_LEN, HEADER_LEN, HEADER_MAX_LEN,
+    MAC_LEN,
 };
 use crate::housekeeper::{self, HkMsg};
 use crate::metrics::{Counters, PersistedCounters};
@@ -529,12 +529,7 @@ impl<S: Storage> Wal<S> {
 
         // Segments written before schema versions were recorded (format version < 3)
         // take no new record: the tail is sealed (or its empty header rewritten) first.
-        let tail_has_schema =
-            crate::storage::StorageExt::read_vec(&inner.storage, tail.base, 0, HEADER_MAX_LEN)
-                .ok()
-                .and_then(|h| SegmentHeader::decode(&h, "").ok())
-                .is_none_or(|h| h.has_schema());
-        if !tail_has_schema {
+        if !tail.has_schema {
             lock(&inner.state).push_roll(None);
         }
 
