@@ -55,6 +55,7 @@ fn event(i: u64) -> AuditRecord {
         outcome: "success".into(),
         ctx: None,
         data: None,
+        tenant: None,
     }
 }
 
@@ -72,7 +73,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let crash = args.iter().any(|a| a == "--crash-before-flush");
     let measure: Option<usize> = arg(&args, "--measure").map(|s| s.parse()).transpose()?;
 
-    let wal: Wal<LocalDisk> = Wal::open(LocalDisk::open(&dir)?, Options::default())?;
+    let wal: Wal<LocalDisk> = Wal::open(
+        LocalDisk::open(&dir)?,
+        Options::default().schema::<AuditRecord>(),
+    )?;
     let consumer = wal.consumer(CONSUMER)?;
     // The primary sink: JSON lines (the audit record's own fields plus `wal_id` and
     // `wal_seq`), fsynced per batch, rotated at 64 MiB; on open it recovers the last

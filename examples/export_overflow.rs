@@ -167,7 +167,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let exit_when_drained = args.iter().any(|a| a == "--exit-when-drained");
 
     smol::block_on(async {
-        let wal: Wal<LocalDisk> = Wal::open(LocalDisk::open(&dir)?, Options::default())?;
+        let wal: Wal<LocalDisk> = Wal::open(
+            LocalDisk::open(&dir)?,
+            Options::default().schema::<AuditRecord>(),
+        )?;
         let consumer = wal.consumer("export")?;
         println!("resuming after checkpoint {}", consumer.committed());
         let endpoint = Endpoint::open(&endpoint_path, stall, slow)?;
@@ -194,6 +197,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 outcome: "success".into(),
                 ctx: None,
                 data: None,
+                tenant: None,
             };
             let seq = wal.append(&rec).await?; // persisted before the channel send
             if let Err(TrySendError::Full(_)) = tx.try_send((seq, rec)) {

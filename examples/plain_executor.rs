@@ -44,7 +44,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let wal: Wal<LocalDisk> = Wal::open(
         LocalDisk::open(&dir)?,
-        Options::default().segment_size(1 << 20),
+        Options::default()
+            .schema::<AuditRecord>()
+            .segment_size(1 << 20),
     )?;
     let consumer = wal.consumer("archive-sink")?;
     println!("resuming after checkpoint {}", consumer.committed());
@@ -103,6 +105,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 outcome: "success".into(),
                 ctx: None,
                 data: None,
+                tenant: None,
             };
             last = w.append(&rec).await?;
             if tx.try_send(last).is_err() {

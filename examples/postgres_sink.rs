@@ -43,7 +43,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // (the shipper would retry it).
     futures::executor::block_on(sink.check())?;
 
-    let wal: Wal<LocalDisk> = Wal::open(LocalDisk::open(&dir)?, Options::default())?;
+    let wal: Wal<LocalDisk> = Wal::open(
+        LocalDisk::open(&dir)?,
+        Options::default().schema::<AuditRecord>(),
+    )?;
     let shipper = Shipper::<_, AuditRecord>::builder(wal.consumer("postgres")?, sink).build();
     let running = shipper.spawn_on_thread()?;
 
@@ -57,6 +60,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             outcome: "success".into(),
             ctx: None,
             data: None,
+            tenant: None,
         })
         .collect();
     let last = if records.is_empty() {

@@ -162,6 +162,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let wal: Wal<LocalDisk> = Wal::open(
                 LocalDisk::open(&dir)?,
                 Options::default()
+                    .schema::<Envelope>()
                     .segment_size(segment)
                     .max_bytes(max_bytes.max(2 * segment))
                     .max_age(max_age)
@@ -198,6 +199,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     outcome: "success".into(),
                     ctx: Some([("request_id".to_string(), format!("req-{i}"))].into()),
                     data: None,
+                    tenant: None,
                 })
             } else {
                 Envelope::Log(LogRecord {

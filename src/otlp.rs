@@ -172,6 +172,7 @@ mod tests {
             outcome: "denied".into(),
             ctx: None,
             data: None,
+            tenant: None,
         })
         .to_otlp();
         assert_eq!(audit.service, "billing");

@@ -1,12 +1,17 @@
 //! The record shapes of ADR-0017 (one WAL mechanism for logs, audit and future kinds).
 //!
 //! `LogRecord { ts, service, level, category?, msg?, ctx?, data? }` and
-//! `AuditRecord { ts, service, actor, action, resource, outcome, ctx?, data? }`, carried
+//! `AuditRecord { ts, service, actor, action, resource, outcome, ctx?, data?, tenant? }`, carried
 //! in an [`Envelope`] `{ kind, record }` whose `kind` is `"log"`, `"audit"` or a future
 //! kind. All of them encode with postcard (in the WAL) and with serde_json (for ingest
 //! endpoints): `ctx` is a flat string map and `data` a JSON document kept as text,
 //! because postcard, being compact and not self-describing, cannot carry an untyped
 //! JSON value.
+//!
+//! All three are [`Versioned`]: `AuditRecord` and `Envelope` are at schema version 2
+//! (`AuditRecord.tenant` was added), `LogRecord` at 1. Register the type the WAL holds
+//! (`Options::default().schema::<Envelope>()`) and records written before `tenant`
+//! existed read back with `tenant: None` (README, "Changing your record type").
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,6 +19,7 @@ use std::fmt;
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use walspool_wal::schema::{UpgradeError, Versioned};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -61,6 +67,83 @@ pub struct AuditRecord {
     pub ctx: Option<BTreeMap<String, String>>,
     /// Structured data as a JSON document.
     pub data: Option<String>,
+    /// The tenant (organisation, account) the action belongs to. Added in schema
+    /// version 2: records of version 1 read back with `None`.
+    pub tenant: Option<String>,
+}
+
+/// The shapes of earlier schema versions, frozen: only to read old records.
+pub mod v1 {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Serialize};
+
+    /// [`AuditRecord`](super::AuditRecord) as schema version 1 wrote it (no `tenant`).
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[allow(missing_docs)]
+    pub struct AuditRecord {
+        pub ts: u64,
+        pub service: String,
+        pub actor: String,
+        pub action: String,
+        pub resource: String,
+        pub outcome: String,
+        pub ctx: Option<BTreeMap<String, String>>,
+        pub data: Option<String>,
+    }
+
+    impl From<AuditRecord> for super::AuditRecord {
+        fn from(r: AuditRecord) -> Self {
+            super::AuditRecord {
+                ts: r.ts,
+                service: r.service,
+                actor: r.actor,
+                action: r.action,
+                resource: r.resource,
+                outcome: r.outcome,
+                ctx: r.ctx,
+                data: r.data,
+                tenant: None,
+            }
+        }
+    }
+}
+
+/// Version 1; unchanged since.
+impl Versioned for LogRecord {
+    const VERSION: u8 = 1;
+}
+
+/// Version 2 added `tenant`.
+impl Versioned for AuditRecord {
+    const VERSION: u8 = 2;
+    fn upgrade(from: u8, bytes: &[u8]) -> Result<Self, UpgradeError> {
+        match from {
+            1 => Ok(postcard::from_bytes::<v1::AuditRecord>(bytes)?.into()),
+            _ => Err(UpgradeError::unknown(from)),
+        }
+    }
+}
+
+/// Version 2: its `AuditRecord` gained `tenant`. A WAL of envelopes registers
+/// `Options::default().schema::<Envelope>()`.
+impl Versioned for Envelope {
+    const VERSION: u8 = 2;
+    fn upgrade(from: u8, bytes: &[u8]) -> Result<Self, UpgradeError> {
+        if from != 1 {
+            return Err(UpgradeError::unknown(from));
+        }
+        // postcard: the kind, then the record as that version declared it.
+        let (kind, rest): (String, &[u8]) = postcard::take_from_bytes(bytes)?;
+        Ok(match kind.as_str() {
+            "log" => Envelope::Log(postcard::from_bytes(rest)?),
+            "audit" => Envelope::Audit(postcard::from_bytes::<v1::AuditRecord>(rest)?.into()),
+            _ => Envelope::Other {
+                record: postcard::from_bytes(rest)?,
+                kind,
+            },
+        })
+    }
 }
 
 /// `{ kind, record }`: one record of any kind.
@@ -184,6 +267,7 @@ mod tests {
             outcome: "success".into(),
             ctx: Some([("ip".to_string(), "10.0.0.1".to_string())].into()),
             data: None,
+            tenant: Some("acme".into()),
         })
     }
 
@@ -212,5 +296,82 @@ mod tests {
             );
             assert_eq!(serde_json::from_str::<Envelope>(&js).unwrap(), e);
         }
+    }
+
+    #[test]
+    fn a_wal_written_before_tenant_was_added_reads_back() {
+        use futures::executor::block_on;
+        use futures::StreamExt;
+        use walspool_wal::{Memory, Options, Wal};
+
+        let old = v1::AuditRecord {
+            ts: 1,
+            service: "gateway".into(),
+            actor: "alice".into(),
+            action: "login".into(),
+            resource: "session".into(),
+            outcome: "success".into(),
+            ctx: None,
+            data: None,
+        };
+        let log = LogRecord {
+            ts: 2,
+            service: "gateway".into(),
+            level: "info".into(),
+            category: None,
+            msg: Some("hello".into()),
+            ctx: None,
+            data: None,
+        };
+        // The previous release: no schema registered (version 1), the old shapes. An
+        // envelope is encoded as its kind, then its record.
+        let mem = Memory::new();
+        let wal = Wal::open(mem.clone(), Options::default()).unwrap();
+        block_on(wal.append(&("audit".to_string(), old.clone()))).unwrap();
+        block_on(wal.append(&("log".to_string(), log.clone()))).unwrap();
+        block_on(wal.close()).unwrap();
+        drop(wal);
+
+        let wal = Wal::open(mem, Options::default().schema::<Envelope>()).unwrap();
+        let new = audit();
+        block_on(wal.append(&new)).unwrap();
+        let got: Vec<Envelope> = block_on(wal.read_range::<Envelope>(1, 3).collect::<Vec<_>>())
+            .into_iter()
+            .map(|r| r.unwrap().record)
+            .collect();
+        let upgraded = AuditRecord {
+            tenant: None,
+            ..AuditRecord::from(old)
+        };
+        assert_eq!(
+            got,
+            vec![Envelope::Audit(upgraded), Envelope::Log(log), new]
+        );
+        block_on(wal.close()).unwrap();
+    }
+
+    #[test]
+    fn audit_records_alone_upgrade_too() {
+        let old = v1::AuditRecord {
+            ts: 1,
+            service: "s".into(),
+            actor: "a".into(),
+            action: "x".into(),
+            resource: "r".into(),
+            outcome: "ok".into(),
+            ctx: None,
+            data: Some("{}".into()),
+        };
+        let bytes = postcard::to_allocvec(&old).unwrap();
+        let r = walspool_wal::Schema::of::<AuditRecord>()
+            .decode::<AuditRecord>(7, 1, &bytes)
+            .unwrap();
+        assert_eq!(r.tenant, None);
+        assert_eq!(r.data.as_deref(), Some("{}"));
+        // Without the upgrade, the old bytes are refused by name, not misread.
+        let e = walspool_wal::Schema::of::<LogRecord>()
+            .decode::<LogRecord>(7, 2, &bytes)
+            .unwrap_err();
+        assert!(e.to_string().contains("schema version 2"), "{e}");
     }
 }

@@ -46,7 +46,11 @@ fn sink_kill_child() {
         var("WALSPOOL_SINK_KILL_URL"),
         var("WALSPOOL_SINK_KILL_MODE"),
     );
-    let wal = Wal::open(LocalDisk::open(dir).unwrap(), Options::default()).unwrap();
+    let wal = Wal::open(
+        LocalDisk::open(dir).unwrap(),
+        Options::default().schema::<Envelope>(),
+    )
+    .unwrap();
     let consumer = wal.consumer(CONSUMER).unwrap();
     let t = if mode == "https" {
         let sink = HttpSink::builder(url)
@@ -142,7 +146,11 @@ fn spawn_child(mode: &str, dir: &std::path::Path, url: &str, ca: &std::path::Pat
 }
 
 fn committed(dir: &std::path::Path) -> u64 {
-    let wal = Wal::open(LocalDisk::open(dir).unwrap(), Options::default()).unwrap();
+    let wal = Wal::open(
+        LocalDisk::open(dir).unwrap(),
+        Options::default().schema::<Envelope>(),
+    )
+    .unwrap();
     let c = wal
         .consumers()
         .into_iter()
@@ -159,6 +167,7 @@ fn kill_mid_stream_and_restart(mode: &str) {
         let wal = Wal::open(
             LocalDisk::open(&dir).unwrap(),
             Options::default()
+                .schema::<Envelope>()
                 .durability(Durability::Sync)
                 .segment_size(256 << 10),
         )
@@ -179,6 +188,7 @@ fn kill_mid_stream_and_restart(mode: &str) {
                             outcome: "success".into(),
                             ctx: None,
                             data: None,
+                            tenant: None,
                         })
                     })
                     .collect();

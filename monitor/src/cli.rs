@@ -87,6 +87,17 @@ pub fn status_text(s: &Snapshot, now_ms: u64) -> String {
         ),
         ("ship_errors_total", fmt::count(m.ship_errors_total)),
         ("dropped_records_total", fmt::count(m.dropped_records_total)),
+        (
+            "dead_letter_total",
+            if m.dead_letter_total > 0 {
+                format!(
+                    "{} (records set aside: walspool dump --dead-letters CONSUMER)",
+                    fmt::count(m.dead_letter_total)
+                )
+            } else {
+                "0".to_string()
+            },
+        ),
         ("last_ship_ts", last_ship),
         ("current_file", m.current_file.clone()),
         ("current_offset", m.current_offset.to_string()),
@@ -235,6 +246,8 @@ pub struct DumpOptions {
     pub schema: Schema,
     /// Bytes of hex preview.
     pub preview: usize,
+    /// List this consumer's dead letters (default store) instead of the records.
+    pub dead_letters: Option<String>,
 }
 
 /// Runs `dump`; returns the exit code.
@@ -246,6 +259,9 @@ pub fn dump(dir: &Path, o: &DumpOptions, out: &mut dyn Write) -> std::io::Result
             return Ok(2);
         }
     };
+    if let Some(c) = &o.dead_letters {
+        return dump_dead_letters(&storage, c, o, out);
+    }
     for r in inspect::records(&storage, o.from).take(o.limit.unwrap_or(usize::MAX)) {
         let r = match r {
             Ok(r) => r,
@@ -261,6 +277,7 @@ pub fn dump(dir: &Path, o: &DumpOptions, out: &mut dyn Write) -> std::io::Result
                 "ts_us": r.ts_us,
                 "ts": fmt::rfc3339_us(r.ts_us),
                 "size": r.payload.len(),
+                "schema_version": r.schema_version,
                 "segment": storage.segment_name(r.segment),
                 "offset": r.offset,
                 "hex": hex(&r.payload, o.preview),
@@ -273,9 +290,10 @@ pub fn dump(dir: &Path, o: &DumpOptions, out: &mut dyn Write) -> std::io::Result
             writeln!(out, "{v}")?;
         } else {
             let mut line = format!(
-                "{:>10}  {}  {:>6} B  {}",
+                "{:>10}  {}  v{:<3} {:>6} B  {}",
                 r.seq,
                 fmt::rfc3339_us(r.ts_us),
+                r.schema_version,
                 r.payload.len(),
                 hex(&r.payload, o.preview)
             );
@@ -286,6 +304,76 @@ pub fn dump(dir: &Path, o: &DumpOptions, out: &mut dyn Write) -> std::io::Result
                 Err(e) => line.push_str(&format!("  (not a {:?}: {e})", o.schema)),
             }
             writeln!(out, "{line}")?;
+        }
+    }
+    Ok(0)
+}
+
+/// `dump --dead-letters CONSUMER`: the letters of the default store, in sequence order,
+/// with their raw bytes (decoded with `--as` when asked).
+fn dump_dead_letters(
+    storage: &LocalDisk,
+    consumer: &str,
+    o: &DumpOptions,
+    out: &mut dyn Write,
+) -> std::io::Result<i32> {
+    let prefix = format!("{}{consumer}.", walspool_wal::shipper::DEAD_LETTER_PREFIX);
+    let mut keys = match storage.list_meta(&prefix) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("walspool dump: {e}");
+            return Ok(2);
+        }
+    };
+    keys.sort();
+    let mut letters = Vec::new();
+    for k in keys {
+        let Ok(Some(b)) = storage.get_meta(&k) else {
+            continue;
+        };
+        match walspool_wal::shipper::decode_dead_letters(&b) {
+            Ok(l) => letters.extend(l),
+            Err(e) => {
+                eprintln!("walspool dump: meta {k}: {e}");
+                return Ok(1);
+            }
+        }
+    }
+    letters.sort_by_key(|l| l.seq);
+    let shown = letters
+        .iter()
+        .filter(|l| l.seq >= o.from)
+        .take(o.limit.unwrap_or(usize::MAX));
+    for l in shown {
+        let decoded = decode(&l.payload, o.schema);
+        if o.json {
+            let mut v = json!({
+                "seq": l.seq,
+                "ts_us": l.ts_us,
+                "ts": fmt::rfc3339_us(l.ts_us),
+                "schema_version": l.schema_version,
+                "size": l.payload.len(),
+                "attempts": l.attempts,
+                "reason": l.reason,
+                "hex": hex(&l.payload, o.preview),
+            });
+            match decoded {
+                Ok(Value::Null) => {}
+                Ok(val) => v["value"] = val,
+                Err(e) => v["decode_error"] = Value::from(e),
+            }
+            writeln!(out, "{v}")?;
+        } else {
+            writeln!(
+                out,
+                "{:>10}  {}  v{:<3} {:>6} B  {}  ({})",
+                l.seq,
+                fmt::rfc3339_us(l.ts_us),
+                l.schema_version,
+                l.payload.len(),
+                hex(&l.payload, o.preview),
+                l.reason
+            )?;
         }
     }
     Ok(0)

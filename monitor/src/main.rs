@@ -114,6 +114,10 @@ enum Cmd {
         /// Bytes of hex preview.
         #[arg(long, default_value_t = 16)]
         preview: usize,
+        /// List the dead letters of this consumer (raw bytes, schema version, reason)
+        /// instead of the records.
+        #[arg(long = "dead-letters", value_name = "CONSUMER")]
+        dead_letters: Option<String>,
     },
     /// Rebuild a WAL directory from its archive (s3://bucket/prefix, file:///path).
     Restore {
@@ -250,6 +254,7 @@ fn main() -> ExitCode {
             json,
             schema,
             preview,
+            dead_letters,
         } => cli::dump(
             &dir,
             &DumpOptions {
@@ -258,6 +263,7 @@ fn main() -> ExitCode {
                 json,
                 schema,
                 preview,
+                dead_letters,
             },
             &mut out,
         )

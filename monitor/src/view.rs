@@ -589,11 +589,20 @@ fn figures(app: &App, p: &Panel, s: &Snapshot) -> Figures {
         backlog_bytes: kv("backlog bytes", fmt::bytes(m.backlog_bytes), backlog_style),
         errors: kv(
             "ship errors",
-            format!(
-                "{} ({}/s)",
-                fmt::count(m.ship_errors_total),
-                fmt::rate(p.ship_error_rate)
-            ),
+            if m.dead_letter_total > 0 {
+                format!(
+                    "{} ({}/s), {} dead-lettered",
+                    fmt::count(m.ship_errors_total),
+                    fmt::rate(p.ship_error_rate),
+                    fmt::count(m.dead_letter_total)
+                )
+            } else {
+                format!(
+                    "{} ({}/s)",
+                    fmt::count(m.ship_errors_total),
+                    fmt::rate(p.ship_error_rate)
+                )
+            },
             err_style,
         ),
         dropped: kv(

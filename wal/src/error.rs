@@ -65,6 +65,21 @@ pub enum Error {
         /// The postcard error.
         reason: String,
     },
+    /// A record was written with a schema version this build's type cannot read: no
+    /// upgrade for it, a failed upgrade, or a version newer than the type. See
+    /// [`schema`](crate::schema).
+    Schema {
+        /// Sequence number of the record.
+        seq: u64,
+        /// The schema version the record was written with.
+        found: u8,
+        /// The version of the type it was read as.
+        expected: u8,
+        /// The type it was read as.
+        type_name: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// A single record is larger than a segment may hold.
     RecordTooLarge {
         /// Encoded size.
@@ -153,6 +168,10 @@ impl std::fmt::Display for Error {
             Error::Config(m) => write!(f, "invalid configuration: {m}"),
             Error::Encode(m) => write!(f, "could not encode record: {m}"),
             Error::Decode { seq, reason } => write!(f, "record {seq} does not decode as the requested type: {reason}"),
+            Error::Schema { seq, found, expected, type_name, reason } => write!(
+                f,
+                "record {seq} was written with schema version {found}, but {type_name} is version {expected}: {reason} (README: \"Changing your record type\")"
+            ),
             Error::RecordTooLarge { size, max } => write!(f, "record of {size} bytes exceeds the limit of {max} bytes"),
             Error::Gap {
                 expected,

@@ -28,7 +28,8 @@ use crate::error::Error;
 pub const MAGIC: [u8; 8] = *b"WALSPOOL";
 /// The format version this build writes. Version 2 added the optional HMAC chain
 /// ([`FLAG_CHAINED`]); an unchained version-2 segment is laid out exactly as version 1.
-pub const FORMAT_VERSION: u16 = 2;
+/// Version 3 added [`FLAG_SCHEMA`]: every payload starts with its record's schema version.
+pub const FORMAT_VERSION: u16 = 3;
 /// Oldest format version this build can read.
 pub const MIN_READ_VERSION: u16 = 1;
 
@@ -36,6 +37,10 @@ pub const MIN_READ_VERSION: u16 = 1;
 pub const HEADER_LEN: usize = 32;
 /// Header flag: frames carry an HMAC-SHA256 chain (version 2+).
 pub const FLAG_CHAINED: u16 = 1;
+/// Header flag (version 3+): every frame's payload starts with one byte, the schema
+/// version of its record (1..=255, see [`crate::schema`]); the encoded record follows.
+/// Payloads of segments without it are records of schema version 1.
+pub const FLAG_SCHEMA: u16 = 2;
 /// Size of the chain extension that follows the fixed header in chained segments.
 pub const CHAIN_EXT_LEN: usize = 56;
 /// Largest header: fixed part plus chain extension. Read this many bytes to decode any header.
@@ -121,6 +126,11 @@ impl SegmentHeader {
         self.chain.is_some()
     }
 
+    /// Whether payloads start with their record's schema version ([`FLAG_SCHEMA`]).
+    pub fn has_schema(&self) -> bool {
+        self.flags & FLAG_SCHEMA != 0
+    }
+
     /// Encodes the header (32 bytes, or 88 when chained).
     pub fn encode(&self) -> Vec<u8> {
         let mut b = vec![0u8; self.data_offset()];
@@ -177,7 +187,11 @@ impl SegmentHeader {
             });
         }
         let flags = u16::from_le_bytes([b[HEADER_FLAGS_OFFSET], b[HEADER_FLAGS_OFFSET + 1]]);
-        let known = if version >= 2 { FLAG_CHAINED } else { 0 };
+        let known = match version {
+            1 => 0,
+            2 => FLAG_CHAINED,
+            _ => FLAG_CHAINED | FLAG_SCHEMA,
+        };
         if flags & !known != 0 {
             return Err(corrupt("unknown segment flags"));
         }
@@ -396,6 +410,18 @@ pub fn decode_frame_with(b: &[u8], chained: bool) -> Decoded<'_> {
         },
         total,
     )
+}
+
+/// Splits a frame's payload into the record's schema version and its encoded bytes.
+/// `has_schema` is [`SegmentHeader::has_schema`] of the frame's segment; without it the
+/// version is [`DEFAULT_SCHEMA_VERSION`](crate::schema::DEFAULT_SCHEMA_VERSION). `None`
+/// for an empty payload in a segment with versions (not a valid record).
+pub fn split_schema(has_schema: bool, payload: &[u8]) -> Option<(u8, &[u8])> {
+    if !has_schema {
+        return Some((crate::schema::DEFAULT_SCHEMA_VERSION, payload));
+    }
+    let (&v, rest) = payload.split_first()?;
+    (v != 0).then_some((v, rest))
 }
 
 /// The name a segment has on disk: its base sequence, zero-padded to 20 digits.

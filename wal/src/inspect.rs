@@ -30,7 +30,8 @@ use std::io;
 use crate::cursor::{FrameCursor, Step};
 use crate::error::{Error, Result};
 use crate::format::{
-    header_len_from_fixed, SegmentFooter, SegmentHeader, FOOTER_LEN, HEADER_LEN, HEADER_MAX_LEN,
+    header_len_from_fixed, split_schema, SegmentFooter, SegmentHeader, FOOTER_LEN, HEADER_LEN,
+    HEADER_MAX_LEN,
 };
 use crate::options::RecoveryMode;
 use crate::recovery::{floor_next_seq, read_end, scan_tail, LogEnd};
@@ -538,7 +539,9 @@ pub struct RawRecord {
     pub segment: SegmentId,
     /// Byte offset of its frame in the segment.
     pub offset: u64,
-    /// The postcard-encoded payload.
+    /// The schema version the record was written with ([`crate::schema`]).
+    pub schema_version: u8,
+    /// The postcard-encoded record (without the schema version byte).
     pub payload: Vec<u8>,
 }
 
@@ -552,6 +555,7 @@ pub struct Records<'a, S: Storage + ?Sized> {
     idx: usize,
     from: u64,
     cursor: Option<FrameCursor<'a, S>>,
+    has_schema: bool,
     done: bool,
 }
 
@@ -570,6 +574,7 @@ pub fn records<S: Storage + ?Sized>(storage: &S, from: u64) -> Records<'_, S> {
         idx,
         from,
         cursor: None,
+        has_schema: false,
         done,
     }
 }
@@ -617,6 +622,7 @@ impl<S: Storage + ?Sized> Iterator for Records<'_, S> {
                         return Some(Err(e));
                     }
                 };
+                self.has_schema = header.has_schema();
                 self.cursor = Some(FrameCursor::new(
                     self.storage,
                     info.id,
@@ -636,12 +642,22 @@ impl<S: Storage + ?Sized> Iterator for Records<'_, S> {
             match step {
                 Step::Frame { at, seq, ts_us, .. } => {
                     if seq >= self.from {
+                        let frame = cur.last_frame();
+                        let Some((v, bytes)) = split_schema(self.has_schema, frame.payload) else {
+                            self.done = true;
+                            return Some(Err(Error::Corrupt {
+                                segment: name,
+                                offset: at,
+                                reason: format!("record {seq} has no schema version byte"),
+                            }));
+                        };
                         return Some(Ok(RawRecord {
                             seq,
                             ts_us,
                             segment: info.id,
                             offset: at,
-                            payload: cur.last_frame().payload.to_vec(),
+                            schema_version: v,
+                            payload: bytes.to_vec(),
                         }));
                     }
                 }

@@ -67,6 +67,7 @@ pub struct Options {
     pub(crate) max_buffered_bytes: usize,
     pub(crate) wal_id: Option<String>,
     pub(crate) hmac: Option<std::sync::Arc<crate::chain::HmacKey>>,
+    pub(crate) schema: crate::schema::Schema,
 }
 
 /// Default segment size: 64 MiB.
@@ -90,6 +91,7 @@ impl Default for Options {
             max_buffered_bytes: 8 << 20,
             wal_id: None,
             hmac: None,
+            schema: crate::schema::Schema::default(),
         }
     }
 }
@@ -141,6 +143,21 @@ impl Options {
         self.max_buffered_bytes = bytes;
         self
     }
+    /// The record type this WAL holds, with its schema version and its upgrades from
+    /// older versions ([`Versioned`](crate::schema::Versioned)): every record appended
+    /// is stamped with `T::VERSION`, every older record read goes through
+    /// `T::upgrade`. Without it records are stamped version 1 and none is upgraded.
+    /// See the README, "Changing your record type".
+    pub fn schema<T: crate::schema::Versioned>(mut self) -> Self {
+        self.schema = crate::schema::Schema::of::<T>();
+        self
+    }
+
+    /// The record schema (version 1 and no upgrade unless [`schema`](Self::schema) was set).
+    pub fn get_schema(&self) -> &crate::schema::Schema {
+        &self.schema
+    }
+
     /// A stable id for this WAL, used in idempotency keys and archive paths. By default
     /// one is generated at creation and stored in the WAL.
     pub fn wal_id(mut self, id: impl Into<String>) -> Self {
@@ -163,6 +180,12 @@ impl Options {
 
     /// Checks the options; every problem is a clear [`Error::Config`].
     pub fn validate(&self) -> Result<()> {
+        if self.schema.version() == 0 {
+            return Err(Error::Config(format!(
+                "{}: Versioned::VERSION must be 1..=255, not 0",
+                self.schema.type_name()
+            )));
+        }
         if self.segment_size < MIN_SEGMENT_SIZE || self.segment_size > MAX_SEGMENT_SIZE {
             return Err(Error::Config(format!(
                 "segment_size must be between {MIN_SEGMENT_SIZE} and {MAX_SEGMENT_SIZE} bytes, got {}",

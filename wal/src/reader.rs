@@ -11,8 +11,9 @@ use serde::de::DeserializeOwned;
 
 use crate::cursor::FrameCursor;
 use crate::error::{Error, Result};
-use crate::format::{decode_frame_with, Decoded, SegmentHeader, HEADER_MAX_LEN};
+use crate::format::{decode_frame_with, split_schema, Decoded, SegmentHeader, HEADER_MAX_LEN};
 use crate::options::RecoveryMode;
+use crate::schema::Schema;
 use crate::storage::{Storage, StorageExt};
 use crate::wal::{lock, Inner, Wal};
 
@@ -36,8 +37,13 @@ pub(crate) struct RawReader<S: Storage> {
     pos: usize,
     buf_at: u64,
     chained: bool,
+    /// Whether the current segment's payloads start with a schema version.
+    has_schema: bool,
     refreshed_at: Option<(u64, u64)>,
 }
+
+/// A record as stored: sequence number, timestamp, schema version, encoded bytes.
+pub(crate) type RawFrameOut = (u64, u64, u8, Vec<u8>);
 
 const READ_CHUNK: usize = 256 << 10;
 
@@ -51,12 +57,13 @@ impl<S: Storage> RawReader<S> {
             pos: 0,
             buf_at: 0,
             chained: false,
+            has_schema: false,
             refreshed_at: None,
         }
     }
 
     /// The next durable frame, `Ok(None)` when the reader is at the durable end.
-    pub fn next_frame(&mut self) -> Result<Option<(u64, u64, Vec<u8>)>> {
+    pub fn next_frame(&mut self) -> Result<Option<RawFrameOut>> {
         loop {
             if self.next > self.inner.durable_seq.load(Ordering::Acquire) {
                 return Ok(None);
@@ -90,6 +97,7 @@ impl<S: Storage> RawReader<S> {
                     };
                     let h = SegmentHeader::decode(&hdr, &name)?;
                     self.chained = h.is_chained();
+                    self.has_schema = h.has_schema();
                     self.seg = Some(base);
                     self.buf.clear();
                     self.pos = 0;
@@ -122,8 +130,17 @@ impl<S: Storage> RawReader<S> {
                             continue;
                         }
                     }
+                    let Some((version, bytes)) = split_schema(self.has_schema, f.payload) else {
+                        let e = Error::Corrupt {
+                            segment: self.inner.storage.segment_name(seg),
+                            offset: at,
+                            reason: format!("record {} has no schema version byte", f.seq),
+                        };
+                        self.skip_segment_or(e)?;
+                        continue;
+                    };
                     self.next += 1;
-                    return Ok(Some((f.seq, f.ts_us, f.payload.to_vec())));
+                    return Ok(Some((f.seq, f.ts_us, version, bytes.to_vec())));
                 }
                 Decoded::Footer(_) => {
                     let later = lock(&self.inner.segments)
@@ -276,7 +293,9 @@ impl<S: Storage> RawReader<S> {
 ///
 /// Items are `Result`s. [`Error::Gap`] is not fatal: records were dropped by retention
 /// bounds before this reader got to them and the stream continues after the gap.
-/// [`Error::Decode`] (an intact record of another type) skips that record. Any other
+/// [`Error::Decode`] (an intact record of another type) and [`Error::Schema`] (a record
+/// of a schema version the type cannot read) skip that record, which stays on disk:
+/// [`Consumer::replay`](crate::Consumer::replay) stops on them. Any other
 /// error (corruption, I/O) is the stream's last item; open a new reader to retry.
 /// Reads are short `pread`s of data that is almost always in the page cache; they run
 /// on the task polling the stream.
@@ -301,34 +320,41 @@ impl<S: Storage, T> ReadStream<S, T> {
         self.raw.next
     }
 
-    /// Takes the next record that is already durable without waiting; `Ok(None)` at
-    /// the durable end.
+    /// Takes the next record that is already durable without waiting, as its encoded
+    /// bytes (without the schema version); `Ok(None)` at the durable end.
     pub fn try_next_raw(&mut self) -> Result<Option<Entry<Vec<u8>>>> {
+        Ok(self.try_next_versioned()?.map(|(_, e)| e))
+    }
+
+    /// Like [`try_next_raw`](Self::try_next_raw), with the record's schema version.
+    pub fn try_next_versioned(&mut self) -> Result<Option<(u8, Entry<Vec<u8>>)>> {
         if self.until.is_some_and(|u| self.raw.next > u) {
             return Ok(None);
         }
         Ok(self
             .raw
             .next_frame()?
-            .map(|(seq, ts_us, record)| Entry { seq, ts_us, record }))
+            .map(|(seq, ts_us, version, record)| (version, Entry { seq, ts_us, record })))
     }
 }
 
 impl<S: Storage, T: DeserializeOwned> ReadStream<S, T> {
     /// The next durable record without waiting; `Ok(None)` at the durable end.
     pub fn try_next(&mut self) -> Result<Option<Entry<T>>> {
-        match self.try_next_raw()? {
+        match self.try_next_versioned()? {
             None => Ok(None),
-            Some(e) => Ok(Some(decode_entry(e)?)),
+            Some((v, e)) => Ok(Some(decode_entry(&self.raw.inner.opts.schema, v, e)?)),
         }
     }
 }
 
-pub(crate) fn decode_entry<T: DeserializeOwned>(e: Entry<Vec<u8>>) -> Result<Entry<T>> {
-    let record = postcard::from_bytes(&e.record).map_err(|err| Error::Decode {
-        seq: e.seq,
-        reason: err.to_string(),
-    })?;
+/// Decodes a record through the WAL's schema (upgrading older versions).
+pub(crate) fn decode_entry<T: DeserializeOwned>(
+    schema: &Schema,
+    version: u8,
+    e: Entry<Vec<u8>>,
+) -> Result<Entry<T>> {
+    let record = schema.decode(e.seq, version, &e.record)?;
     Ok(Entry {
         seq: e.seq,
         ts_us: e.ts_us,
@@ -345,8 +371,10 @@ impl<S: Storage, T: DeserializeOwned> Stream for ReadStream<S, T> {
             return Poll::Ready(None);
         }
         for attempt in 0..2 {
-            match this.try_next_raw() {
-                Ok(Some(e)) => return Poll::Ready(Some(decode_entry(e))),
+            match this.try_next_versioned() {
+                Ok(Some((v, e))) => {
+                    return Poll::Ready(Some(decode_entry(&this.raw.inner.opts.schema, v, e)))
+                }
                 Err(e) => {
                     // The reader cannot get past corruption or an I/O error: end the
                     // stream rather than yield the same error forever (a consumer that

@@ -358,6 +358,8 @@ pub(crate) struct TailState {
     pub last_mac: Option<[u8; MAC_LEN]>,
     /// Sequence numbers skipped over corruption (lenient mode).
     pub skipped: u64,
+    /// Whether the segment's payloads carry a schema version (`FLAG_SCHEMA`, format 3).
+    pub has_schema: bool,
 }
 
 /// Recovers the tail segment: judges damage (see the module docs), cuts a torn tail,
@@ -415,7 +417,7 @@ pub(crate) fn recover_tail<S: Storage>(
                 tracing::error!(segment = %name, error = %e, "lenient recovery: rewriting the damaged header of the tail segment");
                 let h = SegmentHeader {
                     version: FORMAT_VERSION,
-                    flags: 0,
+                    flags: crate::format::FLAG_SCHEMA,
                     base_seq: base,
                     created_us: now_us(),
                     chain: None,
@@ -476,6 +478,7 @@ pub(crate) fn recover_tail<S: Storage>(
         chain: header.chain,
         last_mac: scan.last_mac,
         skipped: scan.skipped,
+        has_schema: header.has_schema(),
     };
     if !t.sealed {
         let file_len = storage
@@ -604,7 +607,7 @@ pub(crate) fn write_header<S: Storage>(
     let name = storage.segment_name(base);
     let h = SegmentHeader {
         version: FORMAT_VERSION,
-        flags: 0,
+        flags: crate::format::FLAG_SCHEMA,
         base_seq: base,
         created_us: now_us(),
         chain,
@@ -631,6 +634,7 @@ pub(crate) fn write_header<S: Storage>(
         chain,
         last_mac: chain.map(|c| c.seed),
         skipped: 0,
+        has_schema: h.has_schema(),
     })
 }
 

@@ -404,17 +404,32 @@ pub struct DeadLetter {
     pub reason: String,
     /// When it was set aside, ms since the Unix epoch.
     pub dead_lettered_at_ms: u64,
-    /// The record's bytes as appended (postcard).
+    /// The schema version the record was written with (1 in letters stored before
+    /// versions were recorded).
+    #[serde(default = "default_schema_version")]
+    pub schema_version: u8,
+    /// The record's bytes as appended (postcard, without the schema version byte).
     pub payload: Vec<u8>,
 }
 
+fn default_schema_version() -> u8 {
+    crate::schema::DEFAULT_SCHEMA_VERSION
+}
+
 impl DeadLetter {
-    /// Decodes the record.
+    /// Decodes the record as `T` written at the current version (no upgrade: use
+    /// [`decode_with`](Self::decode_with) and the WAL's schema for older versions).
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
         postcard::from_bytes(&self.payload).map_err(|e| Error::Decode {
             seq: self.seq,
             reason: e.to_string(),
         })
+    }
+
+    /// Decodes the record through `schema` (upgrading an older version), e.g.
+    /// `letter.decode_with::<T>(wal.options().get_schema())`.
+    pub fn decode_with<T: DeserializeOwned>(&self, schema: &crate::schema::Schema) -> Result<T> {
+        schema.decode(self.seq, self.schema_version, &self.payload)
     }
 
     /// The record's idempotency key.
@@ -426,12 +441,22 @@ impl DeadLetter {
     }
 }
 
-/// Where a shipper puts dead letters. `put` must be durable when it returns `Ok`: the
-/// checkpoint moves past the record right after.
+/// Where a shipper puts dead letters. `put` and `put_batch` must be durable when they
+/// return `Ok`: the checkpoint moves past the records right after.
 #[async_trait]
 pub trait DeadLetterStore: Send + Sync {
     /// Stores one dead letter durably.
     async fn put(&self, letter: &DeadLetter) -> Result<()>;
+
+    /// Stores dead letters durably, in order. The shipper hands over every record of a
+    /// batch that does not decode at once: implement this with one durable write. The
+    /// default calls `put` for each.
+    async fn put_batch(&self, letters: &[DeadLetter]) -> Result<()> {
+        for l in letters {
+            self.put(l).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Another WAL as the dead letter: each [`DeadLetter`] is appended to it as a record
@@ -439,16 +464,25 @@ pub trait DeadLetterStore: Send + Sync {
 #[async_trait]
 impl<D: Storage> DeadLetterStore for Wal<D> {
     async fn put(&self, letter: &DeadLetter) -> Result<()> {
+        self.put_batch(std::slice::from_ref(letter)).await
+    }
+
+    async fn put_batch(&self, letters: &[DeadLetter]) -> Result<()> {
         if self.options().get_durability() != crate::Durability::Sync {
-            self.append(letter).await?;
+            self.append_batch(letters).await?;
             return self.flush().await;
         }
-        self.append(letter).await.map(|_| ())
+        self.append_batch(letters).await.map(|_| ())
     }
 }
 
 /// Metadata key prefix of the default dead-letter store.
 pub const DEAD_LETTER_PREFIX: &str = "deadletter.";
+
+/// How the default store encodes a value: this magic, then the postcard encoding of a
+/// `Vec<DeadLetter>` (payloads as raw bytes). Values without it are one letter as JSON
+/// (stores written before batches).
+pub const DEAD_LETTER_MAGIC: &[u8] = b"WSPLDL1\n";
 
 fn dead_letter_key(consumer: &str, seq: u64) -> String {
     format!("{DEAD_LETTER_PREFIX}{consumer}.{seq:020}")
@@ -462,20 +496,64 @@ struct MetaDeadLetters<S: Storage> {
 #[async_trait]
 impl<S: Storage> DeadLetterStore for MetaDeadLetters<S> {
     async fn put(&self, letter: &DeadLetter) -> Result<()> {
-        put_meta_letter(&self.wal, letter)
+        put_meta_letters(&self.wal, std::slice::from_ref(letter))
+    }
+
+    async fn put_batch(&self, letters: &[DeadLetter]) -> Result<()> {
+        // One key, one durable write per consumer in the batch.
+        let mut from = 0;
+        while from < letters.len() {
+            let c = &letters[from].consumer;
+            let n = letters[from..]
+                .iter()
+                .take_while(|l| &l.consumer == c)
+                .count();
+            put_meta_letters(&self.wal, &letters[from..from + n])?;
+            from += n;
+        }
+        Ok(())
     }
 }
 
-fn put_meta_letter<S: Storage>(wal: &Wal<S>, letter: &DeadLetter) -> Result<()> {
-    let key = dead_letter_key(&letter.consumer, letter.seq);
-    let bytes = serde_json::to_vec(letter).map_err(|e| Error::Encode(e.to_string()))?;
-    wal.storage().put_meta(&key, &bytes).map_err(|e| {
-        Error::io(
-            "write dead letter",
-            format!("{} {key}", wal.storage().location()),
-            e,
-        )
-    })
+/// Writes letters of one consumer under the key of the first one (one durable write).
+fn put_meta_letters<S: Storage>(wal: &Wal<S>, letters: &[DeadLetter]) -> Result<()> {
+    let Some(first) = letters.first() else {
+        return Ok(());
+    };
+    // A retry after a crash stores the same letters under the same key again.
+    write_letters(wal, &dead_letter_key(&first.consumer, first.seq), letters)
+}
+
+fn encode_letters(letters: &[DeadLetter]) -> Result<Vec<u8>> {
+    postcard::to_extend(&letters, DEAD_LETTER_MAGIC.to_vec())
+        .map_err(|e| Error::Encode(e.to_string()))
+}
+
+/// Decodes a value of the default store (a batch, or one JSON letter of older stores).
+pub fn decode_dead_letters(b: &[u8]) -> std::result::Result<Vec<DeadLetter>, String> {
+    match b.strip_prefix(DEAD_LETTER_MAGIC) {
+        Some(rest) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+        None => serde_json::from_slice(b)
+            .map(|l| vec![l])
+            .map_err(|e| format!("dead letter is not valid JSON: {e}")),
+    }
+}
+
+fn write_letters<S: Storage>(wal: &Wal<S>, key: &str, letters: &[DeadLetter]) -> Result<()> {
+    let io = |op: &'static str| {
+        let at = format!("{} {key}", wal.storage().location());
+        move |e| Error::io(op, at, e)
+    };
+    if letters.is_empty() {
+        return match wal.storage().remove_meta(key) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("remove dead letter")(e)),
+            _ => Ok(()),
+        };
+    }
+    let bytes = encode_letters(letters)?;
+    wal.storage()
+        .put_meta(key, &bytes)
+        .map_err(io("write dead letter"))
 }
 
 /// What [`Wal::redrive_dead_letters`] did.
@@ -488,9 +566,9 @@ pub struct Redrive {
 }
 
 impl<S: Storage> Wal<S> {
-    /// The dead letters of `consumer` in the default store (the WAL's metadata area),
-    /// in sequence order.
-    pub fn dead_letters(&self, consumer: &str) -> Result<Vec<DeadLetter>> {
+    /// The keys of the default store holding `consumer`'s dead letters, sorted, each
+    /// with its letters.
+    fn dead_letter_groups(&self, consumer: &str) -> Result<Vec<(String, Vec<DeadLetter>)>> {
         let prefix = format!("{DEAD_LETTER_PREFIX}{consumer}.");
         let loc = self.storage().location();
         let mut keys: Vec<String> = self
@@ -513,62 +591,86 @@ impl<S: Storage> Wal<S> {
             else {
                 continue;
             };
-            out.push(serde_json::from_slice(&b).map_err(|e| Error::Corrupt {
+            let letters = decode_dead_letters(&b).map_err(|reason| Error::Corrupt {
                 segment: format!("{loc}/meta {k}"),
                 offset: 0,
-                reason: format!("dead letter is not valid JSON: {e}"),
-            })?);
+                reason,
+            })?;
+            out.push((k, letters));
         }
         Ok(out)
+    }
+
+    /// The dead letters of `consumer` in the default store (the WAL's metadata area),
+    /// in sequence order.
+    pub fn dead_letters(&self, consumer: &str) -> Result<Vec<DeadLetter>> {
+        let mut all: Vec<DeadLetter> = self
+            .dead_letter_groups(consumer)?
+            .into_iter()
+            .flat_map(|(_, l)| l)
+            .collect();
+        all.sort_by_key(|l| l.seq);
+        all.dedup_by_key(|l| l.seq);
+        Ok(all)
     }
 
     /// Removes one dead letter of `consumer` from the default store (an operator's
     /// deliberate decision; nothing else removes one without delivering it).
     pub fn remove_dead_letter(&self, consumer: &str, seq: u64) -> Result<()> {
-        let key = dead_letter_key(consumer, seq);
-        self.storage().remove_meta(&key).map_err(|e| {
-            Error::io(
-                "remove dead letter",
-                format!("{} {key}", self.storage().location()),
-                e,
-            )
-        })
+        for (key, mut letters) in self.dead_letter_groups(consumer)? {
+            let before = letters.len();
+            letters.retain(|l| l.seq != seq);
+            if letters.len() != before {
+                write_letters(self, &key, &letters)?;
+            }
+        }
+        Ok(())
     }
 
     /// Re-drives the dead letters of `consumer` (default store) into `sink`, one record
-    /// per batch, in sequence order, with their original idempotency keys. A record
-    /// leaves the dead letter only once the sink acknowledged it; one refused again, or
-    /// one that does not decode as `T`, stays.
+    /// per batch, in sequence order, with their original idempotency keys. Records are
+    /// decoded through the WAL's schema ([`Options::schema`](crate::Options::schema)),
+    /// so letters of an older version go through the upgrade deployed since. A record
+    /// leaves the dead letter only once the sink acknowledged it; one refused again,
+    /// or one that still does not decode as `T`, stays.
     pub async fn redrive_dead_letters<T, K>(&self, consumer: &str, sink: &mut K) -> Result<Redrive>
     where
         T: DeserializeOwned + Send + Sync + 'static,
         K: Sink<T> + ?Sized,
     {
         let mut r = Redrive::default();
-        for letter in self.dead_letters(consumer)? {
-            let Ok(record) = letter.decode::<T>() else {
-                r.remaining += 1;
-                continue;
-            };
-            let batch = Batch::new(
-                self.id(),
-                consumer,
-                vec![Entry {
-                    seq: letter.seq,
-                    ts_us: letter.ts_us,
-                    record,
-                }],
-            );
-            match sink.send(&batch).await {
-                Ok(()) => {
-                    self.remove_dead_letter(consumer, letter.seq)?;
-                    r.delivered += 1;
-                }
-                Err(e) => {
-                    tracing::warn!(consumer, seq = letter.seq, error = %e, "re-drive: the sink refused a dead letter again");
-                    r.remaining += 1;
+        let schema = self.options().get_schema().clone();
+        for (key, letters) in self.dead_letter_groups(consumer)? {
+            let mut kept = Vec::new();
+            for letter in letters {
+                let record = match letter.decode_with::<T>(&schema) {
+                    Ok(rec) => rec,
+                    Err(e) => {
+                        tracing::warn!(consumer, seq = letter.seq, error = %e, "re-drive: a dead letter still does not decode");
+                        r.remaining += 1;
+                        kept.push(letter);
+                        continue;
+                    }
+                };
+                let batch = Batch::new(
+                    self.id(),
+                    consumer,
+                    vec![Entry {
+                        seq: letter.seq,
+                        ts_us: letter.ts_us,
+                        record,
+                    }],
+                );
+                match sink.send(&batch).await {
+                    Ok(()) => r.delivered += 1,
+                    Err(e) => {
+                        tracing::warn!(consumer, seq = letter.seq, error = %e, "re-drive: the sink refused a dead letter again");
+                        r.remaining += 1;
+                        kept.push(letter);
+                    }
                 }
             }
+            write_letters(self, &key, &kept)?;
         }
         Ok(r)
     }
@@ -971,6 +1073,9 @@ impl<S: Storage, T: Send + Sync + 'static> std::fmt::Debug for Shipper<S, T> {
     }
 }
 
+/// A record as stored: its schema version and encoded bytes.
+type RawEntry = (u8, Entry<Vec<u8>>);
+
 /// What waiting for records ended with.
 enum Woke {
     Data,
@@ -1052,7 +1157,7 @@ impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> Shipper<S, T> {
     async fn run_inner(&mut self) -> Result<()> {
         let inner = self.consumer.wal().inner.clone();
         let mut reader = RawReader::new(inner.clone(), self.consumer.committed() + 1);
-        let mut carry: Option<Entry<Vec<u8>>> = None;
+        let mut carry: Option<RawEntry> = None;
         let mut state = BreakerRun::default();
         loop {
             let Some(batch) = self.gather(&inner, &mut reader, &mut carry).await? else {
@@ -1079,10 +1184,14 @@ impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> Shipper<S, T> {
     }
 
     /// The next raw record, skipping gaps; `Ok(None)` at the durable end.
-    fn next_raw(&self, reader: &mut RawReader<S>) -> Result<Option<Entry<Vec<u8>>>> {
+    fn next_raw(&self, reader: &mut RawReader<S>) -> Result<Option<RawEntry>> {
         loop {
             match reader.next_frame() {
-                Ok(f) => return Ok(f.map(|(seq, ts_us, record)| Entry { seq, ts_us, record })),
+                Ok(f) => {
+                    return Ok(f.map(|(seq, ts_us, version, record)| {
+                        (version, Entry { seq, ts_us, record })
+                    }))
+                }
                 Err(e @ Error::Gap { .. }) => {
                     tracing::warn!(consumer = %self.consumer_name, error = %e, "records were dropped by retention bounds before they were shipped");
                 }
@@ -1096,14 +1205,19 @@ impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> Shipper<S, T> {
         &mut self,
         inner: &Arc<Inner<S>>,
         reader: &mut RawReader<S>,
-        carry: &mut Option<Entry<Vec<u8>>>,
+        carry: &mut Option<RawEntry>,
     ) -> Result<Option<Batch<T>>> {
         loop {
             let mut entries: Vec<Entry<T>> = Vec::new();
             let mut bytes = 0usize;
             let mut deadline: Option<Instant> = None;
-            let mut lettered = false;
-            while entries.len() < self.cfg.batch_max && bytes < self.cfg.batch_max_bytes {
+            // Records that do not decode: stored together, with one durable write,
+            // before the batch (or the checkpoint) moves past them.
+            let mut letters: Vec<DeadLetter> = Vec::new();
+            while entries.len() < self.cfg.batch_max
+                && letters.len() < self.cfg.batch_max
+                && bytes < self.cfg.batch_max_bytes
+            {
                 if self.stopping() {
                     return Ok(None);
                 }
@@ -1111,12 +1225,12 @@ impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> Shipper<S, T> {
                     Some(r) => Some(r),
                     None => self.next_raw(reader)?,
                 };
-                let Some(raw) = raw else {
+                let Some((version, raw)) = raw else {
                     if inner.writer_done.load(Ordering::Acquire) {
                         // The WAL is closed: what was gathered cannot be committed.
                         return Ok(None);
                     }
-                    if lettered && entries.is_empty() {
+                    if !letters.is_empty() && entries.is_empty() {
                         break; // commit past the dead letters now
                     }
                     if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -1130,10 +1244,10 @@ impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> Shipper<S, T> {
                 };
                 let size = raw.record.len();
                 if !entries.is_empty() && bytes + size > self.cfg.batch_max_bytes {
-                    *carry = Some(raw);
+                    *carry = Some((version, raw));
                     break;
                 }
-                match postcard::from_bytes::<T>(&raw.record) {
+                match inner.opts.schema.decode::<T>(raw.seq, version, &raw.record) {
                     Ok(record) => {
                         entries.push(Entry {
                             seq: raw.seq,
@@ -1146,19 +1260,23 @@ impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> Shipper<S, T> {
                         }
                     }
                     Err(e) => {
-                        let letter = self.letter(
+                        if letters.is_empty() {
+                            tracing::error!(consumer = %self.consumer_name, error = %e, "a record does not decode: moving it to the dead letter (more may follow; see dead_letter_total)");
+                        }
+                        letters.push(self.letter(
                             raw.seq,
                             raw.ts_us,
                             0,
                             format!("does not decode: {e}"),
+                            version,
                             raw.record,
-                        );
-                        if !self.put_dead_letter(letter).await {
-                            return Ok(None);
-                        }
-                        lettered = true;
+                        ));
                     }
                 }
+            }
+            let lettered = !letters.is_empty();
+            if lettered && !self.put_dead_letters(letters).await {
+                return Ok(None);
             }
             if !entries.is_empty() {
                 return Ok(Some(Batch {
@@ -1168,7 +1286,7 @@ impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> Shipper<S, T> {
                     attempt: 0,
                 }));
             }
-            // Only dead letters: nothing to send, but the checkpoint moves past them.
+            // Only dead letters (or records dropped by retention): nothing to send, but the checkpoint moves past them.
             let last = reader.next - 1;
             if last > self.consumer.committed() {
                 match self.consumer.commit(last).await {
@@ -1186,6 +1304,7 @@ impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> Shipper<S, T> {
         ts_us: u64,
         attempts: u32,
         reason: String,
+        schema_version: u8,
         payload: Vec<u8>,
     ) -> DeadLetter {
         DeadLetter {
@@ -1196,31 +1315,39 @@ impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> Shipper<S, T> {
             attempts,
             reason,
             dead_lettered_at_ms: now_ms(),
+            schema_version,
             payload,
         }
     }
 
-    /// Stores a dead letter, retrying with backoff until it is stored; false on
-    /// shutdown (then the record stays uncommitted).
-    async fn put_dead_letter(&mut self, letter: DeadLetter) -> bool {
+    /// Stores dead letters (with one durable write when the store batches), retrying
+    /// with backoff until they are stored; false on shutdown (then the records stay
+    /// uncommitted).
+    async fn put_dead_letters(&mut self, letters: Vec<DeadLetter>) -> bool {
         let mut failures = 0u32;
+        let (first, last, n) = (
+            letters.first().map_or(0, |l| l.seq),
+            letters.last().map_or(0, |l| l.seq),
+            letters.len() as u64,
+        );
         loop {
-            match self.dead_letter.put(&letter).await {
+            match self.dead_letter.put_batch(&letters).await {
                 Ok(()) => {
                     tracing::warn!(
                         consumer = %self.consumer_name,
-                        seq = letter.seq,
-                        attempts = letter.attempts,
-                        reason = %letter.reason,
-                        "record moved to the dead letter"
+                        first_seq = first,
+                        last_seq = last,
+                        records = n,
+                        reason = %letters[0].reason,
+                        "records moved to the dead letter"
                     );
-                    self.consumer.wal().record_dead_letter(1);
-                    self.shared.update(|s| s.dead_lettered += 1);
+                    self.consumer.wal().record_dead_letter(n);
+                    self.shared.update(|s| s.dead_lettered += n);
                     return true;
                 }
                 Err(e) => {
                     failures += 1;
-                    tracing::error!(consumer = %self.consumer_name, seq = letter.seq, error = %e, "could not store a dead letter; retrying");
+                    tracing::error!(consumer = %self.consumer_name, first_seq = first, error = %e, "could not store dead letters; retrying");
                     let d = self.rng.upto(self.cfg.backoff.ceiling(failures));
                     if !sleep(&self.shared, d).await {
                         return false;
@@ -1230,12 +1357,16 @@ impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> Shipper<S, T> {
         }
     }
 
-    /// The raw bytes of a record, for its dead letter.
-    fn raw_payload(&self, entry: &Entry<T>) -> Vec<u8> {
+    async fn put_dead_letter(&mut self, letter: DeadLetter) -> bool {
+        self.put_dead_letters(vec![letter]).await
+    }
+
+    /// The stored schema version and bytes of a record, for its dead letter.
+    fn raw_payload(&self, entry: &Entry<T>) -> (u8, Vec<u8>) {
         let mut r = RawReader::new(self.consumer.wal().inner.clone(), entry.seq);
         match r.next_frame() {
-            Ok(Some((seq, _, bytes))) if seq == entry.seq => bytes,
-            _ => Vec::new(),
+            Ok(Some((seq, _, version, bytes))) if seq == entry.seq => (version, bytes),
+            _ => (self.consumer.wal().options().schema.version(), Vec::new()),
         }
     }
 
@@ -1359,12 +1490,13 @@ impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> Shipper<S, T> {
                             if *n >= self.cfg.poison_attempts {
                                 let attempts = *n;
                                 let entry = front.batch.entries.remove(i);
-                                let payload = self.raw_payload(&entry);
+                                let (version, payload) = self.raw_payload(&entry);
                                 let letter = self.letter(
                                     seq,
                                     entry.ts_us,
                                     attempts,
                                     permanent.reason().to_string(),
+                                    version,
                                     payload,
                                 );
                                 if !self.put_dead_letter(letter).await {
@@ -1378,12 +1510,13 @@ impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> Shipper<S, T> {
                             if front.refusals >= self.cfg.poison_attempts {
                                 if front.batch.len() == 1 {
                                     let entry = front.batch.entries.remove(0);
-                                    let payload = self.raw_payload(&entry);
+                                    let (version, payload) = self.raw_payload(&entry);
                                     let letter = self.letter(
                                         entry.seq,
                                         entry.ts_us,
                                         front.refusals,
                                         permanent.reason().to_string(),
+                                        version,
                                         payload,
                                     );
                                     if !self.put_dead_letter(letter).await {

@@ -76,35 +76,41 @@ pub(crate) enum Op {
     },
 }
 
-/// Records encoded with postcard into one buffer (no allocation per record).
+/// Records encoded with postcard into one buffer (no allocation per record), each
+/// behind its schema version byte.
 pub(crate) struct Encoded {
     buf: Vec<u8>,
     ends: Vec<usize>,
 }
 
 impl Encoded {
-    fn one<T: Serialize + ?Sized>(record: &T) -> Result<Self> {
-        let buf = postcard::to_allocvec(record).map_err(|e| Error::Encode(e.to_string()))?;
+    /// Every payload is the record's schema version (one byte, `format::FLAG_SCHEMA`) and
+    /// its postcard encoding.
+    fn one<T: Serialize + ?Sized>(version: u8, record: &T) -> Result<Self> {
+        let buf =
+            postcard::to_extend(record, vec![version]).map_err(|e| Error::Encode(e.to_string()))?;
         Ok(Encoded {
             ends: vec![buf.len()],
             buf,
         })
     }
 
-    fn many<T: Serialize>(records: &[T]) -> Result<Self> {
+    fn many<T: Serialize>(version: u8, records: &[T]) -> Result<Self> {
         let mut buf = Vec::with_capacity(records.len() * 64);
         let mut ends = Vec::with_capacity(records.len());
         for r in records {
+            buf.push(version);
             buf = postcard::to_extend(r, buf).map_err(|e| Error::Encode(e.to_string()))?;
             ends.push(buf.len());
         }
         Ok(Encoded { buf, ends })
     }
 
-    fn from_vecs(v: Vec<Vec<u8>>) -> Self {
+    fn from_vecs(version: u8, v: Vec<Vec<u8>>) -> Self {
         let mut ends = Vec::with_capacity(v.len());
-        let mut buf = Vec::with_capacity(v.iter().map(Vec::len).sum());
+        let mut buf = Vec::with_capacity(v.iter().map(|p| p.len() + 1).sum());
         for p in v {
+            buf.push(version);
             buf.extend_from_slice(&p);
             ends.push(buf.len());
         }
@@ -521,6 +527,12 @@ impl<S: Storage> Wal<S> {
             .archive_errors
             .store(persisted.archive_errors_total, Ordering::Relaxed);
 
+        // Segments written before schema versions were recorded (format version < 3)
+        // take no new record: the tail is sealed (or its empty header rewritten) first.
+        if !tail.has_schema {
+            lock(&inner.state).push_roll(None);
+        }
+
         let w = inner.clone();
         let writer = std::thread::Builder::new()
             .name("walspool-writer".into())
@@ -583,7 +595,9 @@ impl<S: Storage> Wal<S> {
     /// Appends one record; resolves with its sequence number once it is as durable as
     /// the configured [`Durability`].
     pub async fn append<T: Serialize + ?Sized>(&self, record: &T) -> Result<u64> {
-        let (first, _) = self.append_encoded(Encoded::one(record)?).await?;
+        let (first, _) = self
+            .append_encoded(Encoded::one(self.inner.opts.schema.version(), record)?)
+            .await?;
         Ok(first)
     }
 
@@ -594,14 +608,21 @@ impl<S: Storage> Wal<S> {
             let next = lock(&self.inner.state).next_seq;
             return Ok(next..next);
         }
-        let (first, n) = self.append_encoded(Encoded::many(records)?).await?;
+        let (first, n) = self
+            .append_encoded(Encoded::many(self.inner.opts.schema.version(), records)?)
+            .await?;
         Ok(first..first + n)
     }
 
-    /// Appends already-encoded payloads (postcard bytes, or any bytes when the WAL is
-    /// read raw). Returns the first sequence number and the count.
+    /// Appends already-encoded payloads (postcard bytes of the current schema version,
+    /// or any bytes when the WAL is read raw); each is stamped with the WAL's schema
+    /// version like any append. Returns the first sequence number and the count.
     pub async fn append_payloads(&self, payloads: Vec<Vec<u8>>) -> Result<(u64, u64)> {
-        self.append_encoded(Encoded::from_vecs(payloads)).await
+        self.append_encoded(Encoded::from_vecs(
+            self.inner.opts.schema.version(),
+            payloads,
+        ))
+        .await
     }
 
     async fn append_encoded(&self, payloads: Encoded) -> Result<(u64, u64)> {
@@ -622,7 +643,9 @@ impl<S: Storage> Wal<S> {
     /// `WhenFull::Block` (back-pressure). A later failure poisons the WAL; use
     /// [`flush`](Self::flush) to learn that everything queued is durable.
     pub fn append_nowait<T: Serialize + ?Sized>(&self, record: &T) -> Result<u64> {
-        let (first, _, _rx) = futures::executor::block_on(self.enqueue(Encoded::one(record)?))?;
+        let (first, _, _rx) = futures::executor::block_on(
+            self.enqueue(Encoded::one(self.inner.opts.schema.version(), record)?),
+        )?;
         Ok(first)
     }
 

@@ -361,7 +361,7 @@ impl Writer {
         debug_assert_eq!(self.count, 0);
         let header = SegmentHeader {
             version: FORMAT_VERSION,
-            flags: 0,
+            flags: crate::format::FLAG_SCHEMA,
             base_seq: self.cur,
             created_us: now_us(),
             chain,
@@ -424,7 +424,7 @@ impl Writer {
         inner.wake_readers();
         let header = SegmentHeader {
             version: FORMAT_VERSION,
-            flags: 0,
+            flags: crate::format::FLAG_SCHEMA,
             base_seq: new_base,
             created_us: now_us(),
             chain,

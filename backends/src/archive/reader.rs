@@ -7,7 +7,9 @@ use std::task::{Context, Poll};
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
-use walspool_wal::format::{decode_frame_with, Decoded, SegmentHeader, HEADER_MAX_LEN};
+use walspool_wal::format::{
+    decode_frame_with, split_schema, Decoded, SegmentHeader, HEADER_MAX_LEN,
+};
 use walspool_wal::{Entry, ReadStream, Storage, Wal};
 
 use super::store::get_range;
@@ -24,6 +26,7 @@ struct Cursor {
     buf_at: u64,
     /// Frames carry HMAC chain MACs.
     chained: bool,
+    has_schema: bool,
 }
 
 /// Reads records in sequence order from a WAL's archived segments alone, from any
@@ -112,6 +115,7 @@ impl ArchiveReader {
                     pos: 0,
                     buf_at: h.data_offset() as u64,
                     chained: h.is_chained(),
+                    has_schema: h.has_schema(),
                 });
             }
             let cur = self.cur.as_mut().expect("cursor set above");
@@ -133,10 +137,17 @@ impl ArchiveReader {
                             self.next, f.seq
                         )));
                     }
+                    // The record's bytes, without the schema version byte of format 3.
+                    let Some((_version, bytes)) = split_schema(cur.has_schema, f.payload) else {
+                        return Err(corrupt(format!(
+                            "record {} has no schema version byte",
+                            f.seq
+                        )));
+                    };
                     let e = Entry {
                         seq: f.seq,
                         ts_us: f.ts_us,
-                        record: f.payload.to_vec(),
+                        record: bytes.to_vec(),
                     };
                     cur.pos += n;
                     self.next += 1;
