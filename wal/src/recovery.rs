@@ -496,7 +496,9 @@ pub(crate) fn recover_tail<S: Storage>(
     // but never fsynced (Periodic or Buffered durability, a crash mid-group-commit), or
     // — after a failed fdatasync — marked clean by the kernel without reaching the disk,
     // so that a later fdatasync does not write them. Write them again, then fdatasync.
-    let from = synced_to.min(t.offset).max(header.data_offset() as u64);
+    // From the recovery point, or from byte 0 — the header too — when the segment was
+    // created after it: a header whose fdatasync failed is no more durable than a frame.
+    let from = synced_to.min(t.offset);
     if from < t.offset {
         let again = storage
             .read_vec(base, from, (t.offset - from) as usize)
