@@ -200,6 +200,46 @@ pub(crate) struct TailScan {
     pub skipped: u64,
 }
 
+impl TailScan {
+    /// An empty scan of the segment `base` right after its header.
+    fn start(base: u64, header: SegmentHeader, header_bytes: &[u8]) -> Self {
+        let hlen = header.data_offset();
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&header_bytes[..hlen]);
+        TailScan {
+            header,
+            offset: hlen as u64,
+            count: 0,
+            last_seq: base - 1,
+            last_ts: 0,
+            crc,
+            last_mac: header.chain.map(|c| c.seed),
+            footer: None,
+            torn_bytes: 0,
+            corrupt: Vec::new(),
+            skipped: 0,
+        }
+    }
+
+    /// Keeps the frame the cursor just returned (it ends at `end`).
+    fn accept<S: Storage + ?Sized>(
+        &mut self,
+        cur: &FrameCursor<'_, S>,
+        end: u64,
+        seq: u64,
+        ts_us: u64,
+    ) {
+        self.crc.update(cur.last_bytes());
+        self.last_seq = seq;
+        self.last_ts = ts_us;
+        self.count += 1;
+        if let (Some(m), Some(last)) = (cur.last_frame().mac, self.last_mac.as_mut()) {
+            last.copy_from_slice(m);
+        }
+        self.offset = end;
+    }
+}
+
 /// Scans the tail segment (read only). `synced_to` is the offset up to which the segment
 /// is known to be durable (from the recovery point); damage before it is corruption.
 pub(crate) fn scan_tail<S: Storage + ?Sized>(
@@ -214,21 +254,7 @@ pub(crate) fn scan_tail<S: Storage + ?Sized>(
     let name = storage.segment_name(base);
     let io = |e| Error::io("read", name.clone(), e);
     let hlen = header.data_offset() as u64;
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&header_bytes[..hlen as usize]);
-    let mut t = TailScan {
-        header,
-        offset: hlen,
-        count: 0,
-        last_seq: base - 1,
-        last_ts: 0,
-        crc,
-        last_mac: header.chain.map(|c| c.seed),
-        footer: None,
-        torn_bytes: 0,
-        corrupt: Vec::new(),
-        skipped: 0,
-    };
+    let mut t = TailScan::start(base, header, header_bytes);
     let mut cur = FrameCursor::new(storage, base, hlen, header.is_chained());
     loop {
         let (at, reason) = match cur.next().map_err(io)? {
@@ -239,14 +265,7 @@ pub(crate) fn scan_tail<S: Storage + ?Sized>(
                 ts_us,
             } => {
                 if seq == t.last_seq + 1 {
-                    t.crc.update(cur.last_bytes());
-                    t.last_seq = seq;
-                    t.last_ts = ts_us;
-                    t.count += 1;
-                    if let (Some(m), Some(last)) = (cur.last_frame().mac, t.last_mac.as_mut()) {
-                        last.copy_from_slice(m);
-                    }
-                    t.offset = at + len as u64;
+                    t.accept(&cur, at + len as u64, seq, ts_us);
                     continue;
                 }
                 (
@@ -523,21 +542,7 @@ fn rescan_to<S: Storage>(
 ) -> Result<TailScan> {
     let name = storage.segment_name(base);
     let hlen = header.data_offset() as u64;
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&hdr[..hlen as usize]);
-    let mut t = TailScan {
-        header,
-        offset: hlen,
-        count: 0,
-        last_seq: base - 1,
-        last_ts: 0,
-        crc,
-        last_mac: header.chain.map(|c| c.seed),
-        footer: None,
-        torn_bytes: 0,
-        corrupt: Vec::new(),
-        skipped: 0,
-    };
+    let mut t = TailScan::start(base, header, hdr);
     let mut cur = FrameCursor::new(storage, base, hlen, header.is_chained());
     while let Step::Frame {
         at,
@@ -549,14 +554,7 @@ fn rescan_to<S: Storage>(
         if at + len as u64 > limit || seq != t.last_seq + 1 {
             break;
         }
-        t.crc.update(cur.last_bytes());
-        t.last_seq = seq;
-        t.last_ts = ts_us;
-        t.count += 1;
-        if let (Some(m), Some(last)) = (cur.last_frame().mac, t.last_mac.as_mut()) {
-            last.copy_from_slice(m);
-        }
-        t.offset = at + len as u64;
+        t.accept(&cur, at + len as u64, seq, ts_us);
     }
     Ok(t)
 }
