@@ -949,3 +949,82 @@ fn archive_state_beyond_the_log_is_an_error() {
         wal.close().await.unwrap();
     });
 }
+
+/// Records archived before their type changed come back through the type's upgrade:
+/// `ArchiveReader::next_as` with the new schema, and `replay` on a WAL opened with it.
+#[test]
+fn archived_records_of_an_older_schema_version_are_upgraded() {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct V1 {
+        name: String,
+    }
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct V2 {
+        name: String,
+        tenant: Option<String>,
+    }
+    impl walspool_wal::Versioned for V2 {
+        const VERSION: u8 = 2;
+        fn upgrade(from: u8, bytes: &[u8]) -> Result<Self, walspool_wal::UpgradeError> {
+            match from {
+                1 => {
+                    let v1: V1 = postcard::from_bytes(bytes)?;
+                    Ok(V2 {
+                        name: v1.name,
+                        tenant: None,
+                    })
+                }
+                _ => Err(walspool_wal::UpgradeError::unknown(from)),
+            }
+        }
+    }
+    futures::executor::block_on(async {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("wal");
+        let store = ArchiveStore::open("memory://upgrade").expect("memory store");
+        // Version 1: no schema registered.
+        {
+            let wal = Wal::open(LocalDisk::open(&dir).unwrap(), opts()).unwrap();
+            let archiver = Archiver::start(&wal, store.clone(), fast()).unwrap();
+            for i in 0..50 {
+                wal.append(&V1 {
+                    name: format!("r{i}"),
+                })
+                .await
+                .unwrap();
+            }
+            roll(&wal).await;
+            assert_eq!(archiver.sync().await.unwrap().archived_through_seq, 50);
+            archiver.shutdown().await;
+            wal.close().await.unwrap();
+        }
+        let schema = walspool_wal::Schema::of::<V2>();
+        let mut ar = ArchiveReader::open(&store, "wal-a", 1).await.unwrap();
+        for i in 0..50u64 {
+            let e = ar
+                .next_as::<V2>(&schema)
+                .await
+                .unwrap()
+                .expect("archived record");
+            assert_eq!(
+                (e.seq, e.record),
+                (
+                    i + 1,
+                    V2 {
+                        name: format!("r{i}"),
+                        tenant: None
+                    }
+                )
+            );
+        }
+        // replay on the WAL reopened as V2 reads the archive through the WAL's schema.
+        let wal = Wal::open(LocalDisk::open(&dir).unwrap(), opts().schema::<V2>()).unwrap();
+        let got: Vec<_> = replay::<_, V2>(&wal, &store, 1)
+            .take(50)
+            .map(|r| r.expect("replayed").record.name)
+            .collect()
+            .await;
+        assert_eq!(got, (0..50).map(|i| format!("r{i}")).collect::<Vec<_>>());
+        wal.close().await.unwrap();
+    });
+}

@@ -152,6 +152,12 @@ impl Options {
         self.schema = crate::schema::Schema::of::<T>();
         self
     }
+    /// The record schema registered with [`schema`](Self::schema) (version 1 and no
+    /// upgrade when none was): what readers outside the WAL, such as the archive
+    /// replay, decode records with.
+    pub fn record_schema(&self) -> &crate::schema::Schema {
+        &self.schema
+    }
 
     /// The record schema (version 1 and no upgrade unless [`schema`](Self::schema) was set).
     pub fn get_schema(&self) -> &crate::schema::Schema {

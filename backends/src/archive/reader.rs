@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use walspool_wal::format::{
     decode_frame_with, split_schema, Decoded, SegmentHeader, HEADER_MAX_LEN,
 };
-use walspool_wal::{Entry, ReadStream, Storage, Wal};
+use walspool_wal::{Entry, ReadStream, Schema, Storage, Wal};
 
 use super::store::get_range;
 use super::{ArchiveError, ArchiveStore, ArchivedSegment};
@@ -73,9 +73,16 @@ impl ArchiveReader {
         &self.segments
     }
 
-    /// The next record, raw (its postcard bytes); `Ok(None)` past the last archived
-    /// record. An [`ArchiveError::Gap`] is not fatal: the reader continues after it.
+    /// The next record, raw (its postcard bytes, without the schema version); `Ok(None)`
+    /// past the last archived record. An [`ArchiveError::Gap`] is not fatal: the reader
+    /// continues after it.
     pub async fn next_raw(&mut self) -> Result<Option<Entry<Vec<u8>>>, ArchiveError> {
+        Ok(self.next_versioned().await?.map(|(_, e)| e))
+    }
+
+    /// The next record, raw, with the schema version it was written with (1 for
+    /// segments of format versions 1 and 2).
+    pub async fn next_versioned(&mut self) -> Result<Option<(u8, Entry<Vec<u8>>)>, ArchiveError> {
         loop {
             if self.cur.is_none() {
                 let Some(seg) = self
@@ -138,7 +145,7 @@ impl ArchiveReader {
                         )));
                     }
                     // The record's bytes, without the schema version byte of format 3.
-                    let Some((_version, bytes)) = split_schema(cur.has_schema, f.payload) else {
+                    let Some((version, bytes)) = split_schema(cur.has_schema, f.payload) else {
                         return Err(corrupt(format!(
                             "record {} has no schema version byte",
                             f.seq
@@ -151,7 +158,7 @@ impl ArchiveReader {
                     };
                     cur.pos += n;
                     self.next += 1;
-                    return Ok(Some(e));
+                    return Ok(Some((version, e)));
                 }
                 Decoded::Footer(f) => {
                     if f.last_seq != cur.seg.last_seq || self.next != f.last_seq + 1 {
@@ -182,11 +189,25 @@ impl ArchiveReader {
         }
     }
 
-    /// The next record, decoded as `T`; `Ok(None)` past the last archived record.
+    /// The next record, decoded as `T` (a record of another schema version than 1 is
+    /// decoded as if it were; use [`next_as`](Self::next_as) for a type that changed);
+    /// `Ok(None)` past the last archived record.
     pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<Entry<T>>, ArchiveError> {
         match self.next_raw().await? {
             None => Ok(None),
             Some(e) => Ok(Some(decode(e)?)),
+        }
+    }
+
+    /// The next record, decoded with `schema` (records of older versions go through its
+    /// upgrade, like the WAL's own readers; `Options::record_schema` gives a WAL's).
+    pub async fn next_as<T: DeserializeOwned>(
+        &mut self,
+        schema: &Schema,
+    ) -> Result<Option<Entry<T>>, ArchiveError> {
+        match self.next_versioned().await? {
+            None => Ok(None),
+            Some((version, e)) => Ok(Some(decode_with(schema, version, e)?)),
         }
     }
 
@@ -201,6 +222,19 @@ impl ArchiveReader {
             .spawn(async move { get_range(&os, &key, range).await })
             .await
     }
+}
+
+fn decode_with<T: DeserializeOwned>(
+    schema: &Schema,
+    version: u8,
+    e: Entry<Vec<u8>>,
+) -> Result<Entry<T>, ArchiveError> {
+    let record = schema.decode(e.seq, version, &e.record)?;
+    Ok(Entry {
+        seq: e.seq,
+        ts_us: e.ts_us,
+        record,
+    })
 }
 
 fn decode<T: DeserializeOwned>(e: Entry<Vec<u8>>) -> Result<Entry<T>, ArchiveError> {
@@ -251,10 +285,12 @@ impl<S: Storage, T: DeserializeOwned + Send + 'static> ReplayState<S, T> {
                         }
                     }
                     let r = reader.as_mut().expect("reader set above");
-                    match r.next_raw().await {
-                        Ok(Some(e)) => {
+                    match r.next_versioned().await {
+                        Ok(Some((version, e))) => {
                             self.next = e.seq + 1;
-                            return Some(decode(e));
+                            // Decoded as the WAL's readers decode: through its schema.
+                            let schema = self.wal.options().record_schema();
+                            return Some(decode_with(schema, version, e));
                         }
                         Ok(None) => {
                             self.archive_ended_at = Some(self.next);
