@@ -176,53 +176,47 @@ impl<'s, S: Storage + ?Sized> FrameCursor<'s, S> {
         }
     }
 
-    /// Whether every byte from `at` to the end of the segment is zero (preallocated
-    /// space the writer has not reached, or nothing at all).
-    pub fn zeros_from(&self, at: u64) -> io::Result<bool> {
-        let mut off = at;
-        loop {
-            let b = self.storage.read_vec(self.id, off, CHUNK)?;
-            if b.iter().any(|&x| x != 0) {
-                return Ok(false);
-            }
-            if b.len() < CHUNK {
-                return Ok(true);
-            }
-            off += b.len() as u64;
-        }
-    }
-
     /// Looks for the first intact frame after offset `after` whose sequence number is
     /// above `last_seq` (a frame a writer appended later than the damaged one). Returns
     /// its offset and sequence number and leaves the cursor on it, or `None` (the cursor
     /// is then at the end).
     pub fn resync(&mut self, after: u64, last_seq: u64) -> io::Result<Option<(u64, u64)>> {
-        let rest = self.read_range(after + 1, None)?;
-        let mac_len = if self.chained { MAC_LEN } else { 0 };
-        let hdr = FRAME_HEADER_LEN + mac_len;
-        let mut i = 0usize;
-        while i + hdr <= rest.len() {
-            let b = &rest[i..];
-            let len = crate::format::u32_at(b, 0);
-            let seq = crate::format::u64_at(b, crate::format::FRAME_SEQ_OFFSET);
-            // Cheap checks first: a plausible length and a later sequence number.
-            if len <= MAX_PAYLOAD_LEN
-                && seq > last_seq
-                && seq - last_seq < (1 << 32)
-                && hdr + len as usize <= b.len()
-            {
-                if let Decoded::Frame(..) = decode_frame_with(b, self.chained) {
-                    let at = after + 1 + i as u64;
-                    self.seek(at);
-                    return Ok(Some((at, seq)));
-                }
-            }
-            i += 1;
+        let rest = self.read_range(after, None)?;
+        let found = find_frame_after(&rest, after, last_seq, self.chained);
+        self.seek(found.map_or(after + rest.len() as u64, |(o, _)| o));
+        if found.is_none() {
+            self.eof = true;
         }
-        self.seek(after + 1 + rest.len() as u64);
-        self.eof = true;
-        Ok(None)
+        Ok(found)
     }
+}
+
+/// In `bytes` (which start at file offset `at`), the first intact frame after `at`
+/// whose sequence number is above `last_seq`: its offset and sequence number.
+pub(crate) fn find_frame_after(
+    bytes: &[u8],
+    at: u64,
+    last_seq: u64,
+    chained: bool,
+) -> Option<(u64, u64)> {
+    let hdr = FRAME_HEADER_LEN + if chained { MAC_LEN } else { 0 };
+    let mut i = 1usize;
+    while i + hdr <= bytes.len() {
+        let b = &bytes[i..];
+        let len = crate::format::u32_at(b, 0);
+        let seq = crate::format::u64_at(b, crate::format::FRAME_SEQ_OFFSET);
+        // Cheap checks first: a plausible length and a later sequence number.
+        if len <= MAX_PAYLOAD_LEN
+            && seq > last_seq
+            && seq - last_seq < (1 << 32)
+            && hdr + len as usize <= b.len()
+            && matches!(decode_frame_with(b, chained), Decoded::Frame(..))
+        {
+            return Some((at + i as u64, seq));
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Whether `bytes` (the damaged span, starting at file offset `at` where the first bad
@@ -253,7 +247,7 @@ pub(crate) fn has_zero_sector(bytes: &[u8], at: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::{encode_frame, SegmentFooter, FOOTER_LEN};
+    use crate::format::{encode_frame, SegmentFooter};
     use crate::Memory;
 
     /// A segment body (no header) of `n` frames from `at` 32, and the frame offsets.
@@ -302,7 +296,6 @@ mod tests {
             }
         );
         assert_eq!(c.at(), offs[5]);
-        let _ = FOOTER_LEN;
     }
 
     #[test]

@@ -115,7 +115,7 @@ impl<S: Storage> RawReader<S> {
                     if f.seq != self.next {
                         if self.inner.opts.recovery == RecoveryMode::Lenient && f.seq > self.next {
                             // Records skipped over damage (lenient recovery): count them.
-                            self.count_skipped(f.seq - self.next, at);
+                            self.count_skipped(f.seq - self.next);
                             self.next = f.seq;
                         } else {
                             let e = Error::Corrupt {
@@ -240,7 +240,7 @@ impl<S: Storage> RawReader<S> {
                         })?;
                         if let Some((o, s)) = found {
                             tracing::warn!(error = %e, resumed_at = s, "lenient read: skipping a damaged record");
-                            self.count_skipped(s - self.next, at);
+                            self.count_skipped(s - self.next);
                             self.next = s;
                             self.buf.clear();
                             self.buf_at = o;
@@ -254,8 +254,7 @@ impl<S: Storage> RawReader<S> {
         }
     }
 
-    fn count_skipped(&self, n: u64, at: u64) {
-        let _ = at;
+    fn count_skipped(&self, n: u64) {
         self.inner
             .counters
             .corrupt_skipped

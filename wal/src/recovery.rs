@@ -35,7 +35,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::chain::HmacKey;
-use crate::cursor::{has_zero_sector, FrameCursor, Step};
+use crate::cursor::{find_frame_after, has_zero_sector, FrameCursor, Step};
 use crate::error::{Error, Result};
 use crate::format::{
     decode_frame_with, u32_at, u64_at, ChainHeader, Decoded, SegmentFooter, SegmentHeader,
@@ -180,8 +180,6 @@ pub struct Damage {
 
 /// What a scan of the tail segment found.
 pub(crate) struct TailScan {
-    #[allow(dead_code)]
-    pub header: SegmentHeader,
     /// Where the next frame goes (after the last kept frame, or after the footer).
     pub offset: u64,
     pub count: u64,
@@ -207,7 +205,6 @@ impl TailScan {
         let mut crc = crc32fast::Hasher::new();
         crc.update(&header_bytes[..hlen]);
         TailScan {
-            header,
             offset: hlen as u64,
             count: 0,
             last_seq: base - 1,
@@ -299,18 +296,19 @@ pub(crate) fn scan_tail<S: Storage + ?Sized>(
             Step::Truncated { at } => (at, "the segment ends inside a record".into()),
             Step::Invalid { at, reason } => (at, reason.to_string()),
         };
+        // The rest of the segment, read once for every judgement below.
+        let rest = cur.read_range(at, None).map_err(io)?;
+        let nonzero_end = rest.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
         // Preallocated space the writer has not reached yet is zeros: the end of the log.
-        if at >= synced_to && cur.zeros_from(at).map_err(io)? {
+        if at >= synced_to && nonzero_end == 0 {
             break;
         }
-        let next = cur.resync(at, t.last_seq).map_err(io)?;
-        let damaged = cur.read_range(at, next.map(|(o, _)| o)).map_err(io)?;
-        let lost_write = next.is_some() && has_zero_sector(&damaged, at);
+        let next = find_frame_after(&rest, at, t.last_seq, header.is_chained());
+        let damaged = &rest[..next.map_or(rest.len(), |(o, _)| (o - at) as usize)];
+        let lost_write = next.is_some() && has_zero_sector(damaged, at);
         if at >= synced_to && (next.is_none() || lost_write) {
             // A torn tail: nothing after `at` was ever synced. Trailing zeros of
             // preallocated space are not counted as torn bytes.
-            let all = cur.read_range(at, None).map_err(io)?;
-            let nonzero_end = all.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
             t.torn_bytes = nonzero_end as u64;
             break;
         }
@@ -339,7 +337,7 @@ pub(crate) fn scan_tail<S: Storage + ?Sized>(
             break;
         }
         // Lenient: skip the damaged bytes (they stay in the body CRC) and go on.
-        t.crc.update(&damaged);
+        t.crc.update(damaged);
         t.skipped += s - t.last_seq - 1;
         t.last_seq = s - 1;
         t.offset = o;
@@ -414,7 +412,7 @@ pub(crate) fn recover_tail<S: Storage>(
             // A torn header can only come from a crash right after the segment was
             // created: nothing after it can be valid yet, and the recovery point cannot
             // be inside it. Anything else is corruption.
-            if synced_to <= HEADER_MAX_LEN as u64 && !looks_used(storage, base, len) {
+            if synced_to <= HEADER_MAX_LEN as u64 && !looks_used(storage, base) {
                 storage
                     .truncate(base, 0)
                     .map_err(|e| Error::io("truncate", name.clone(), e))?;
@@ -561,8 +559,7 @@ fn rescan_to<S: Storage>(
 
 /// Whether an intact frame follows a (bad) header: then the header is not torn by a
 /// crash right after creation but damaged, and wiping the segment would lose records.
-fn looks_used<S: Storage>(storage: &S, base: u64, len: u64) -> bool {
-    let _ = len;
+fn looks_used<S: Storage>(storage: &S, base: u64) -> bool {
     [HEADER_LEN, HEADER_MAX_LEN].iter().any(|&at| {
         [false, true]
             .iter()
