@@ -25,13 +25,7 @@ use walspool::tracing_layer::WalLayer;
 use walspool::{LocalDisk, Options, Wal};
 
 fn parse_duration(s: &str) -> Duration {
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = n.parse().expect("a duration like 5s or 300ms");
-    match unit {
-        "ms" => Duration::from_millis(n),
-        "m" => Duration::from_secs(n * 60),
-        _ => Duration::from_secs(n),
-    }
+    humantime::parse_duration(s).expect("a duration like 5s, 300ms or 1m")
 }
 
 #[tracing::instrument]

@@ -448,9 +448,9 @@ fn stats_and_prometheus<B: Backend>(read_stats: impl Fn(&B::S) -> Option<Vec<u8>
         "wal_backlog_bytes",
         "wal_ship_errors_total",
         "wal_dropped_records_total",
-        "wal_last_ship_ts",
-        "wal_current_file",
-        "wal_current_offset",
+        "wal_last_ship_timestamp_seconds",
+        "wal_current_segment_base_seq",
+        "wal_current_offset_bytes",
     ] {
         assert!(
             text.lines()

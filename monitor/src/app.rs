@@ -281,6 +281,19 @@ impl Panel {
         }
     }
 
+    /// Backlog age of consumer `name` at `now_ms`: the age of the oldest record it has
+    /// not committed (0 when none, or unknown).
+    pub fn consumer_backlog_age_ms(&self, name: &str, now_ms: u64) -> u64 {
+        match self
+            .snap
+            .as_ref()
+            .and_then(|s| s.consumer_oldest_ts_ms.get(name))
+        {
+            Some(&ts) if ts > 0 => now_ms.saturating_sub(ts),
+            _ => 0,
+        }
+    }
+
     /// The thresholds this WAL crosses at `now_ms`.
     pub fn alerts(&self, t: &Thresholds, now_ms: u64) -> Vec<Alert> {
         let mut v = Vec::new();
@@ -668,56 +681,6 @@ impl App {
     }
 }
 
-/// Parses a duration: `250ms`, `5s`, `2m`, `1h`, or plain seconds.
-pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1000.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60_000.0)
-    } else if let Some(n) = s.strip_suffix('h') {
-        (n, 3_600_000.0)
-    } else {
-        (s, 1000.0)
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("not a duration: {s:?} (try 250ms, 5s, 5m, 1h)"))?;
-    if !(v >= 0.0 && v.is_finite()) {
-        return Err(format!("not a duration: {s:?}"));
-    }
-    Ok((v * mult).round() as u64)
-}
-
-/// Parses a rate as events per second: `1/s`, `30/min`, `100/h`, or a plain number (per
-/// second).
-pub fn parse_rate(s: &str) -> Result<f64, String> {
-    let s = s.trim();
-    let (num, per) = match s.split_once('/') {
-        Some((n, unit)) => {
-            let per = match unit.trim() {
-                "s" | "sec" | "second" => 1.0,
-                "m" | "min" | "minute" => 60.0,
-                "h" | "hour" => 3600.0,
-                u => return Err(format!("unknown rate unit {u:?} (try 1/s, 30/min)")),
-            };
-            (n, per)
-        }
-        None => (s, 1.0),
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("not a rate: {s:?} (try 1/s, 30/min)"))?;
-    if !(v >= 0.0 && v.is_finite()) {
-        return Err(format!("not a rate: {s:?}"));
-    }
-    Ok(v / per)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -739,11 +702,13 @@ mod tests {
                     committed_seq: appended.saturating_sub(backlog),
                     backlog_records: backlog,
                     backlog_bytes: backlog * 10,
+                    ..ConsumerMetrics::default()
                 }],
                 ..Metrics::default()
             },
             from_disk: false,
             oldest_unshipped_ts_ms: if backlog > 0 { written - 1_000 } else { 0 },
+            consumer_oldest_ts_ms: Default::default(),
         })
     }
 
@@ -931,20 +896,5 @@ mod tests {
         assert_eq!(a.panels[1].severity(&a.thresholds, 0), 2);
         a.update(Event::Snapshot(snap("/w1", 1_000, 1, 0, 1)));
         assert_eq!(a.panels[1].error, None);
-    }
-
-    #[test]
-    fn durations_and_rates_parse() {
-        assert_eq!(parse_duration_ms("5m"), Ok(300_000));
-        assert_eq!(parse_duration_ms("250ms"), Ok(250));
-        assert_eq!(parse_duration_ms("1.5s"), Ok(1_500));
-        assert_eq!(parse_duration_ms("2h"), Ok(7_200_000));
-        assert_eq!(parse_duration_ms("30"), Ok(30_000));
-        assert!(parse_duration_ms("soon").is_err());
-        assert_eq!(parse_rate("1/s"), Ok(1.0));
-        assert_eq!(parse_rate("30/min"), Ok(0.5));
-        assert_eq!(parse_rate("2"), Ok(2.0));
-        assert!(parse_rate("1/fortnight").is_err());
-        assert!(parse_rate("-1/s").is_err());
     }
 }

@@ -107,7 +107,7 @@ pub fn status_text(s: &Snapshot, now_ms: u64) -> String {
                 "-".to_string()
             } else {
                 format!(
-                    "{} (oldest unshipped record)",
+                    "{} (oldest record a consumer has not committed)",
                     fmt::age(now_ms.saturating_sub(s.oldest_unshipped_ts_ms))
                 )
             },
@@ -146,8 +146,19 @@ pub fn status_text(s: &Snapshot, now_ms: u64) -> String {
         o.push_str(&format!("{k:<22} {v}\n"));
     }
     for c in &m.consumers {
+        let ts = s.consumer_oldest_ts_ms.get(&c.name).copied().unwrap_or(0);
+        let age = if c.backlog_records == 0 || ts == 0 {
+            "-".to_string()
+        } else {
+            fmt::age(now_ms.saturating_sub(ts))
+        };
+        let breaker = if c.breaker_state.is_empty() {
+            String::new()
+        } else {
+            format!(" breaker {}", c.breaker_state)
+        };
         o.push_str(&format!(
-            "consumer {:<13} checkpoint {} lag {} records ({})\n",
+            "consumer {:<13} checkpoint {} lag {} records ({}) backlog age {age}{breaker}\n",
             c.name,
             c.committed_seq,
             fmt::count(c.backlog_records),

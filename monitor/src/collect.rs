@@ -1,9 +1,12 @@
 //! Collectors: read a WAL directory (its stats file, and the files themselves) into a
-//! [`Snapshot`]. One collector per WAL; each sends [`Event`](crate::app::Event)s.
+//! [`Snapshot`]; discovery finds the WAL directories under a root. One collector per
+//! WAL. This module knows nothing of the dashboard: [`crate::tui`] runs the collectors
+//! on a thread and turns their snapshots into [`Event`](crate::app::Event)s, and
+//! [`crate::app`] (which depends on this module, never the other way) folds them in.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use walspool_backends::LocalDisk;
 use walspool_wal::inspect::{self, DiskState};
@@ -80,9 +83,14 @@ pub struct Snapshot {
     pub metrics: Metrics,
     /// True when `metrics` were computed from the files on disk.
     pub from_disk: bool,
-    /// Timestamp of the oldest record the slowest consumer has not committed, ms since
-    /// the epoch, read from the segment that holds it (0 = nothing unshipped, or unknown).
+    /// Timestamp of the oldest record some consumer has not committed (without
+    /// consumers: of the oldest record on disk), ms since the epoch (0 = nothing
+    /// unshipped, or unknown).
     pub oldest_unshipped_ts_ms: u64,
+    /// Per consumer: the timestamp of the oldest record it has not committed, ms since
+    /// the epoch (0 = nothing unshipped, or unknown). The backlog age of each consumer
+    /// is also in `metrics.consumers[..].backlog_age_ms`, as of `taken_ms`.
+    pub consumer_oldest_ts_ms: BTreeMap<String, u64>,
 }
 
 /// Is process `pid` alive (and not a zombie)?
@@ -132,8 +140,9 @@ pub struct Collector {
     dir: PathBuf,
     storage: Option<LocalDisk>,
     cache: Option<DiskState>,
-    /// `(sequence number, its timestamp in ms)` of the last oldest-unshipped lookup.
-    oldest: Option<(u64, u64)>,
+    /// `(sequence number, its timestamp in ms)` of the records dated from disk, kept
+    /// while some consumer's oldest unshipped record is one of them.
+    dated: Vec<(u64, u64)>,
     /// The stats file last parsed, by its (modification time, length).
     stats: Option<(StatsKey, StatsFile)>,
     /// The figures last computed from disk, by the stats file they went with: while
@@ -158,7 +167,7 @@ impl Collector {
             dir: dir.as_ref().to_path_buf(),
             storage: None,
             cache: None,
-            oldest: None,
+            dated: Vec::new(),
             stats: None,
             from_disk: None,
             appends: VecDeque::new(),
@@ -213,6 +222,7 @@ impl Collector {
             metrics: stats.map(|s| s.metrics).unwrap_or_default(),
             from_disk: false,
             oldest_unshipped_ts_ms: 0,
+            consumer_oldest_ts_ms: BTreeMap::new(),
         };
         if !writer.is_running() {
             snap.from_disk = true;
@@ -250,27 +260,60 @@ impl Collector {
                 }
             }
         }
-        snap.oldest_unshipped_ts_ms = self.oldest_unshipped_ts_ms(&snap.metrics);
+        self.date_backlogs(&mut snap);
         Ok(snap)
     }
 
-    /// The timestamp (ms) of the oldest record the slowest consumer has not committed:
-    /// read from disk once per sequence number (it only changes when that consumer
-    /// commits), 0 when nothing is unshipped or it cannot be read.
-    fn oldest_unshipped_ts_ms(&mut self, m: &Metrics) -> u64 {
-        if m.backlog_records == 0 {
-            return 0;
-        }
-        let committed = m
-            .consumers
-            .iter()
-            .max_by_key(|c| c.backlog_records)
-            .map_or(0, |c| c.committed_seq);
-        let want = (committed + 1).max(m.first_seq);
-        if let Some((seq, ts)) = self.oldest {
-            if seq == want {
-                return ts;
+    /// Backlog ages: for each consumer, the timestamp of the oldest record it has not
+    /// committed, and its backlog age at `taken_ms`. A live writer publishes each
+    /// consumer's age; otherwise (the writer is not running, or predates that figure)
+    /// the record is dated here.
+    fn date_backlogs(&mut self, snap: &mut Snapshot) {
+        let live = !snap.from_disk && snap.stats_written_ms > 0;
+        let written = snap.stats_written_ms;
+        let now = snap.taken_ms;
+        let first_seq = snap.metrics.first_seq;
+        let mut used = Vec::new();
+        let mut oldest = 0u64;
+        for c in snap.metrics.consumers.iter_mut() {
+            let ts = if c.backlog_records == 0 {
+                0
+            } else if live && c.backlog_age_ms > 0 {
+                written.saturating_sub(c.backlog_age_ms)
+            } else {
+                let want = (c.committed_seq + 1).max(first_seq);
+                used.push(want);
+                self.ts_of(want)
+            };
+            c.backlog_age_ms = if ts == 0 { 0 } else { now.saturating_sub(ts) };
+            snap.consumer_oldest_ts_ms.insert(c.name.clone(), ts);
+            if ts > 0 && (oldest == 0 || ts < oldest) {
+                oldest = ts;
             }
+        }
+        let m = &snap.metrics;
+        if m.consumers.is_empty() && m.backlog_records > 0 {
+            oldest = if live && m.oldest_unshipped_age_ms > 0 {
+                written.saturating_sub(m.oldest_unshipped_age_ms)
+            } else {
+                used.push(first_seq);
+                self.ts_of(first_seq)
+            };
+        }
+        snap.oldest_unshipped_ts_ms = if m.backlog_records == 0 { 0 } else { oldest };
+        snap.metrics.oldest_unshipped_age_ms = if oldest == 0 {
+            0
+        } else {
+            now.saturating_sub(oldest)
+        };
+        self.dated.retain(|d| used.contains(&d.0));
+    }
+
+    /// The timestamp (ms) of record `want` (or the first one after it, when it is gone):
+    /// read from disk once per sequence number, 0 when it cannot be read.
+    fn ts_of(&mut self, want: u64) -> u64 {
+        if let Some(&(_, ts)) = self.dated.iter().find(|d| d.0 == want) {
+            return ts;
         }
         // Appended since the collector began watching: the first publication that
         // included it (the record is at most one publication interval older).
@@ -283,11 +326,10 @@ impl Collector {
         let Some(storage) = self.storage.as_ref() else {
             return 0;
         };
-        // The first record at or after `want` (an older one may have been dropped).
         match inspect::records(storage, want).next() {
             Some(Ok(r)) => {
                 let ts = r.ts_us / 1000;
-                self.oldest = Some((want, ts));
+                self.dated.push((want, ts));
                 ts
             }
             _ => 0,
@@ -402,6 +444,7 @@ pub fn apply_disk(m: &mut Metrics, d: &DiskState) {
             committed_seq: *c,
             backlog_records: d.records_after(*c),
             backlog_bytes: d.bytes_after(*c),
+            ..ConsumerMetrics::default()
         })
         .collect();
     let archived: Vec<(String, bool)> = m
@@ -421,66 +464,6 @@ pub fn apply_disk(m: &mut Metrics, d: &DiskState) {
             archived: archived.iter().any(|(f, a)| *a && f == &s.name),
         })
         .collect();
-}
-
-/// Runs discovery and the collectors in one thread: every `every`, one snapshot per
-/// WAL; every `rescan` (and at the start), the roots are searched again and an
-/// [`Event::Wals`](crate::app::Event::Wals) is sent when the set changed. Sends events
-/// until the receiver is gone.
-pub fn spawn_fleet(
-    roots: Vec<PathBuf>,
-    max_depth: usize,
-    every: Duration,
-    rescan: Duration,
-    tx: std::sync::mpsc::Sender<crate::app::Event>,
-) -> std::thread::JoinHandle<()> {
-    use crate::app::Event;
-    std::thread::Builder::new()
-        .name("walspool-collect".into())
-        .spawn(move || {
-            let mut cs: Vec<Collector> = Vec::new();
-            let mut known: Vec<(String, PathBuf)> = Vec::new();
-            let mut last_scan: Option<std::time::Instant> = None;
-            loop {
-                if last_scan.is_none_or(|t| t.elapsed() >= rescan) {
-                    let first = last_scan.is_none();
-                    last_scan = Some(std::time::Instant::now());
-                    let found = discover(&roots, max_depth);
-                    if first || found != known {
-                        let mut old = std::mem::take(&mut cs);
-                        cs = found
-                            .iter()
-                            .map(|(_, d)| match old.iter().position(|c| c.dir() == d) {
-                                Some(i) => old.swap_remove(i),
-                                None => Collector::new(d),
-                            })
-                            .collect();
-                        let names = found
-                            .iter()
-                            .map(|(n, d)| (n.clone(), d.display().to_string()))
-                            .collect();
-                        known = found;
-                        if tx.send(Event::Wals(names)).is_err() {
-                            return;
-                        }
-                    }
-                }
-                for c in cs.iter_mut() {
-                    let ev = match c.collect() {
-                        Ok(s) => Event::Snapshot(Box::new(s)),
-                        Err(e) => Event::CollectError(c.dir().display().to_string(), e),
-                    };
-                    if tx.send(ev).is_err() {
-                        return;
-                    }
-                }
-                if tx.send(Event::Tick(now_ms())).is_err() {
-                    return;
-                }
-                std::thread::sleep(every);
-            }
-        })
-        .expect("spawn collector thread")
 }
 
 #[cfg(test)]

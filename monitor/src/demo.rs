@@ -57,30 +57,6 @@ pub struct DemoOptions {
     pub refresh: Duration,
 }
 
-/// Parses `5s`, `500ms`, `2m`, `1h` or plain seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, mul_ms) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1000)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60_000)
-    } else if let Some(n) = s.strip_suffix('h') {
-        (n, 3_600_000)
-    } else {
-        (s, 1000)
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("not a duration: {s:?} (try 5s, 500ms, 2m)"))?;
-    if !(v >= 0.0 && v.is_finite()) {
-        return Err(format!("not a duration: {s:?}"));
-    }
-    Ok(Duration::from_millis((v * mul_ms as f64) as u64))
-}
-
 /// A tiny deterministic PRNG (xorshift64*), so the demo needs no dependency for dice.
 #[derive(Debug)]
 struct Dice(u64);
@@ -349,15 +325,6 @@ pub fn run(o: DemoOptions) -> Result<i32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert!(parse_duration("soon").is_err());
-    }
 
     #[test]
     fn events_are_json() {

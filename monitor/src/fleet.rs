@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::app::{parse_duration_ms, parse_rate, App, Event, Panel, Thresholds};
+use crate::app::{App, Event, Panel, Thresholds};
 use crate::collect::{discover, now_ms, Collector, Writer};
-use crate::fmt;
+use crate::fmt::{self, parse_duration_ms, parse_rate};
 
 /// Threshold flags shared by `top` and `status`. Unset flags take the config file's
 /// value, then the default.
@@ -244,6 +244,27 @@ pub fn fleet_text(app: &App) -> String {
             },
             alerts.trim(),
         ));
+        // The consumers behind, each with its own backlog age.
+        for c in m.consumers.iter().filter(|c| c.backlog_records > 0) {
+            let age = p.consumer_backlog_age_ms(&c.name, app.now_ms);
+            o.push_str(&format!(
+                "{:<24} {:>17} {:>9} {:>9} {:>9} {:>10} {:>8} {:>6} {:>8} {:>9}\n",
+                format!("  consumer {}", c.name),
+                "",
+                "",
+                "",
+                fmt::short_count(c.backlog_records),
+                fmt::bytes(c.backlog_bytes),
+                if age == 0 { "-".into() } else { fmt::age(age) },
+                "",
+                "",
+                if c.breaker_state.is_empty() {
+                    "-"
+                } else {
+                    &c.breaker_state
+                },
+            ));
+        }
     }
     o.push_str(&format!(
         "{} WALs, {} alerting (backlog age > {}, errors > {}/s)\n",
@@ -274,6 +295,14 @@ pub fn fleet_json(app: &App) -> Value {
                 "backlog_records": m.backlog_records,
                 "backlog_bytes": m.backlog_bytes,
                 "backlog_age_ms": p.backlog_age_ms(app.now_ms),
+                "consumers": m.consumers.iter().map(|c| json!({
+                    "name": c.name,
+                    "committed_seq": c.committed_seq,
+                    "backlog_records": c.backlog_records,
+                    "backlog_bytes": c.backlog_bytes,
+                    "backlog_age_ms": p.consumer_backlog_age_ms(&c.name, app.now_ms),
+                    "breaker_state": c.breaker_state,
+                })).collect::<Vec<_>>(),
                 "dropped_records_total": m.dropped_records_total,
                 "breaker_state": m.breaker_state,
                 "archive_lag_segments": m.archive_lag_segments,
@@ -384,7 +413,7 @@ pub fn fleet_prometheus(app: &App) -> String {
         (
             "walspool_backlog_age_seconds",
             "gauge",
-            "Age of the oldest record not yet committed by the slowest consumer (0 when none).",
+            "Age of the oldest record some consumer has not committed (0 when none).",
             |a, p| {
                 p.snap
                     .as_ref()
@@ -447,6 +476,37 @@ pub fn fleet_prometheus(app: &App) -> String {
         for p in panels {
             if let Some(v) = get(app, p) {
                 out.push_str(&format!("{name}{{wal=\"{}\"}} {v}\n", label(&p.name)));
+            }
+        }
+    }
+    type GetC = fn(&App, &Panel, &walspool_wal::ConsumerMetrics) -> f64;
+    let per_consumer: [(&str, &str, GetC); 3] = [
+        (
+            "walspool_consumer_backlog_records",
+            "Records after the consumer's checkpoint still on disk.",
+            |_, _, c| c.backlog_records as f64,
+        ),
+        (
+            "walspool_consumer_backlog_bytes",
+            "Approximate bytes of the records after the consumer's checkpoint.",
+            |_, _, c| c.backlog_bytes as f64,
+        ),
+        (
+            "walspool_consumer_backlog_age_seconds",
+            "Age of the oldest record the consumer has not committed (0 when none).",
+            |a, p, c| p.consumer_backlog_age_ms(&c.name, a.now_ms) as f64 / 1000.0,
+        ),
+    ];
+    for (name, help, get) in per_consumer {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for p in panels {
+            for c in p.snap.iter().flat_map(|s| &s.metrics.consumers) {
+                out.push_str(&format!(
+                    "{name}{{wal=\"{}\",consumer=\"{}\"}} {}\n",
+                    label(&p.name),
+                    label(&c.name),
+                    get(app, p, c)
+                ));
             }
         }
     }

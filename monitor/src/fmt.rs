@@ -1,4 +1,62 @@
-//! Small formatting helpers shared by the view and the CLI.
+//! Small formatting helpers shared by the view and the CLI, and the parsers of the
+//! durations and rates the CLI takes.
+
+use std::time::Duration;
+
+/// Parses a duration the way [`humantime`] does (`250ms`, `5s`, `2m`, `1h 30m`,
+/// `1day`, …). For compatibility with earlier versions, a bare number is seconds (`30`)
+/// and a decimal number takes any of humantime's units (`1.5s`, `0.5h`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let hint = || format!("not a duration: {s:?} (try 250ms, 5s, 5m, 1h)");
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(d);
+    }
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let unit = unit.trim();
+    let per = if unit.is_empty() {
+        Duration::from_secs(1)
+    } else {
+        humantime::parse_duration(&format!("1{unit}")).map_err(|_| hint())?
+    };
+    let v: f64 = num.parse().map_err(|_| hint())?;
+    if !(v >= 0.0 && v.is_finite()) {
+        return Err(hint());
+    }
+    Duration::try_from_secs_f64(per.as_secs_f64() * v).map_err(|_| hint())
+}
+
+/// [`parse_duration`] in whole milliseconds (rounded).
+pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    parse_duration(s).map(|d| (d.as_secs_f64() * 1000.0).round() as u64)
+}
+
+/// Parses a rate as events per second: `1/s`, `30/min`, `100/h` (the unit is any of
+/// [`humantime`]'s: `s`, `sec`, `m`, `min`, `h`, `hour`, `day`, …), or a plain number
+/// (per second).
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let s = s.trim();
+    let (num, per_s) = match s.split_once('/') {
+        Some((n, unit)) => {
+            let unit = unit.trim();
+            let per = humantime::parse_duration(&format!("1{unit}"))
+                .map_err(|_| format!("unknown rate unit {unit:?} (try 1/s, 30/min)"))?;
+            (n, per.as_secs_f64())
+        }
+        None => (s, 1.0),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a rate: {s:?} (try 1/s, 30/min)"))?;
+    if !(v >= 0.0 && v.is_finite()) {
+        return Err(format!("not a rate: {s:?}"));
+    }
+    Ok(v / per_s)
+}
 
 /// `1234567` → `1,234,567`.
 pub fn count(n: u64) -> String {
@@ -116,6 +174,29 @@ pub fn short_count(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_and_rates() {
+        assert_eq!(parse_duration_ms("5m"), Ok(300_000));
+        assert_eq!(parse_duration_ms("250ms"), Ok(250));
+        assert_eq!(parse_duration_ms("1.5s"), Ok(1_500));
+        assert_eq!(parse_duration_ms("0.5h"), Ok(1_800_000));
+        assert_eq!(parse_duration_ms("2h"), Ok(7_200_000));
+        assert_eq!(parse_duration_ms("1h 30m"), Ok(5_400_000));
+        assert_eq!(parse_duration_ms("1day"), Ok(86_400_000));
+        assert_eq!(parse_duration_ms("30"), Ok(30_000));
+        assert_eq!(parse_duration_ms("0s"), Ok(0));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("5 fortnights").is_err());
+        assert_eq!(parse_rate("1/s"), Ok(1.0));
+        assert_eq!(parse_rate("30/min"), Ok(0.5));
+        assert_eq!(parse_rate("36/h"), Ok(0.01));
+        assert_eq!(parse_rate("2"), Ok(2.0));
+        assert!(parse_rate("1/fortnight").is_err());
+        assert!(parse_rate("-1/s").is_err());
+    }
 
     #[test]
     fn formats() {

@@ -5,9 +5,11 @@
 //! publishes, and the files themselves (through `walspool_wal::inspect`), so it works
 //! while the writer runs and after it died.
 //!
-//! The dashboard keeps state, events and view apart: collectors ([`collect`]) and the
-//! terminal ([`tui`]) send one [`app::Event`] enum over one channel, a plain
-//! [`app::App`] is updated from it, and [`view::render`] draws the `App`.
+//! The dashboard keeps state, events and view apart: collectors ([`collect`], which
+//! only read WAL directories) run on a thread that [`tui`] starts; that thread and the
+//! terminal send one [`app::Event`] enum over one channel, a plain [`app::App`] is
+//! updated from it, and [`view::render`] draws the `App`. Dependencies go one way:
+//! `tui` → `app` → `collect`.
 
 pub mod app;
 pub mod cli;

@@ -7,8 +7,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use walspool_monitor::cli::{self, DumpOptions, Schema};
 use walspool_monitor::collect::is_wal_dir;
-use walspool_monitor::demo::{self, parse_duration, DemoOptions, SinkMode};
+use walspool_monitor::demo::{self, DemoOptions, SinkMode};
 use walspool_monitor::fleet::{self, Output, ThresholdArgs};
+use walspool_monitor::fmt::parse_duration;
 use walspool_monitor::tui::{self, TopOptions};
 
 #[derive(Debug, Parser)]

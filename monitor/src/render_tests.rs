@@ -51,12 +51,15 @@ fn metrics(dropped: u64, breaker: &str) -> Metrics {
                 committed_seq: 4_000,
                 backlog_records: 1_234,
                 backlog_bytes: 118_000,
+                breaker_state: breaker.into(),
+                ..ConsumerMetrics::default()
             },
             ConsumerMetrics {
                 name: "warehouse".into(),
                 committed_seq: 5_200,
                 backlog_records: 34,
                 backlog_bytes: 3_300,
+                ..ConsumerMetrics::default()
             },
         ],
         segments: vec![
@@ -80,6 +83,11 @@ fn snapshot(writer: Writer, m: Metrics) -> Snapshot {
         metrics: m,
         from_disk,
         oldest_unshipped_ts_ms: NOW - 42_000,
+        consumer_oldest_ts_ms: [
+            ("audit-sink".to_string(), NOW - 42_000),
+            ("warehouse".to_string(), NOW - 3_000),
+        ]
+        .into(),
     }
 }
 
@@ -385,6 +393,7 @@ fn fleet() -> App {
                 metrics: m,
                 from_disk,
                 oldest_unshipped_ts_ms: oldest,
+                consumer_oldest_ts_ms: Default::default(),
             };
             app.update(Event::Snapshot(Box::new(s)));
         }

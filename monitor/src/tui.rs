@@ -18,8 +18,67 @@ use ratatui::crossterm::{cursor, execute};
 use ratatui::Terminal;
 
 use crate::app::{App, Event, Key, Screen, Thresholds};
-use crate::collect::{is_wal_dir, now_ms, spawn_fleet};
+use crate::collect::{discover, is_wal_dir, now_ms, Collector};
 use crate::view;
+
+/// Runs discovery and the collectors in one thread: every `every`, one snapshot per
+/// WAL; every `rescan` (and at the start), the roots are searched again and an
+/// [`Event::Wals`](crate::app::Event::Wals) is sent when the set changed. Sends events
+/// until the receiver is gone.
+pub fn spawn_fleet(
+    roots: Vec<PathBuf>,
+    max_depth: usize,
+    every: Duration,
+    rescan: Duration,
+    tx: mpsc::Sender<Event>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("walspool-collect".into())
+        .spawn(move || {
+            let mut cs: Vec<Collector> = Vec::new();
+            let mut known: Vec<(String, PathBuf)> = Vec::new();
+            let mut last_scan: Option<std::time::Instant> = None;
+            loop {
+                if last_scan.is_none_or(|t| t.elapsed() >= rescan) {
+                    let first = last_scan.is_none();
+                    last_scan = Some(std::time::Instant::now());
+                    let found = discover(&roots, max_depth);
+                    if first || found != known {
+                        let mut old = std::mem::take(&mut cs);
+                        cs = found
+                            .iter()
+                            .map(|(_, d)| match old.iter().position(|c| c.dir() == d) {
+                                Some(i) => old.swap_remove(i),
+                                None => Collector::new(d),
+                            })
+                            .collect();
+                        let names = found
+                            .iter()
+                            .map(|(n, d)| (n.clone(), d.display().to_string()))
+                            .collect();
+                        known = found;
+                        if tx.send(Event::Wals(names)).is_err() {
+                            return;
+                        }
+                    }
+                }
+                for c in cs.iter_mut() {
+                    let ev = match c.collect() {
+                        Ok(s) => Event::Snapshot(Box::new(s)),
+                        Err(e) => Event::CollectError(c.dir().display().to_string(), e),
+                    };
+                    if tx.send(ev).is_err() {
+                        return;
+                    }
+                }
+                if tx.send(Event::Tick(now_ms())).is_err() {
+                    return;
+                }
+                std::thread::sleep(every);
+            }
+        })
+        .expect("spawn collector thread")
+}
 
 /// Puts the terminal back as it was: cooked mode, main screen, visible cursor.
 /// Safe to call more than once.

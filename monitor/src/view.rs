@@ -745,11 +745,26 @@ fn render_full(app: &App, f: &mut Frame, area: Rect) {
             } else {
                 Style::new()
             };
+            let age_ms = p.consumer_backlog_age_ms(&c.name, app.now_ms);
+            let age = if age_ms == 0 {
+                Cell::from("-").style(DIM)
+            } else if age_ms > app.thresholds.backlog_age_ms {
+                Cell::from(fmt::age(age_ms)).style(BAD)
+            } else {
+                Cell::from(fmt::age(age_ms))
+            };
+            let breaker = match c.breaker_state.as_str() {
+                "" => Cell::from("-").style(DIM),
+                "closed" => Cell::from("closed"),
+                other => Cell::from(other.to_string()).style(BAD),
+            };
             Row::new(vec![
                 Cell::from(c.name.clone()),
                 Cell::from(fmt::count(c.committed_seq)),
                 Cell::from(fmt::count(c.backlog_records)),
                 Cell::from(fmt::bytes(c.backlog_bytes)),
+                age,
+                breaker,
             ])
             .style(style)
         })
@@ -770,6 +785,8 @@ fn render_full(app: &App, f: &mut Frame, area: Rect) {
                 Constraint::Length(16),
                 Constraint::Length(16),
                 Constraint::Length(14),
+                Constraint::Length(12),
+                Constraint::Length(10),
             ],
         )
         .header(
@@ -778,6 +795,8 @@ fn render_full(app: &App, f: &mut Frame, area: Rect) {
                 "checkpoint",
                 "lag (records)",
                 "lag (bytes)",
+                "backlog age",
+                "breaker",
             ])
             .style(LABEL),
         )
@@ -1014,11 +1033,17 @@ fn render_compact(app: &App, f: &mut Frame, area: Rect) {
                 lines.push(fig.breaker);
                 lines.push(fig.archive);
                 for c in &m.consumers {
+                    let age = p.consumer_backlog_age_ms(&c.name, app.now_ms);
                     lines.push(Line::from(format!(
-                        "{} @{} lag {}",
+                        "{} @{} lag {}{}",
                         c.name,
                         c.committed_seq,
-                        fmt::count(c.backlog_records)
+                        fmt::count(c.backlog_records),
+                        if age == 0 {
+                            String::new()
+                        } else {
+                            format!(" age {}", fmt::age(age))
+                        }
                     )));
                 }
             }

@@ -55,6 +55,8 @@ fn status_of_a_root_table_json_exit_code_and_prometheus() {
     );
     assert!(out.contains("stopped"), "{out}");
     assert!(out.contains("2 WALs, 2 alerting"), "{out}");
+    // Consumers behind are listed under their WAL, each with its backlog age.
+    assert!(out.contains("  consumer demo-sink"), "{out}");
     assert!(!out.contains("not-a-wal"), "{out}");
 
     // With the default thresholds (5m), nothing alerts: exit 0.
@@ -68,6 +70,16 @@ fn status_of_a_root_table_json_exit_code_and_prometheus() {
     assert_eq!(billing["writer"], "stopped");
     assert!(billing["backlog_records"].as_u64().unwrap() > 0);
     assert!(billing["backlog_age_ms"].as_u64().unwrap() > 0);
+    // Per consumer: the stalled sink's consumer never committed, its backlog age is
+    // the WAL's; each consumer has its own figure.
+    let cons = billing["consumers"].as_array().unwrap();
+    let sink = cons.iter().find(|c| c["name"] == "demo-sink").unwrap();
+    assert!(sink["backlog_records"].as_u64().unwrap() > 0, "{sink}");
+    assert_eq!(
+        sink["backlog_age_ms"], billing["backlog_age_ms"],
+        "{billing}"
+    );
+    assert!(cons.iter().any(|c| c["name"] == "warehouse"), "{billing}");
 
     // A config file sets the thresholds too.
     let cfg = tmp.path().join("top.conf");
@@ -100,6 +112,12 @@ fn status_of_a_root_table_json_exit_code_and_prometheus() {
     );
     assert!(
         prom.contains("walspool_writer_state{wal=\"orders\",state=\"stopped\"} 1"),
+        "{prom}"
+    );
+    assert!(
+        prom.contains(
+            "walspool_consumer_backlog_age_seconds{wal=\"team/billing\",consumer=\"demo-sink\"}"
+        ),
         "{prom}"
     );
     assert_eq!(

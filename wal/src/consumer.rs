@@ -317,6 +317,24 @@ impl<S: Storage> Inner<S> {
             }
             total
         };
+        // Backlog age: the append time of the first record after a checkpoint, from
+        // the times noted at append; records from before the open fall back to the
+        // creation time of their segment (an upper bound on their age).
+        let now = now_us();
+        let age_ms = |want: u64| -> u64 {
+            if want > last_seq {
+                return 0;
+            }
+            self.counters
+                .append_times
+                .time_of(want, first_seq)
+                .or_else(|| {
+                    let base = segs.iter().rev().find(|s| s.base <= want)?.base;
+                    housekeeper::segment_created_us(self, base)
+                })
+                .map_or(0, |t| now.saturating_sub(t) / 1000)
+        };
+        let breakers = lock(&self.breaker).clone();
         let mut cms: Vec<ConsumerMetrics> = consumers
             .iter()
             .map(|(name, &c)| {
@@ -326,33 +344,29 @@ impl<S: Storage> Inner<S> {
                     committed_seq: c,
                     backlog_records: last_seq.saturating_sub(from),
                     backlog_bytes: bytes_after(from),
+                    backlog_age_ms: age_ms(from + 1),
+                    breaker_state: breakers.get(name).cloned().unwrap_or_default(),
                 }
             })
             .collect();
         cms.sort_by(|a, b| a.name.cmp(&b.name));
         let slowest = cms.iter().max_by_key(|c| c.backlog_records);
-        let (backlog_records, backlog_bytes, slow_committed) = match slowest {
-            Some(c) => (c.backlog_records, c.backlog_bytes, Some(c.committed_seq)),
+        let (backlog_records, backlog_bytes) = match slowest {
+            Some(c) => (c.backlog_records, c.backlog_bytes),
             None => {
                 let from = first_seq.saturating_sub(1);
-                (last_seq.saturating_sub(from), bytes_after(from), None)
+                (last_seq.saturating_sub(from), bytes_after(from))
             }
         };
-        let oldest_unshipped_age_ms = if backlog_records == 0 {
-            0
+        let oldest_unshipped_age_ms = if consumers.is_empty() {
+            age_ms(first_seq)
         } else {
-            let want = slow_committed.unwrap_or(0).max(first_seq.saturating_sub(1)) + 1;
-            let base = segs.iter().rev().find(|s| s.base <= want).map(|s| s.base);
-            base.and_then(|b| housekeeper::segment_created_us(self, b))
-                .map_or(0, |c| now_us().saturating_sub(c) / 1000)
+            cms.iter().map(|c| c.backlog_age_ms).max().unwrap_or(0)
         };
-        let breaker_state = {
-            let b = lock(&self.breaker);
-            slowest
-                .and_then(|c| b.get(&c.name).cloned())
-                .or_else(|| b.values().next().cloned())
-                .unwrap_or_default()
-        };
+        let breaker_state = slowest
+            .and_then(|c| breakers.get(&c.name).cloned())
+            .or_else(|| breakers.values().next().cloned())
+            .unwrap_or_default();
         let archive = lock(&self.archive_status).clone();
         let arch = archive.as_ref().map(|f| f()).unwrap_or_default();
         let (p50, p99) = self.counters.fsync_percentiles();
@@ -388,6 +402,7 @@ impl<S: Storage> Inner<S> {
             appended_records_total: self.counters.appended_records.load(Ordering::Relaxed),
             appended_bytes_total: self.counters.appended_bytes.load(Ordering::Relaxed),
             fsyncs_total: self.counters.fsyncs.load(Ordering::Relaxed),
+            fsync_latency: self.counters.fsync_histogram(),
             fsync_p50_us: p50,
             fsync_p99_us: p99,
             segment_count: segs.len() as u64,

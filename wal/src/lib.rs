@@ -51,6 +51,8 @@ mod housekeeper;
 pub mod inspect;
 pub mod memory;
 pub mod metrics;
+#[cfg(feature = "metrics")]
+pub mod metrics_export;
 pub mod options;
 pub mod reader;
 pub mod recovery;

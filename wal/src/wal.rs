@@ -899,6 +899,7 @@ impl<S: Storage> Inner<S> {
             st.pending_bytes += frame_len as usize;
         }
         let n = payloads.count() as u64;
+        self.counters.append_times.note(first, ts);
         self.counters
             .appended_records
             .fetch_add(n, Ordering::Relaxed);
