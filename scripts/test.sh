@@ -31,8 +31,9 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # tests/power_loss.rs mounts a FUSE file system: as root it mounts directly through
 # /dev/fuse, fusermount3 is the fallback (and what non-root users need).
 command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
-# monitor/tests/fleet_status.rs checks `walspool status ROOT --prometheus` with
-# `promtool check metrics`; Debian ships promtool in the prometheus package.
+# `promtool check metrics` checks `walspool status ROOT --prometheus`
+# (monitor/tests/fleet_status.rs) and `Metrics::render_prometheus` (wal/src/metrics.rs,
+# monitor/tests/wal_prometheus.rs); Debian ships promtool in the prometheus package.
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
