@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --example export_overflow -- --dir /tmp/export-wal --endpoint /tmp/endpoint.log \
-//!     --count 10000 --stall-ms 2000 --exit-when-drained
+//!     --count 10000 --stall 2s --exit-when-drained
 //! ```
 //!
 //! * Every entry is persisted to the WAL **before** the channel send.
@@ -15,8 +15,8 @@
 //!   crash and restart replays everything not yet exported. The endpoint is idempotent
 //!   (it keys entries by WAL sequence number), so re-sent entries are not duplicated.
 //!
-//! The endpoint here is a file the exporter appends to, stalled for `--stall-ms` and
-//! then slow (`--slow-us` per batch). Watch it with `walspool top <dir>`: the backlog
+//! The endpoint here is a file the exporter appends to, stalled for `--stall` and
+//! then slow (`--slow` per batch, e.g. `200us`). Watch it with `walspool top <dir>`: the backlog
 //! grows during the stall and drains after.
 
 use std::collections::HashSet;
@@ -162,8 +162,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let endpoint_path =
         PathBuf::from(arg(&args, "--endpoint").unwrap_or_else(|| "endpoint.log".into()));
     let count: u64 = arg(&args, "--count").map_or(Ok(10_000), |s| s.parse())?;
-    let stall = Duration::from_millis(arg(&args, "--stall-ms").map_or(Ok(0), |s| s.parse())?);
-    let slow = Duration::from_micros(arg(&args, "--slow-us").map_or(Ok(200), |s| s.parse())?);
+    // Durations as humantime reads them (`3s`, `200us`); the older `--stall-ms` and
+    // `--slow-us` (plain numbers) still work.
+    let stall = match (arg(&args, "--stall"), arg(&args, "--stall-ms")) {
+        (Some(d), _) => humantime::parse_duration(&d)?,
+        (None, Some(ms)) => Duration::from_millis(ms.parse()?),
+        (None, None) => Duration::ZERO,
+    };
+    let slow = match (arg(&args, "--slow"), arg(&args, "--slow-us")) {
+        (Some(d), _) => humantime::parse_duration(&d)?,
+        (None, Some(us)) => Duration::from_micros(us.parse()?),
+        (None, None) => Duration::from_micros(200),
+    };
     let exit_when_drained = args.iter().any(|a| a == "--exit-when-drained");
 
     smol::block_on(async {

@@ -167,8 +167,8 @@ fn export_overflow_stalled_endpoint_kill_and_restart() {
             e,
             "--count",
             "10000",
-            "--stall-ms",
-            "3600000",
+            "--stall",
+            "1h",
         ],
     );
     let line = wait_line(&rx, "APPENDED 10000");

@@ -266,22 +266,27 @@ impl Collector {
 
     /// Backlog ages: for each consumer, the timestamp of the oldest record it has not
     /// committed, and its backlog age at `taken_ms`. A live writer publishes each
-    /// consumer's age; otherwise (the writer is not running, or predates that figure)
-    /// the record is dated here.
+    /// consumer's age, exact for the records appended since it opened the WAL; other
+    /// records (and every record when the writer is not running, or predates that
+    /// figure) are dated here.
     fn date_backlogs(&mut self, snap: &mut Snapshot) {
         let live = !snap.from_disk && snap.stats_written_ms > 0;
         let written = snap.stats_written_ms;
         let now = snap.taken_ms;
         let first_seq = snap.metrics.first_seq;
+        // The writer's figure is exact for the records it appended since it opened the
+        // WAL; older ones it dates by their segment (an upper bound): read those here.
+        let exact_from = snap.metrics.backlog_age_exact_from_seq;
+        let exact = |want: u64| live && exact_from > 0 && want >= exact_from;
         let mut used = Vec::new();
         let mut oldest = 0u64;
         for c in snap.metrics.consumers.iter_mut() {
+            let want = (c.committed_seq + 1).max(first_seq);
             let ts = if c.backlog_records == 0 {
                 0
-            } else if live && c.backlog_age_ms > 0 {
+            } else if exact(want) && c.backlog_age_ms > 0 {
                 written.saturating_sub(c.backlog_age_ms)
             } else {
-                let want = (c.committed_seq + 1).max(first_seq);
                 used.push(want);
                 self.ts_of(want)
             };
@@ -293,7 +298,7 @@ impl Collector {
         }
         let m = &snap.metrics;
         if m.consumers.is_empty() && m.backlog_records > 0 {
-            oldest = if live && m.oldest_unshipped_age_ms > 0 {
+            oldest = if exact(first_seq) && m.oldest_unshipped_age_ms > 0 {
                 written.saturating_sub(m.oldest_unshipped_age_ms)
             } else {
                 used.push(first_seq);

@@ -408,6 +408,7 @@ impl<S: Storage> Inner<S> {
             segment_count: segs.len() as u64,
             disk_bytes,
             oldest_unshipped_age_ms,
+            backlog_age_exact_from_seq: self.counters.append_times.first_seq().unwrap_or(0),
             torn_tail_bytes_cut_total: self.counters.torn_tail_bytes.load(Ordering::Relaxed),
             corrupt_skipped_total: self.counters.corrupt_skipped.load(Ordering::Relaxed),
             breaker_state,

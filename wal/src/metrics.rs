@@ -100,6 +100,12 @@ pub struct Metrics {
     /// (the largest [`ConsumerMetrics::backlog_age_ms`]; without consumers, the age of
     /// the oldest record on disk; 0 when nothing is unshipped).
     pub oldest_unshipped_age_ms: u64,
+    /// The backlog ages of records from this sequence number on (the records appended
+    /// since the WAL was opened) are exact to [`BACKLOG_AGE_GRAIN_US`]; older records
+    /// are dated by their segment's creation time (an upper bound on their age). 0 when
+    /// nothing was appended since open.
+    #[serde(default)]
+    pub backlog_age_exact_from_seq: u64,
     /// Torn or corrupt tail bytes cut at open since the WAL was created.
     pub torn_tail_bytes_cut_total: u64,
     /// Records skipped in lenient recovery mode.
@@ -464,8 +470,10 @@ impl Metrics {
     /// (bounds [`FSYNC_BUCKETS_US`]). The segment list is not exported (a series per
     /// segment file would be a new series at every roll): `wal_segments` and
     /// `wal_disk_bytes` sum it, `wal_current_segment_base_seq` and
-    /// `wal_current_offset_bytes` say where the next append goes. `promtool check
-    /// metrics` accepts the output (tested).
+    /// `wal_current_offset_bytes` say where the next append goes. Neither are
+    /// [`Metrics::fsync_p50_us`]/[`Metrics::fsync_p99_us`] (the histogram replaces
+    /// them) nor [`Metrics::backlog_age_exact_from_seq`]. `promtool check metrics`
+    /// accepts the output (tested).
     pub fn render_prometheus(&self) -> String {
         let mut p = Prom::new(&self.wal_id);
         for f in &FIGURES {
@@ -685,6 +693,13 @@ impl AppendTimes {
         self.last_us.store(ts_us, Ordering::Relaxed);
     }
 
+    /// The first sequence number with a time noted (the first appended since open,
+    /// unless it is gone from disk).
+    pub fn first_seq(&self) -> Option<u64> {
+        let q = self.times.lock().unwrap_or_else(|e| e.into_inner());
+        q.front().map(|t| t.0)
+    }
+
     /// The append time of record `seq` (to the grain; never later than the truth),
     /// `None` when it was appended before the first time noted. Forgets the times of
     /// records before `first_on_disk`.
@@ -741,6 +756,7 @@ mod tests {
             segment_count: 2,
             disk_bytes: 8192,
             oldest_unshipped_age_ms: 2500,
+            backlog_age_exact_from_seq: 1,
             torn_tail_bytes_cut_total: 77,
             corrupt_skipped_total: 5,
             breaker_state: "open".into(),

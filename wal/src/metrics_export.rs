@@ -29,7 +29,7 @@
 //! ```
 
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -119,7 +119,8 @@ pub fn publish<K: AsRef<str>, V: AsRef<str>>(
 
 /// Publishes a WAL's figures through the [`metrics`] facade every interval, from a
 /// thread of its own, and its fsync latencies as they happen. Stops on
-/// [`MetricsExporter::stop`] or drop (after one last publication).
+/// [`MetricsExporter::stop`] or drop (after one last publication), or when the WAL is
+/// dropped (it does not keep the WAL alive).
 pub struct MetricsExporter {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -155,16 +156,28 @@ impl MetricsExporter {
         );
         let fsync = inner.counters.fsync_facade.clone();
         fsync.set(Some(hist));
+        // A weak reference: the exporter does not keep a dropped WAL (and its directory
+        // lock) alive; it stops when the WAL is gone.
+        let weak: Weak<Inner<S>> = Arc::downgrade(&inner);
+        drop(inner);
+        let once = move || match weak.upgrade() {
+            Some(inner) => {
+                publish(&inner.snapshot(), labels.iter().map(|(k, v)| (k, v)));
+                true
+            }
+            None => false,
+        };
         let (tx, rx) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("walspool-metrics".into())
-            .spawn(move || loop {
-                publish(&inner.snapshot(), labels.iter().map(|(k, v)| (k, v)));
-                match rx.recv_timeout(every) {
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Ok(()) | Err(RecvTimeoutError::Disconnected) => {
-                        publish(&inner.snapshot(), labels.iter().map(|(k, v)| (k, v)));
-                        return;
+            .spawn(move || {
+                while once() {
+                    match rx.recv_timeout(every) {
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+                            once();
+                            return;
+                        }
                     }
                 }
             })?;

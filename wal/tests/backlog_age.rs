@@ -27,7 +27,10 @@ fn per_consumer_backlog_age() {
     block_on(a.commit(first)).unwrap();
 
     let m = wal.metrics();
-    let (age_a, age_b) = (consumer(&m, "a").backlog_age_ms, consumer(&m, "b").backlog_age_ms);
+    let (age_a, age_b) = (
+        consumer(&m, "a").backlog_age_ms,
+        consumer(&m, "b").backlog_age_ms,
+    );
     // b has not committed the first record: its age is that record's, ±10 ms grain
     // (the figure never understates the age).
     assert!(age_b >= 400, "b {age_b}");
@@ -55,7 +58,10 @@ fn per_consumer_backlog_age() {
     let m = wal.metrics();
     let age = consumer(&m, "b").backlog_age_ms;
     assert!(age >= 200, "{age}");
-    assert!(age >= t3.elapsed().as_millis() as u64 - 10, "never understated: {age}");
+    assert!(
+        age >= t3.elapsed().as_millis() as u64 - 10,
+        "never understated: {age}"
+    );
     block_on(wal.close()).unwrap();
 }
 
