@@ -16,6 +16,10 @@
 //! * [`Wal::read_from`] is a live `Stream`; [`Wal::consumer`] gives named, durable
 //!   checkpoints; retention and bounds ([`WhenFull`]) keep the disk in check; every drop
 //!   is counted in [`Metrics::dropped_records_total`].
+//! * [`Wal::metrics`] is a snapshot of every figure (backlog and its age per consumer,
+//!   fsync latency histogram, shipping, archive, recovery), [`Metrics::render_prometheus`]
+//!   its Prometheus text; with the `metrics` feature, `metrics_export` publishes the same
+//!   figures through the `metrics` facade.
 //!
 //! ```
 //! use futures::StreamExt;

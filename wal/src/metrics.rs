@@ -680,9 +680,14 @@ impl AppendTimes {
             return;
         }
         let mut q = self.times.lock().unwrap_or_else(|e| e.into_inner());
-        if q.back().is_some_and(|b| b.0 >= first_seq) {
+        match q.back() {
+            // An empty batch took no sequence number: this one replaces its time.
+            Some(b) if b.0 == first_seq => {
+                q.pop_back();
+            }
             // Sequence numbers went back (never in one WAL): start again.
-            q.clear();
+            Some(b) if b.0 > first_seq => q.clear(),
+            _ => {}
         }
         if q.len() >= APPEND_TIMES_KEPT {
             let kept: VecDeque<(u64, u64)> = q.iter().copied().step_by(2).collect();
@@ -951,9 +956,15 @@ mod tests {
         assert_eq!(t.time_of(6, 1), Some(1_000_000));
         assert_eq!(t.time_of(9, 1), Some(1_020_000));
         assert_eq!(t.time_of(500, 1), Some(1_020_000));
+        // A batch with the same first sequence number as the last one noted (that one
+        // was empty and took none) replaces its time.
+        t.note(20, 1_040_000);
+        t.note(20, 1_100_000);
+        assert_eq!(t.time_of(20, 1), Some(1_100_000));
+        assert_eq!(t.time_of(19, 1), Some(1_020_000));
         // Records gone from disk are forgotten.
         assert_eq!(t.time_of(9, 9), Some(1_020_000));
-        assert_eq!(t.times.lock().unwrap().len(), 1);
+        assert_eq!(t.times.lock().unwrap().len(), 2);
         // Full: every other time goes, the grain doubles; order is kept.
         let t = AppendTimes::default();
         for i in 0..(APPEND_TIMES_KEPT as u64 + 1) {

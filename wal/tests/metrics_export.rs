@@ -132,6 +132,25 @@ fn exporter_publishes_every_figure_through_the_facade() {
     }
     exporter.stop();
 
+    // Described: help text and unit, for every family.
+    // (The unit as its Debug text: the test does not depend on `metrics` itself.)
+    let described: HashMap<String, (String, Option<String>)> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(ck, unit, desc, _)| {
+            let name = ck.key().name().to_string();
+            (name, (format!("{unit:?}"), desc.map(|d| d.to_string())))
+        })
+        .collect();
+    for f in &FIGURES {
+        let (_, help) = &described[f.name];
+        assert_eq!(help.as_deref(), Some(f.help), "{}", f.name);
+    }
+    assert_eq!(described["wal_backlog_age_seconds"].0, "Some(Seconds)");
+    assert_eq!(described["wal_disk_bytes"].0, "Some(Bytes)");
+    assert_eq!(described[FSYNC_HISTOGRAM_METRIC].0, "Some(Seconds)");
+
     // One snapshot by hand, with other labels.
     let m = wal.metrics();
     publish(&m, [("service", "by-hand")]);
