@@ -13,7 +13,7 @@
 //! plus the labels given to the exporter.
 //!
 //! ```no_run
-//! # async fn demo() -> walspool_wal::Result<()> {
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
 //! use walspool_wal::metrics_export::MetricsExporter;
 //! use walspool_wal::{Memory, Options, Wal};
