@@ -12,6 +12,13 @@
 //! theirs; every series carries the label `wal_id`, per-consumer ones `consumer`,
 //! plus the labels given to the exporter.
 //!
+//! With `metrics-exporter-prometheus`, give the histogram the buckets
+//! `render_prometheus` uses, or it renders as a summary:
+//! `PrometheusBuilder::new().set_buckets_for_metric(Matcher::Full(FSYNC_HISTOGRAM_METRIC.into()), &buckets)`
+//! with `buckets` = [`FSYNC_BUCKETS_US`](crate::metrics::FSYNC_BUCKETS_US) in seconds
+//! (`wal/tests/metrics_export_prometheus.rs` renders it so and checks the text with
+//! `promtool check metrics`).
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;

@@ -1,0 +1,117 @@
+//! The `metrics` feature end to end: `MetricsExporter` publishing to the recorder of
+//! `metrics-exporter-prometheus` (installed as the global recorder); its rendering
+//! carries the same families as `Metrics::render_prometheus` and passes `promtool
+//! check metrics` (installed by scripts/test.sh; without it the promtool step fails
+//! under CI=true and is skipped loudly otherwise).
+#![cfg(feature = "metrics")]
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::executor::block_on;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use walspool_wal::metrics::{CONSUMER_FIGURES, FIGURES, FSYNC_BUCKETS_US, FSYNC_HISTOGRAM_METRIC};
+use walspool_wal::metrics_export::MetricsExporter;
+use walspool_wal::{Durability, Memory, Options, Wal};
+
+#[test]
+fn prometheus_recorder_renders_the_same_families_and_promtool_accepts_them() {
+    // The same buckets as render_prometheus (without them the recorder renders a
+    // facade histogram as a summary).
+    let buckets: Vec<f64> = FSYNC_BUCKETS_US.iter().map(|&us| us as f64 / 1e6).collect();
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(FSYNC_HISTOGRAM_METRIC.into()), &buckets)
+        .unwrap()
+        .install_recorder()
+        .expect("the only recorder of this test binary");
+    let wal = Wal::open(
+        Memory::new(),
+        Options::default().durability(Durability::Sync),
+    )
+    .unwrap();
+    let _c = wal.consumer("slow").unwrap();
+    let exporter =
+        MetricsExporter::start(&wal, Duration::from_millis(20), [("service", "orders")]).unwrap();
+    for i in 0..20u64 {
+        block_on(wal.append(&i)).unwrap();
+    }
+    let id = wal.id().to_string();
+    let t = Instant::now();
+    let text = loop {
+        let text = handle.render();
+        if text.contains(&format!(
+            "wal_last_seq{{wal_id=\"{id}\",service=\"orders\"}} 20"
+        )) {
+            break text;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "not published:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    exporter.stop();
+
+    let own = wal.metrics().render_prometheus();
+    for name in FIGURES
+        .iter()
+        .map(|f| f.name)
+        .chain(CONSUMER_FIGURES.iter().map(|f| f.name))
+        .chain([FSYNC_HISTOGRAM_METRIC])
+    {
+        for t in [&text, &own] {
+            assert!(
+                t.contains(&format!("# TYPE {name} ")),
+                "{name} missing from\n{t}"
+            );
+        }
+    }
+    assert!(
+        text.contains("# TYPE wal_fsync_duration_seconds histogram\n")
+            && text.contains(&format!(
+                "wal_fsync_duration_seconds_bucket{{wal_id=\"{id}\",service=\"orders\",le=\"+Inf\"}}"
+            )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "wal_consumer_backlog_records{{wal_id=\"{id}\",service=\"orders\",consumer=\"slow\"}} 20"
+        )),
+        "{text}"
+    );
+    promtool_check(&text);
+    block_on(wal.close()).unwrap();
+}
+
+fn promtool_check(prom: &str) {
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("promtool not found ({e}); scripts/test.sh installs it");
+            }
+            eprintln!("SKIPPED promtool check metrics: promtool not found ({e})");
+            return;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(prom.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "promtool check metrics failed:\n{}\n{}\n{prom}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
