@@ -294,6 +294,10 @@ pub fn encode_frame(buf: &mut Vec<u8>, seq: u64, ts_us: u64, payload: &[u8]) {
 }
 
 /// Appends one frame to `buf`; `mac` is `Some` in chained segments.
+///
+/// The frame is written in place and its CRC computed over the bytes as they lie in
+/// `buf` (the `len` field, then `seq` to the end of the payload in one pass), so the
+/// payload is read once, not copied after a separate CRC pass.
 pub fn encode_frame_with(
     buf: &mut Vec<u8>,
     seq: u64,
@@ -302,16 +306,21 @@ pub fn encode_frame_with(
     payload: &[u8],
 ) {
     let len = payload.len() as u32;
-    let crc = frame_crc_with(len, seq, ts_us, mac.map(|m| &m[..]), payload);
     buf.reserve(FRAME_HEADER_LEN + MAC_LEN + payload.len());
+    let start = buf.len();
     buf.extend_from_slice(&len.to_le_bytes());
-    buf.extend_from_slice(&crc.to_le_bytes());
+    buf.extend_from_slice(&[0; 4]);
     buf.extend_from_slice(&seq.to_le_bytes());
     buf.extend_from_slice(&ts_us.to_le_bytes());
     if let Some(m) = mac {
         buf.extend_from_slice(m);
     }
     buf.extend_from_slice(payload);
+    let mut h = crc32fast::Hasher::new();
+    h.update(&buf[start + FRAME_LEN_OFFSET..start + FRAME_CRC_OFFSET]);
+    h.update(&buf[start + FRAME_SEQ_OFFSET..]);
+    let crc = h.finalize();
+    buf[start + FRAME_CRC_OFFSET..start + FRAME_SEQ_OFFSET].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// The CRC an unchained frame carries.
@@ -451,6 +460,23 @@ pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_place_crc_matches_frame_crc() {
+        let mac = [0xA5u8; MAC_LEN];
+        for m in [None, Some(&mac)] {
+            for n in [0usize, 1, 5, 63, 64, 257, 4099] {
+                let payload: Vec<u8> = (0..n).map(|i| (i * 31 + 7) as u8).collect();
+                let mut buf = vec![9u8; 3];
+                encode_frame_with(&mut buf, 42, 1234, m, &payload);
+                let f = &buf[3..];
+                let want = frame_crc_with(n as u32, 42, 1234, m.map(|x| &x[..]), &payload);
+                assert_eq!(u32_at(f, FRAME_CRC_OFFSET), want);
+                assert_eq!(u32_at(f, FRAME_LEN_OFFSET), n as u32);
+                assert_eq!(f.len(), FRAME_HEADER_LEN + m.map_or(0, |_| MAC_LEN) + n);
+            }
+        }
+    }
 
     #[test]
     fn frame_round_trip() {

@@ -77,57 +77,102 @@ pub(crate) enum Op {
 }
 
 /// Records encoded with postcard into one buffer (no allocation per record), each
-/// behind its schema version byte.
+/// behind its schema version byte. The buffer comes from, and goes back to, a
+/// per-thread cache: a single append allocates nothing once a thread has appended.
 pub(crate) struct Encoded {
     buf: Vec<u8>,
+    /// End of each payload in `buf`; empty for a single payload (`one`), which spans
+    /// the whole buffer (no second allocation per append).
     ends: Vec<usize>,
+    single: bool,
+}
+
+thread_local! {
+    /// The encode buffer of this thread, reused by every append made on it.
+    static ENCODE_BUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Largest encode buffer kept for reuse (a larger one is freed after its append).
+const ENCODE_BUF_KEEP: usize = 1 << 20;
+
+fn take_encode_buf(capacity: usize) -> Vec<u8> {
+    let mut b = ENCODE_BUF
+        .try_with(std::cell::Cell::take)
+        .unwrap_or_default();
+    b.clear();
+    b.reserve(capacity);
+    b
+}
+
+impl Drop for Encoded {
+    fn drop(&mut self) {
+        if self.buf.capacity() <= ENCODE_BUF_KEEP {
+            let b = std::mem::take(&mut self.buf);
+            let _ = ENCODE_BUF.try_with(|c| c.set(b));
+        }
+    }
 }
 
 impl Encoded {
     /// Every payload is the record's schema version (one byte, `format::FLAG_SCHEMA`) and
     /// its postcard encoding.
     fn one<T: Serialize + ?Sized>(version: u8, record: &T) -> Result<Self> {
-        let buf =
-            postcard::to_extend(record, vec![version]).map_err(|e| Error::Encode(e.to_string()))?;
+        let mut buf = take_encode_buf(64);
+        buf.push(version);
+        let buf = postcard::to_extend(record, buf).map_err(|e| Error::Encode(e.to_string()))?;
         Ok(Encoded {
-            ends: vec![buf.len()],
             buf,
+            ends: Vec::new(),
+            single: true,
         })
     }
 
     fn many<T: Serialize>(version: u8, records: &[T]) -> Result<Self> {
-        let mut buf = Vec::with_capacity(records.len() * 64);
+        let mut buf = take_encode_buf(records.len() * 64);
         let mut ends = Vec::with_capacity(records.len());
         for r in records {
             buf.push(version);
             buf = postcard::to_extend(r, buf).map_err(|e| Error::Encode(e.to_string()))?;
             ends.push(buf.len());
         }
-        Ok(Encoded { buf, ends })
+        Ok(Encoded {
+            buf,
+            ends,
+            single: false,
+        })
     }
 
     fn from_vecs(version: u8, v: Vec<Vec<u8>>) -> Self {
         let mut ends = Vec::with_capacity(v.len());
-        let mut buf = Vec::with_capacity(v.iter().map(|p| p.len() + 1).sum());
+        let mut buf = take_encode_buf(v.iter().map(|p| p.len() + 1).sum());
         for p in v {
             buf.push(version);
             buf.extend_from_slice(&p);
             ends.push(buf.len());
         }
-        Encoded { buf, ends }
+        Encoded {
+            buf,
+            ends,
+            single: false,
+        }
     }
 
     fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let single = self.single.then_some(&self.buf[..]);
         let mut start = 0;
-        self.ends.iter().map(move |&end| {
+        single.into_iter().chain(self.ends.iter().map(move |&end| {
             let s = &self.buf[start..end];
             start = end;
             s
-        })
+        }))
     }
 
     fn count(&self) -> usize {
-        self.ends.len()
+        if self.single {
+            1
+        } else {
+            self.ends.len()
+        }
     }
 
     fn payload_bytes(&self) -> usize {
@@ -160,6 +205,16 @@ pub(crate) struct Waiter {
     pub tx: oneshot::Sender<Result<()>>,
 }
 
+/// When an append notifies the waiting writer: a notify is a system call and a
+/// context switch, so the writer says what it waits for.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct WakeWhen {
+    /// Once at least this many bytes are pending (0: every append).
+    pub bytes: usize,
+    /// Or once at least this many appenders wait for the writer (0: every append).
+    pub waiters: usize,
+}
+
 pub(crate) struct State {
     pub next_seq: u64,
     pub ops: Vec<Op>,
@@ -173,7 +228,10 @@ pub(crate) struct State {
     /// Bytes of all segments, including what is planned for the active one.
     pub used_bytes: u64,
     pub closing: bool,
+    /// The writer waits on `work` and must be notified of new work (see `wake`).
     pub writer_idle: bool,
+    /// Which appends notify the idle writer (every append unless it lingers or dozes).
+    pub wake: WakeWhen,
     pub poisoned: Option<(String, io::ErrorKind)>,
     pub space_wakers: Vec<Waker>,
     pub roll_requested: bool,
@@ -468,6 +526,7 @@ impl<S: Storage> Wal<S> {
                 used_bytes: used,
                 closing: false,
                 writer_idle: false,
+                wake: WakeWhen::default(),
                 poisoned: None,
                 space_wakers: Vec::new(),
                 roll_requested: false,
@@ -917,7 +976,9 @@ impl<S: Storage> Inner<S> {
                 Some(rx)
             }
         };
-        if st.writer_idle {
+        if st.writer_idle
+            && (st.pending_bytes >= st.wake.bytes || st.waiters.len() >= st.wake.waiters)
+        {
             st.writer_idle = false;
             self.work.notify_one();
         }

@@ -15,7 +15,12 @@ use crate::housekeeper::{self, HkMsg};
 use crate::options::{Durability, WhenFull};
 use crate::recovery::{LogEnd, TailState, END_CLEAN, END_POISONED};
 use crate::storage::{SegmentId, Storage};
-use crate::wal::{lock, new_meta, now_us, Inner, Op, SealedSegment, FRAME_CHUNK};
+use crate::wal::{lock, new_meta, now_us, Inner, Op, SealedSegment, WakeWhen, FRAME_CHUNK};
+
+/// How long the writer of a `Buffered` WAL waits after a round of writes before it
+/// writes what accumulated, unless a chunk's worth comes in first: appends then do not
+/// notify it one by one (each notify is a system call and a context switch).
+const DOZE: Duration = Duration::from_millis(1);
 
 /// Reserves the rest of a new segment on storage (see [`Storage::preallocate`]);
 /// failure only costs speed, so it is logged, not fatal.
@@ -49,6 +54,10 @@ pub(crate) fn writer_main<S: Storage>(inner: Arc<Inner<S>>, tail: TailState) {
     // Durable appenders completed by the last fsync, and how long to wait for them.
     let mut last_group = 0usize;
     let mut linger = Duration::ZERO;
+    // Buffered: the last round wrote frames, so more are likely on the way.
+    let buffered = inner.opts.durability == Durability::Buffered;
+    let doze_bytes = (inner.opts.max_buffered_bytes / 4).min(FRAME_CHUNK);
+    let mut doze = false;
     loop {
         let mut st = lock(&inner.state);
         let mut sync_due = false;
@@ -107,6 +116,15 @@ pub(crate) fn writer_main<S: Storage>(inner: Arc<Inner<S>>, tail: TailState) {
                     );
                 }
             }
+            if std::mem::take(&mut doze) {
+                timeout = timeout.min(DOZE);
+                st.wake = WakeWhen {
+                    bytes: doze_bytes,
+                    waiters: 1,
+                };
+            } else {
+                st.wake = WakeWhen::default();
+            }
             st.writer_idle = true;
             st = inner
                 .work
@@ -117,9 +135,14 @@ pub(crate) fn writer_main<S: Storage>(inner: Arc<Inner<S>>, tail: TailState) {
         }
         // Group commit: the appenders woken by the previous fsync come back one by one.
         // Give them a moment (a fraction of an fsync) to join this batch instead of
-        // leaving most of them for the next fsync. A lone appender never waits.
+        // leaving most of them for the next fsync. A lone appender never waits. Only the
+        // append that completes the group (or a large amount of data) wakes the writer.
         if periodic.is_none() && last_group > 1 && !st.closing {
             let deadline = Instant::now() + linger;
+            st.wake = WakeWhen {
+                bytes: inner.opts.max_buffered_bytes / 2,
+                waiters: last_group,
+            };
             while st.waiters.len() < last_group && !st.closing && st.poisoned.is_none() {
                 let now = Instant::now();
                 if now >= deadline {
@@ -134,6 +157,7 @@ pub(crate) fn writer_main<S: Storage>(inner: Arc<Inner<S>>, tail: TailState) {
                 st.writer_idle = false;
             }
         }
+        st.wake = WakeWhen::default();
         let ops = std::mem::take(&mut st.ops);
         let waiters = std::mem::take(&mut st.waiters);
         let flushes = std::mem::take(&mut st.flushes);
@@ -155,6 +179,7 @@ pub(crate) fn writer_main<S: Storage>(inner: Arc<Inner<S>>, tail: TailState) {
                 } => {
                     let r = w.write_frames(&inner, &bytes, last_seq, last_ts, count);
                     used.push(bytes);
+                    doze = buffered;
                     r
                 }
                 Op::Roll {
