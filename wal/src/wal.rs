@@ -13,8 +13,7 @@ use serde::Serialize;
 use crate::chain::HmacKey;
 use crate::error::{Error, Result};
 use crate::format::{
-    encode_frame_with, ChainHeader, FOOTER_LEN, FRAME_HEADER_LEN, HEADER_LEN, HEADER_MAX_LEN,
-    MAC_LEN,
+    encode_frame_unsealed, FOOTER_LEN, FRAME_HEADER_LEN, HEADER_LEN, HEADER_MAX_LEN, MAC_LEN,
 };
 use crate::housekeeper::{self, HkMsg};
 use crate::metrics::{Counters, PersistedCounters};
@@ -68,11 +67,12 @@ pub(crate) enum Op {
         last_ts: u64,
         count: u64,
     },
+    /// Seal the active segment and start one at `new_base` (or rewrite the header of
+    /// an empty active segment). The writer derives the new header's chain state.
     Roll {
         new_base: u64,
-        chain: Option<ChainHeader>,
-        /// The key the new segment is MACed with (chained WALs).
-        key: Option<Arc<HmacKey>>,
+        /// Rotate the HMAC chain to this key (chained WALs).
+        rotate_to: Option<Arc<HmacKey>>,
     },
 }
 
@@ -189,7 +189,10 @@ pub(crate) const FRAME_CHUNK: usize = 1 << 20;
 /// `Buffered`).
 type Enqueued = (u64, u64, Option<oneshot::Receiver<Result<()>>>);
 
-/// The HMAC chain as appenders extend it (under the state lock).
+/// The HMAC chain as the writer thread extends it: it MACs each frame just before
+/// writing it, off the appenders' path (`format::seal_frames`). `State::chain` holds
+/// the state recovery found, which the writer starts from.
+#[derive(Clone)]
 pub(crate) struct ChainState {
     pub key: Arc<HmacKey>,
     pub prev: [u8; MAC_LEN],
@@ -247,45 +250,14 @@ impl State {
     pub(crate) fn push_roll(&mut self, rotate_to: Option<Arc<HmacKey>>) {
         let new_base = self.next_seq;
         let empty = self.seg_records == 0;
-        let chain = self.chain.as_mut().map(|c| {
-            if empty {
-                // The empty segment's header is replaced: chain from what preceded it.
-                c.key = c.anchor_key.clone();
-                c.prev = c.anchor_mac;
-            } else {
-                c.anchor_key = c.key.clone();
-                c.anchor_mac = c.prev;
-            }
-            match rotate_to {
-                Some(newk) if newk.fingerprint() != c.key.fingerprint() => {
-                    let new_fp = newk.fingerprint();
-                    let seed = c.key.rotation_seed(&c.prev, &new_fp);
-                    let prev_key_fp = c.key.fingerprint();
-                    c.key = newk;
-                    c.prev = seed;
-                    ChainHeader {
-                        key_fp: new_fp,
-                        prev_key_fp,
-                        seed,
-                    }
-                }
-                _ => ChainHeader {
-                    key_fp: c.key.fingerprint(),
-                    prev_key_fp: [0; 8],
-                    seed: c.prev,
-                },
-            }
-        });
-        let hlen = if chain.is_some() {
+        let hlen = if self.chain.is_some() {
             HEADER_MAX_LEN
         } else {
             HEADER_LEN
         } as u64;
-        let key = self.chain.as_ref().map(|c| c.key.clone());
         self.ops.push(Op::Roll {
             new_base,
-            chain,
-            key,
+            rotate_to,
         });
         if !empty {
             self.used_bytes += FOOTER_LEN as u64 + hlen;
@@ -885,6 +857,7 @@ impl<S: Storage> Inner<S> {
             return Err(Error::Closed);
         }
         let overhead = st.frame_overhead();
+        let chained = st.chain.is_some();
         let total: usize = payloads.iter().map(|p| p.len() + overhead).sum();
         let buffered = st.pending_bytes + st.inflight_bytes;
         if buffered > 0 && buffered + total > self.opts.max_buffered_bytes {
@@ -917,11 +890,8 @@ impl<S: Storage> Inner<S> {
             }
             let seq = st.next_seq;
             st.next_seq += 1;
-            let mac = st.chain.as_mut().map(|c| {
-                let m = c.key.mac(&c.prev, seq, ts, p);
-                c.prev = m;
-                m
-            });
+            // The frame's CRC (and MAC) are filled in by the writer thread just before it
+            // writes the chunk (`format::seal_frames`), in parallel with the appenders.
             match st.ops.last_mut() {
                 Some(Op::Frames {
                     bytes,
@@ -929,7 +899,7 @@ impl<S: Storage> Inner<S> {
                     last_ts,
                     count,
                 }) if bytes.len() + frame_len as usize <= FRAME_CHUNK.max(bytes.capacity()) => {
-                    encode_frame_with(bytes, seq, ts, mac.as_ref(), p);
+                    encode_frame_unsealed(bytes, seq, ts, chained, p);
                     *last_seq = seq;
                     *last_ts = ts;
                     *count += 1;
@@ -943,7 +913,7 @@ impl<S: Storage> Inner<S> {
                         .unwrap_or_else(|| Vec::with_capacity(FRAME_CHUNK));
                     bytes.clear();
                     bytes.reserve(frame_len as usize);
-                    encode_frame_with(&mut bytes, seq, ts, mac.as_ref(), p);
+                    encode_frame_unsealed(&mut bytes, seq, ts, chained, p);
                     st.ops.push(Op::Frames {
                         bytes,
                         last_seq: seq,
