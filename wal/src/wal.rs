@@ -119,7 +119,8 @@ impl Encoded {
     fn one<T: Serialize + ?Sized>(version: u8, record: &T) -> Result<Self> {
         let mut buf = take_encode_buf(64);
         buf.push(version);
-        let buf = postcard::to_extend(record, buf).map_err(|e| Error::Encode(e.to_string()))?;
+        // `to_io` into a Vec is `extend_from_slice`; `to_extend` copied byte by byte.
+        postcard::to_io(record, &mut buf).map_err(|e| Error::Encode(e.to_string()))?;
         Ok(Encoded {
             buf,
             ends: Vec::new(),
@@ -132,7 +133,7 @@ impl Encoded {
         let mut ends = Vec::with_capacity(records.len());
         for r in records {
             buf.push(version);
-            buf = postcard::to_extend(r, buf).map_err(|e| Error::Encode(e.to_string()))?;
+            postcard::to_io(r, &mut buf).map_err(|e| Error::Encode(e.to_string()))?;
             ends.push(buf.len());
         }
         Ok(Encoded {
