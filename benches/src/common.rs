@@ -224,6 +224,45 @@ pub fn fill_ratios(rows: &mut [Row]) {
     }
 }
 
+/// Appends to each walspool row its rec/s ratio to the best peer of the same case
+/// (okaywal, raft-engine, nano-wal), and for `walspool+hmac` its ratio to `walspool`
+/// (issue 18 judges every case by these).
+pub fn add_peer_ratios(rows: &mut [Row]) {
+    const PEERS: [&str; 3] = ["okaywal", "raft-engine", "nano-wal"];
+    let snapshot: Vec<Row> = rows.to_vec();
+    for r in rows.iter_mut() {
+        let Some(x) = r.rec_s else { continue };
+        if !r.imp.starts_with("walspool") || r.case.starts_with('e') {
+            continue;
+        }
+        let best = snapshot
+            .iter()
+            .filter(|b| b.case == r.case && PEERS.contains(&b.imp.as_str()))
+            .filter_map(|b| Some((b.rec_s?, b.imp.as_str())))
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        let mut parts = Vec::new();
+        if let Some((y, name)) = best {
+            parts.push(format!("{:.2}x best peer ({name})", x / y));
+        }
+        if r.imp == "walspool+hmac" {
+            if let Some(y) = snapshot
+                .iter()
+                .find(|b| b.case == r.case && b.imp == "walspool")
+                .and_then(|b| b.rec_s)
+            {
+                parts.push(format!("{:.2}x walspool", x / y));
+            }
+        }
+        if parts.is_empty() {
+            continue;
+        }
+        if !r.vs.is_empty() {
+            r.vs.push_str("; ");
+        }
+        r.vs.push_str(&parts.join("; "));
+    }
+}
+
 fn fmt_rate(v: Option<f64>) -> String {
     match v {
         None => "-".into(),

@@ -301,6 +301,7 @@ fn run(args: Args) -> Res<()> {
     }
 
     fill_ratios(&mut rows);
+    common::add_peer_ratios(&mut rows);
     println!();
     println!(
         "walspool-bench: 256-byte random payloads; {} rep(s) x {:.1} s per throughput case (fsync cases stop at {} records/rep); medians reported.",

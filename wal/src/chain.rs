@@ -37,7 +37,9 @@ pub const ROTATE_LABEL: &[u8] = b"walspool-rotate";
 /// A secret HMAC key. Its `Debug` output shows only the fingerprint.
 #[derive(Clone)]
 pub struct HmacKey {
-    key: Vec<u8>,
+    /// HMAC state with the key already absorbed (its inner and outer pad blocks):
+    /// each MAC starts from a copy of it instead of hashing the key twice again.
+    keyed: HmacSha256,
     fp: [u8; 8],
     source: Option<PathBuf>,
 }
@@ -79,8 +81,9 @@ impl HmacKey {
         let digest = Sha256::digest(&key);
         let mut fp = [0u8; 8];
         fp.copy_from_slice(&digest[..8]);
+        let keyed = HmacSha256::new_from_slice(&key).expect("HMAC takes keys of any length");
         Ok(HmacKey {
-            key,
+            keyed,
             fp,
             source: None,
         })
@@ -132,7 +135,7 @@ impl HmacKey {
 
     /// `HMAC-SHA256(key, prev || seq || ts_us || payload)`.
     pub fn mac(&self, prev: &[u8; MAC_LEN], seq: u64, ts_us: u64, payload: &[u8]) -> [u8; MAC_LEN] {
-        let mut m = HmacSha256::new_from_slice(&self.key).expect("HMAC takes keys of any length");
+        let mut m = self.keyed.clone();
         m.update(prev);
         m.update(&seq.to_le_bytes());
         m.update(&ts_us.to_le_bytes());
@@ -143,7 +146,7 @@ impl HmacKey {
     /// `HMAC-SHA256(key, "walspool-end" || record)`: authenticates the durable end of
     /// the log (`meta/end`), so that a cut-off tail cannot pass for the whole log.
     pub fn mac_end(&self, record: &[u8]) -> [u8; MAC_LEN] {
-        let mut m = HmacSha256::new_from_slice(&self.key).expect("HMAC takes keys of any length");
+        let mut m = self.keyed.clone();
         m.update(b"walspool-end");
         m.update(record);
         m.finalize().into_bytes().into()
@@ -151,7 +154,7 @@ impl HmacKey {
 
     /// The seed of the first segment under `new_fp`, authenticated by this (old) key.
     pub fn rotation_seed(&self, last_mac: &[u8; MAC_LEN], new_fp: &[u8; 8]) -> [u8; MAC_LEN] {
-        let mut m = HmacSha256::new_from_slice(&self.key).expect("HMAC takes keys of any length");
+        let mut m = self.keyed.clone();
         m.update(last_mac);
         m.update(ROTATE_LABEL);
         m.update(new_fp);

@@ -294,6 +294,10 @@ pub fn encode_frame(buf: &mut Vec<u8>, seq: u64, ts_us: u64, payload: &[u8]) {
 }
 
 /// Appends one frame to `buf`; `mac` is `Some` in chained segments.
+///
+/// The frame is written in place and its CRC computed over the bytes as they lie in
+/// `buf` (the `len` field, then `seq` to the end of the payload in one pass), so the
+/// payload is read once, not copied after a separate CRC pass.
 pub fn encode_frame_with(
     buf: &mut Vec<u8>,
     seq: u64,
@@ -302,16 +306,71 @@ pub fn encode_frame_with(
     payload: &[u8],
 ) {
     let len = payload.len() as u32;
-    let crc = frame_crc_with(len, seq, ts_us, mac.map(|m| &m[..]), payload);
     buf.reserve(FRAME_HEADER_LEN + MAC_LEN + payload.len());
+    let start = buf.len();
     buf.extend_from_slice(&len.to_le_bytes());
-    buf.extend_from_slice(&crc.to_le_bytes());
+    buf.extend_from_slice(&[0; 4]);
     buf.extend_from_slice(&seq.to_le_bytes());
     buf.extend_from_slice(&ts_us.to_le_bytes());
     if let Some(m) = mac {
         buf.extend_from_slice(m);
     }
     buf.extend_from_slice(payload);
+    let mut h = crc32fast::Hasher::new();
+    h.update(&buf[start + FRAME_LEN_OFFSET..start + FRAME_CRC_OFFSET]);
+    h.update(&buf[start + FRAME_SEQ_OFFSET..]);
+    let crc = h.finalize();
+    buf[start + FRAME_CRC_OFFSET..start + FRAME_SEQ_OFFSET].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Appends one frame without its CRC (and, when `chained`, with a zeroed MAC slot):
+/// [`seal_frames`] fills them in before the frame is written. Lets appenders queue
+/// frames with a copy only, leaving the CRC and MAC passes to the writer thread.
+pub(crate) fn encode_frame_unsealed(
+    buf: &mut Vec<u8>,
+    seq: u64,
+    ts_us: u64,
+    chained: bool,
+    payload: &[u8],
+) {
+    let len = payload.len() as u32;
+    buf.reserve(FRAME_HEADER_LEN + MAC_LEN + payload.len());
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&[0; 4]);
+    buf.extend_from_slice(&seq.to_le_bytes());
+    buf.extend_from_slice(&ts_us.to_le_bytes());
+    if chained {
+        buf.extend_from_slice(&[0; MAC_LEN]);
+    }
+    buf.extend_from_slice(payload);
+}
+
+/// Computes a frame's MAC from `(seq, ts_us, payload)`, extending the HMAC chain.
+pub(crate) type MacFn<'a> = &'a mut dyn FnMut(u64, u64, &[u8]) -> [u8; MAC_LEN];
+
+/// Fills in the CRC (and, when `mac` is given, the MAC first) of every frame in `buf`,
+/// a run of whole frames from [`encode_frame_unsealed`]. `mac(seq, ts_us, payload)`
+/// is called in frame order (the HMAC chain).
+pub(crate) fn seal_frames(buf: &mut [u8], mut mac: Option<MacFn<'_>>) {
+    let mac_len = if mac.is_some() { MAC_LEN } else { 0 };
+    let mut at = 0;
+    while at < buf.len() {
+        let len = u32_at(buf, at + FRAME_LEN_OFFSET) as usize;
+        let end = at + FRAME_HEADER_LEN + mac_len + len;
+        let f = &mut buf[at..end];
+        if let Some(m) = mac.as_mut() {
+            let seq = u64_at(f, FRAME_SEQ_OFFSET);
+            let ts = u64_at(f, FRAME_TS_OFFSET);
+            let (head, payload) = f.split_at_mut(FRAME_HEADER_LEN + MAC_LEN);
+            head[FRAME_HEADER_LEN..].copy_from_slice(&m(seq, ts, payload));
+        }
+        let mut h = crc32fast::Hasher::new();
+        h.update(&f[FRAME_LEN_OFFSET..FRAME_CRC_OFFSET]);
+        h.update(&f[FRAME_SEQ_OFFSET..]);
+        let crc = h.finalize();
+        f[FRAME_CRC_OFFSET..FRAME_SEQ_OFFSET].copy_from_slice(&crc.to_le_bytes());
+        at = end;
+    }
 }
 
 /// The CRC an unchained frame carries.
@@ -451,6 +510,57 @@ pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_place_crc_matches_frame_crc() {
+        let mac = [0xA5u8; MAC_LEN];
+        for m in [None, Some(&mac)] {
+            for n in [0usize, 1, 5, 63, 64, 257, 4099] {
+                let payload: Vec<u8> = (0..n).map(|i| (i * 31 + 7) as u8).collect();
+                let mut buf = vec![9u8; 3];
+                encode_frame_with(&mut buf, 42, 1234, m, &payload);
+                let f = &buf[3..];
+                let want = frame_crc_with(n as u32, 42, 1234, m.map(|x| &x[..]), &payload);
+                assert_eq!(u32_at(f, FRAME_CRC_OFFSET), want);
+                assert_eq!(u32_at(f, FRAME_LEN_OFFSET), n as u32);
+                assert_eq!(f.len(), FRAME_HEADER_LEN + m.map_or(0, |_| MAC_LEN) + n);
+            }
+        }
+    }
+
+    #[test]
+    fn sealed_frames_match_encoded_frames() {
+        let key = [3u8; MAC_LEN];
+        for chained in [false, true] {
+            let mut want = Vec::new();
+            let mut got = Vec::new();
+            let mut prev = [0u8; MAC_LEN];
+            for (i, n) in [0usize, 1, 63, 257, 4099].into_iter().enumerate() {
+                let payload: Vec<u8> = (0..n).map(|k| (k * 13 + i) as u8).collect();
+                let (seq, ts) = (100 + i as u64, 5000 + i as u64);
+                // A stand-in chain: any function of (prev, seq, ts, payload).
+                let mut m = prev;
+                for (k, b) in payload.iter().chain(&seq.to_le_bytes()).enumerate() {
+                    m[k % MAC_LEN] ^= b.wrapping_add(key[k % MAC_LEN]).wrapping_add(ts as u8);
+                }
+                prev = m;
+                encode_frame_with(&mut want, seq, ts, chained.then_some(&m), &payload);
+                encode_frame_unsealed(&mut got, seq, ts, chained, &payload);
+            }
+            let mut prev = [0u8; MAC_LEN];
+            let mut f = |seq: u64, ts: u64, payload: &[u8]| {
+                let mut m = prev;
+                for (k, b) in payload.iter().chain(&seq.to_le_bytes()).enumerate() {
+                    m[k % MAC_LEN] ^= b.wrapping_add(key[k % MAC_LEN]).wrapping_add(ts as u8);
+                }
+                prev = m;
+                m
+            };
+            let mac: Option<MacFn<'_>> = if chained { Some(&mut f) } else { None };
+            seal_frames(&mut got, mac);
+            assert_eq!(got, want, "chained {chained}");
+        }
+    }
 
     #[test]
     fn frame_round_trip() {

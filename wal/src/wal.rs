@@ -13,8 +13,7 @@ use serde::Serialize;
 use crate::chain::HmacKey;
 use crate::error::{Error, Result};
 use crate::format::{
-    encode_frame_with, ChainHeader, FOOTER_LEN, FRAME_HEADER_LEN, HEADER_LEN, HEADER_MAX_LEN,
-    MAC_LEN,
+    encode_frame_unsealed, FOOTER_LEN, FRAME_HEADER_LEN, HEADER_LEN, HEADER_MAX_LEN, MAC_LEN,
 };
 use crate::housekeeper::{self, HkMsg};
 use crate::metrics::{Counters, PersistedCounters};
@@ -68,66 +67,113 @@ pub(crate) enum Op {
         last_ts: u64,
         count: u64,
     },
+    /// Seal the active segment and start one at `new_base` (or rewrite the header of
+    /// an empty active segment). The writer derives the new header's chain state.
     Roll {
         new_base: u64,
-        chain: Option<ChainHeader>,
-        /// The key the new segment is MACed with (chained WALs).
-        key: Option<Arc<HmacKey>>,
+        /// Rotate the HMAC chain to this key (chained WALs).
+        rotate_to: Option<Arc<HmacKey>>,
     },
 }
 
 /// Records encoded with postcard into one buffer (no allocation per record), each
-/// behind its schema version byte.
+/// behind its schema version byte. The buffer comes from, and goes back to, a
+/// per-thread cache: a single append allocates nothing once a thread has appended.
 pub(crate) struct Encoded {
     buf: Vec<u8>,
+    /// End of each payload in `buf`; empty for a single payload (`one`), which spans
+    /// the whole buffer (no second allocation per append).
     ends: Vec<usize>,
+    single: bool,
+}
+
+thread_local! {
+    /// The encode buffer of this thread, reused by every append made on it.
+    static ENCODE_BUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Largest encode buffer kept for reuse (a larger one is freed after its append).
+const ENCODE_BUF_KEEP: usize = 1 << 20;
+
+fn take_encode_buf(capacity: usize) -> Vec<u8> {
+    let mut b = ENCODE_BUF
+        .try_with(std::cell::Cell::take)
+        .unwrap_or_default();
+    b.clear();
+    b.reserve(capacity);
+    b
+}
+
+impl Drop for Encoded {
+    fn drop(&mut self) {
+        if self.buf.capacity() <= ENCODE_BUF_KEEP {
+            let b = std::mem::take(&mut self.buf);
+            let _ = ENCODE_BUF.try_with(|c| c.set(b));
+        }
+    }
 }
 
 impl Encoded {
     /// Every payload is the record's schema version (one byte, `format::FLAG_SCHEMA`) and
     /// its postcard encoding.
     fn one<T: Serialize + ?Sized>(version: u8, record: &T) -> Result<Self> {
-        let buf =
-            postcard::to_extend(record, vec![version]).map_err(|e| Error::Encode(e.to_string()))?;
+        let mut buf = take_encode_buf(64);
+        buf.push(version);
+        // `to_io` into a Vec is `extend_from_slice`; `to_extend` copied byte by byte.
+        postcard::to_io(record, &mut buf).map_err(|e| Error::Encode(e.to_string()))?;
         Ok(Encoded {
-            ends: vec![buf.len()],
             buf,
+            ends: Vec::new(),
+            single: true,
         })
     }
 
     fn many<T: Serialize>(version: u8, records: &[T]) -> Result<Self> {
-        let mut buf = Vec::with_capacity(records.len() * 64);
+        let mut buf = take_encode_buf(records.len() * 64);
         let mut ends = Vec::with_capacity(records.len());
         for r in records {
             buf.push(version);
-            buf = postcard::to_extend(r, buf).map_err(|e| Error::Encode(e.to_string()))?;
+            postcard::to_io(r, &mut buf).map_err(|e| Error::Encode(e.to_string()))?;
             ends.push(buf.len());
         }
-        Ok(Encoded { buf, ends })
+        Ok(Encoded {
+            buf,
+            ends,
+            single: false,
+        })
     }
 
     fn from_vecs(version: u8, v: Vec<Vec<u8>>) -> Self {
         let mut ends = Vec::with_capacity(v.len());
-        let mut buf = Vec::with_capacity(v.iter().map(|p| p.len() + 1).sum());
+        let mut buf = take_encode_buf(v.iter().map(|p| p.len() + 1).sum());
         for p in v {
             buf.push(version);
             buf.extend_from_slice(&p);
             ends.push(buf.len());
         }
-        Encoded { buf, ends }
+        Encoded {
+            buf,
+            ends,
+            single: false,
+        }
     }
 
     fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let single = self.single.then_some(&self.buf[..]);
         let mut start = 0;
-        self.ends.iter().map(move |&end| {
+        single.into_iter().chain(self.ends.iter().map(move |&end| {
             let s = &self.buf[start..end];
             start = end;
             s
-        })
+        }))
     }
 
     fn count(&self) -> usize {
-        self.ends.len()
+        if self.single {
+            1
+        } else {
+            self.ends.len()
+        }
     }
 
     fn payload_bytes(&self) -> usize {
@@ -144,7 +190,10 @@ pub(crate) const FRAME_CHUNK: usize = 1 << 20;
 /// `Buffered`).
 type Enqueued = (u64, u64, Option<oneshot::Receiver<Result<()>>>);
 
-/// The HMAC chain as appenders extend it (under the state lock).
+/// The HMAC chain as the writer thread extends it: it MACs each frame just before
+/// writing it, off the appenders' path (`format::seal_frames`). `State::chain` holds
+/// the state recovery found, which the writer starts from.
+#[derive(Clone)]
 pub(crate) struct ChainState {
     pub key: Arc<HmacKey>,
     pub prev: [u8; MAC_LEN],
@@ -160,6 +209,16 @@ pub(crate) struct Waiter {
     pub tx: oneshot::Sender<Result<()>>,
 }
 
+/// When an append notifies the waiting writer: a notify is a system call and a
+/// context switch, so the writer says what it waits for.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct WakeWhen {
+    /// Once at least this many bytes are pending (0: every append).
+    pub bytes: usize,
+    /// Or once at least this many appenders wait for the writer (0: every append).
+    pub waiters: usize,
+}
+
 pub(crate) struct State {
     pub next_seq: u64,
     pub ops: Vec<Op>,
@@ -173,7 +232,10 @@ pub(crate) struct State {
     /// Bytes of all segments, including what is planned for the active one.
     pub used_bytes: u64,
     pub closing: bool,
+    /// The writer waits on `work` and must be notified of new work (see `wake`).
     pub writer_idle: bool,
+    /// Which appends notify the idle writer (every append unless it lingers or dozes).
+    pub wake: WakeWhen,
     pub poisoned: Option<(String, io::ErrorKind)>,
     pub space_wakers: Vec<Waker>,
     pub roll_requested: bool,
@@ -189,45 +251,14 @@ impl State {
     pub(crate) fn push_roll(&mut self, rotate_to: Option<Arc<HmacKey>>) {
         let new_base = self.next_seq;
         let empty = self.seg_records == 0;
-        let chain = self.chain.as_mut().map(|c| {
-            if empty {
-                // The empty segment's header is replaced: chain from what preceded it.
-                c.key = c.anchor_key.clone();
-                c.prev = c.anchor_mac;
-            } else {
-                c.anchor_key = c.key.clone();
-                c.anchor_mac = c.prev;
-            }
-            match rotate_to {
-                Some(newk) if newk.fingerprint() != c.key.fingerprint() => {
-                    let new_fp = newk.fingerprint();
-                    let seed = c.key.rotation_seed(&c.prev, &new_fp);
-                    let prev_key_fp = c.key.fingerprint();
-                    c.key = newk;
-                    c.prev = seed;
-                    ChainHeader {
-                        key_fp: new_fp,
-                        prev_key_fp,
-                        seed,
-                    }
-                }
-                _ => ChainHeader {
-                    key_fp: c.key.fingerprint(),
-                    prev_key_fp: [0; 8],
-                    seed: c.prev,
-                },
-            }
-        });
-        let hlen = if chain.is_some() {
+        let hlen = if self.chain.is_some() {
             HEADER_MAX_LEN
         } else {
             HEADER_LEN
         } as u64;
-        let key = self.chain.as_ref().map(|c| c.key.clone());
         self.ops.push(Op::Roll {
             new_base,
-            chain,
-            key,
+            rotate_to,
         });
         if !empty {
             self.used_bytes += FOOTER_LEN as u64 + hlen;
@@ -468,6 +499,7 @@ impl<S: Storage> Wal<S> {
                 used_bytes: used,
                 closing: false,
                 writer_idle: false,
+                wake: WakeWhen::default(),
                 poisoned: None,
                 space_wakers: Vec::new(),
                 roll_requested: false,
@@ -826,6 +858,7 @@ impl<S: Storage> Inner<S> {
             return Err(Error::Closed);
         }
         let overhead = st.frame_overhead();
+        let chained = st.chain.is_some();
         let total: usize = payloads.iter().map(|p| p.len() + overhead).sum();
         let buffered = st.pending_bytes + st.inflight_bytes;
         if buffered > 0 && buffered + total > self.opts.max_buffered_bytes {
@@ -858,11 +891,8 @@ impl<S: Storage> Inner<S> {
             }
             let seq = st.next_seq;
             st.next_seq += 1;
-            let mac = st.chain.as_mut().map(|c| {
-                let m = c.key.mac(&c.prev, seq, ts, p);
-                c.prev = m;
-                m
-            });
+            // The frame's CRC (and MAC) are filled in by the writer thread just before it
+            // writes the chunk (`format::seal_frames`), in parallel with the appenders.
             match st.ops.last_mut() {
                 Some(Op::Frames {
                     bytes,
@@ -870,7 +900,7 @@ impl<S: Storage> Inner<S> {
                     last_ts,
                     count,
                 }) if bytes.len() + frame_len as usize <= FRAME_CHUNK.max(bytes.capacity()) => {
-                    encode_frame_with(bytes, seq, ts, mac.as_ref(), p);
+                    encode_frame_unsealed(bytes, seq, ts, chained, p);
                     *last_seq = seq;
                     *last_ts = ts;
                     *count += 1;
@@ -884,7 +914,7 @@ impl<S: Storage> Inner<S> {
                         .unwrap_or_else(|| Vec::with_capacity(FRAME_CHUNK));
                     bytes.clear();
                     bytes.reserve(frame_len as usize);
-                    encode_frame_with(&mut bytes, seq, ts, mac.as_ref(), p);
+                    encode_frame_unsealed(&mut bytes, seq, ts, chained, p);
                     st.ops.push(Op::Frames {
                         bytes,
                         last_seq: seq,
@@ -918,7 +948,9 @@ impl<S: Storage> Inner<S> {
                 Some(rx)
             }
         };
-        if st.writer_idle {
+        if st.writer_idle
+            && (st.pending_bytes >= st.wake.bytes || st.waiters.len() >= st.wake.waiters)
+        {
             st.writer_idle = false;
             self.work.notify_one();
         }

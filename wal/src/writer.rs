@@ -10,12 +10,27 @@ use std::time::{Duration, Instant};
 
 use crate::chain::HmacKey;
 use crate::error::{Error, Result};
-use crate::format::{ChainHeader, SegmentFooter, SegmentHeader, FOOTER_LEN, FORMAT_VERSION};
+use crate::format::{
+    seal_frames, ChainHeader, SegmentFooter, SegmentHeader, FOOTER_LEN, FORMAT_VERSION, MAC_LEN,
+};
 use crate::housekeeper::{self, HkMsg};
 use crate::options::{Durability, WhenFull};
 use crate::recovery::{LogEnd, TailState, END_CLEAN, END_POISONED};
 use crate::storage::{SegmentId, Storage};
-use crate::wal::{lock, new_meta, now_us, Inner, Op, SealedSegment, FRAME_CHUNK};
+use crate::wal::{
+    lock, new_meta, now_us, ChainState, Inner, Op, SealedSegment, WakeWhen, FRAME_CHUNK,
+};
+
+/// How long the writer of a `Buffered` WAL waits after a round of writes before it
+/// writes what accumulated, unless a chunk's worth comes in first: appends then do not
+/// notify it one by one (each notify is a system call and a context switch).
+const DOZE: Duration = Duration::from_millis(1);
+
+/// How long the writer of a `Sync` WAL polls for the next append of a lone appender it
+/// just acknowledged before it sleeps: the appender comes back within microseconds,
+/// and finding its append without being notified saves a notify (system call) and a
+/// wake-up (context switch) per append.
+const SPIN: Duration = Duration::from_micros(25);
 
 /// Reserves the rest of a new segment on storage (see [`Storage::preallocate`]);
 /// failure only costs speed, so it is logged, not fatal.
@@ -36,6 +51,8 @@ pub(crate) fn writer_main<S: Storage>(inner: Arc<Inner<S>>, tail: TailState) {
         opened: Instant::now(),
         dirty: false,
         last_sync: Instant::now(),
+        // The chain as recovery left it; from here on only this thread extends it.
+        chain: lock(&inner.state).chain.clone(),
     };
     let periodic = match inner.opts.durability {
         Durability::Sync => None,
@@ -49,6 +66,12 @@ pub(crate) fn writer_main<S: Storage>(inner: Arc<Inner<S>>, tail: TailState) {
     // Durable appenders completed by the last fsync, and how long to wait for them.
     let mut last_group = 0usize;
     let mut linger = Duration::ZERO;
+    // Buffered: the last round wrote frames, so more are likely on the way.
+    let buffered = inner.opts.durability == Durability::Buffered;
+    let doze_bytes = (inner.opts.max_buffered_bytes / 4).min(FRAME_CHUNK);
+    let mut doze = false;
+    // Sync: the last fsync acknowledged a lone appender.
+    let mut spin = false;
     loop {
         let mut st = lock(&inner.state);
         let mut sync_due = false;
@@ -107,6 +130,35 @@ pub(crate) fn writer_main<S: Storage>(inner: Arc<Inner<S>>, tail: TailState) {
                     );
                 }
             }
+            if std::mem::take(&mut spin) && st.poisoned.is_none() {
+                drop(st);
+                let t = Instant::now();
+                loop {
+                    for _ in 0..64 {
+                        std::hint::spin_loop();
+                    }
+                    // try_lock: never make the appender wait for the poll.
+                    if let Ok(g) = inner.state.try_lock() {
+                        if !g.ops.is_empty() || !g.flushes.is_empty() || g.closing {
+                            break;
+                        }
+                    }
+                    if t.elapsed() >= SPIN {
+                        break;
+                    }
+                }
+                st = lock(&inner.state);
+                continue;
+            }
+            if std::mem::take(&mut doze) {
+                timeout = timeout.min(DOZE);
+                st.wake = WakeWhen {
+                    bytes: doze_bytes,
+                    waiters: 1,
+                };
+            } else {
+                st.wake = WakeWhen::default();
+            }
             st.writer_idle = true;
             st = inner
                 .work
@@ -117,9 +169,14 @@ pub(crate) fn writer_main<S: Storage>(inner: Arc<Inner<S>>, tail: TailState) {
         }
         // Group commit: the appenders woken by the previous fsync come back one by one.
         // Give them a moment (a fraction of an fsync) to join this batch instead of
-        // leaving most of them for the next fsync. A lone appender never waits.
+        // leaving most of them for the next fsync. A lone appender never waits. Only the
+        // append that completes the group (or a large amount of data) wakes the writer.
         if periodic.is_none() && last_group > 1 && !st.closing {
             let deadline = Instant::now() + linger;
+            st.wake = WakeWhen {
+                bytes: inner.opts.max_buffered_bytes / 2,
+                waiters: last_group,
+            };
             while st.waiters.len() < last_group && !st.closing && st.poisoned.is_none() {
                 let now = Instant::now();
                 if now >= deadline {
@@ -134,6 +191,7 @@ pub(crate) fn writer_main<S: Storage>(inner: Arc<Inner<S>>, tail: TailState) {
                 st.writer_idle = false;
             }
         }
+        st.wake = WakeWhen::default();
         let ops = std::mem::take(&mut st.ops);
         let waiters = std::mem::take(&mut st.waiters);
         let flushes = std::mem::take(&mut st.flushes);
@@ -148,21 +206,23 @@ pub(crate) fn writer_main<S: Storage>(inner: Arc<Inner<S>>, tail: TailState) {
         for op in ops {
             let r = match op {
                 Op::Frames {
-                    bytes,
+                    mut bytes,
                     last_seq,
                     last_ts,
                     count,
                 } => {
+                    w.seal(&mut bytes);
                     let r = w.write_frames(&inner, &bytes, last_seq, last_ts, count);
                     used.push(bytes);
+                    doze = buffered;
                     r
                 }
                 Op::Roll {
                     new_base,
-                    chain,
-                    key,
+                    rotate_to,
                 } => {
                     rolled = true;
+                    let (chain, key) = w.next_chain(rotate_to);
                     w.roll(&inner, new_base, chain, key)
                 }
             };
@@ -198,6 +258,7 @@ pub(crate) fn writer_main<S: Storage>(inner: Arc<Inner<S>>, tail: TailState) {
                 linger = (t.elapsed() / 4).min(Duration::from_micros(250));
             }
             last_group = waiters.iter().filter(|x| x.need_sync).count();
+            spin = last_group == 1;
             if result.is_ok() && !w.dirty {
                 inner.durable_seq.store(w.last_seq, Ordering::Release);
                 inner.wake_readers();
@@ -301,9 +362,67 @@ struct Writer {
     opened: Instant,
     dirty: bool,
     last_sync: Instant,
+    /// The HMAC chain (chained WALs): key and MAC of the last frame written.
+    chain: Option<ChainState>,
 }
 
 impl Writer {
+    /// Fills in the CRC (and MAC) of every frame of a chunk the appenders queued.
+    fn seal(&mut self, bytes: &mut [u8]) {
+        match self.chain.as_mut() {
+            None => seal_frames(bytes, None),
+            Some(ChainState { key, prev, .. }) => {
+                let mut mac = |seq: u64, ts: u64, payload: &[u8]| -> [u8; MAC_LEN] {
+                    let m = key.mac(prev, seq, ts, payload);
+                    *prev = m;
+                    m
+                };
+                seal_frames(bytes, Some(&mut mac));
+            }
+        }
+    }
+
+    /// The chain header of the segment a roll starts (and its key), chaining from the
+    /// last frame written, or, when the active segment holds no records (its header is
+    /// rewritten), from what preceded that segment; `rotate_to` switches keys.
+    fn next_chain(
+        &mut self,
+        rotate_to: Option<Arc<HmacKey>>,
+    ) -> (Option<ChainHeader>, Option<Arc<HmacKey>>) {
+        let empty = self.count == 0;
+        let Some(c) = self.chain.as_mut() else {
+            return (None, None);
+        };
+        if empty {
+            // The empty segment's header is replaced: chain from what preceded it.
+            c.key = c.anchor_key.clone();
+            c.prev = c.anchor_mac;
+        } else {
+            c.anchor_key = c.key.clone();
+            c.anchor_mac = c.prev;
+        }
+        let header = match rotate_to {
+            Some(newk) if newk.fingerprint() != c.key.fingerprint() => {
+                let new_fp = newk.fingerprint();
+                let seed = c.key.rotation_seed(&c.prev, &new_fp);
+                let prev_key_fp = c.key.fingerprint();
+                c.key = newk;
+                c.prev = seed;
+                ChainHeader {
+                    key_fp: new_fp,
+                    prev_key_fp,
+                    seed,
+                }
+            }
+            _ => ChainHeader {
+                key_fp: c.key.fingerprint(),
+                prev_key_fp: [0; 8],
+                seed: c.prev,
+            },
+        };
+        (Some(header), Some(c.key.clone()))
+    }
+
     fn write_frames<S: Storage>(
         &mut self,
         inner: &Inner<S>,
