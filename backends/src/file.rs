@@ -69,9 +69,9 @@
 //!     .build()?;
 //! let shipper = Shipper::<_, String>::builder(wal.consumer("file")?, sink)
 //!     .linger(Duration::from_millis(1))
-//!     .build();
+//!     .build()?;
 //! let running = shipper.spawn_on_thread()?;
-//! assert!(running.handle().wait_committed(last, Duration::from_secs(10)));
+//! assert!(running.handle().wait_committed_timeout(last, Duration::from_secs(10)));
 //! running.shutdown()?;
 //! assert_eq!(std::fs::read_to_string(&path)?.lines().count(), 2);
 //! # Ok(())

@@ -187,7 +187,8 @@ fn start_shipper(
             failure_threshold: 3,
             open_for: Duration::from_secs(3),
         })
-        .build();
+        .build()
+        .expect("valid shipper configuration");
     shipper
         .spawn_on_thread()
         .map(Some)

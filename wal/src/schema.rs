@@ -184,11 +184,12 @@ impl Schema {
         if version == self.version {
             return postcard::from_bytes(bytes).map_err(|e| Error::Decode {
                 seq,
-                reason: format!(
-                    "schema version {version} as {}: {e} (did the type change without a new \
-                     Versioned::VERSION?)",
+                context: format!(
+                    "schema version {version} as {}; did the type change without a new \
+                     Versioned::VERSION?",
                     type_name()
                 ),
+                source: Box::new(e),
             });
         }
         if version > self.version {

@@ -17,10 +17,10 @@
 //!   [`Backoff::max_retry_after`], default 5 min);
 //! * a circuit breaker ([`Breaker`]: opens after 5 consecutive transient failures, stays
 //!   open 30 s, then lets one trial batch through — half-open) stops hammering a sink
-//!   that is down; its state is published with [`Wal::record_breaker_state`] and shows
+//!   that is down; its state is published with [`Hooks::record_breaker_state`](crate::hooks::Hooks::record_breaker_state) and shows
 //!   in [`Metrics::breaker_state`](crate::Metrics::breaker_state);
-//! * every failed attempt counts in `ship_errors_total` ([`Wal::record_ship_error`]),
-//!   every acknowledged batch sets `last_ship_ts` ([`Wal::record_ship_success`]).
+//! * every failed attempt counts in `ship_errors_total` ([`Hooks::record_ship_error`](crate::hooks::Hooks::record_ship_error)),
+//!   every acknowledged batch sets `last_ship_ts` ([`Hooks::record_ship_success`](crate::hooks::Hooks::record_ship_success)).
 //!
 //! # Poison records and the dead letter
 //!
@@ -33,7 +33,7 @@
 //!
 //! A dead letter is a [`DeadLetter`] (the record's raw bytes, sequence number, reason and
 //! attempt count) written to a [`DeadLetterStore`] *before* the checkpoint moves past
-//! it, and counted in `dead_letter_total` ([`Wal::record_dead_letter`]). The default
+//! it, and counted in `dead_letter_total` ([`Hooks::record_dead_letter`](crate::hooks::Hooks::record_dead_letter)). The default
 //! store is the WAL's own durable metadata area (keys `deadletter.{consumer}.{seq:020}`):
 //! list it with [`Wal::dead_letters`], re-drive it into a sink with
 //! [`Wal::redrive_dead_letters`] (a record leaves the dead letter only once that sink
@@ -46,9 +46,9 @@
 //! # Running it
 //!
 //! [`Shipper::run`] is a future: spawn it on whatever runtime the service uses (tokio,
-//! smol, async-std, `futures::executor`); its timers come from `futures-timer`, which
+//! smol, `futures::executor`); its timers come from `futures-timer`, which
 //! needs no runtime. [`Shipper::spawn_on_thread`] runs it instead on a thread walspool
-//! owns. [`ShipperHandle::shutdown`] stops it cleanly: an attempt in progress finishes
+//! owns. [`ShipperHandle::request_shutdown`] stops it cleanly: an attempt in progress finishes
 //! (bounded by the [`send_timeout`](ShipperBuilder::send_timeout)) and is committed if
 //! acknowledged; a batch not acknowledged is abandoned *uncommitted*, so it is sent
 //! again after a restart — nothing is lost.
@@ -79,9 +79,9 @@
 //!
 //! let shipper = Shipper::builder(wal.consumer("audit")?, sink)
 //!     .linger(Duration::from_millis(1))
-//!     .build();
+//!     .build()?;
 //! let running = shipper.spawn_on_thread()?;
-//! assert!(running.handle().wait_committed(last, Duration::from_secs(10)));
+//! assert!(running.handle().wait_committed_timeout(last, Duration::from_secs(10)));
 //! let status = running.shutdown()?;
 //! assert_eq!(status.committed_seq, last);
 //! assert_eq!(got.lock().unwrap().len(), 2);
@@ -422,7 +422,8 @@ impl DeadLetter {
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
         postcard::from_bytes(&self.payload).map_err(|e| Error::Decode {
             seq: self.seq,
-            reason: e.to_string(),
+            context: String::new(),
+            source: Box::new(e),
         })
     }
 
@@ -558,6 +559,7 @@ fn write_letters<S: Storage>(wal: &Wal<S>, key: &str, letters: &[DeadLetter]) ->
 
 /// What [`Wal::redrive_dead_letters`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Redrive {
     /// Dead letters the sink acknowledged (and that were removed).
     pub delivered: u64,
@@ -735,6 +737,7 @@ impl Default for Breaker {
 
 /// The circuit breaker's state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum BreakerState {
     /// Batches flow.
     #[default]
@@ -778,6 +781,34 @@ struct Config {
     poison_attempts: u32,
 }
 
+impl Config {
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(format!("shipper: {m}")));
+        if self.batch_max == 0 {
+            return bad("batch_max must be at least 1".into());
+        }
+        if self.batch_max_bytes == 0 {
+            return bad("batch_max_bytes must be at least 1".into());
+        }
+        if self.send_timeout.is_zero() {
+            return bad("send_timeout must be greater than zero".into());
+        }
+        if self.poison_attempts == 0 {
+            return bad("poison_attempts must be at least 1".into());
+        }
+        if self.breaker.failure_threshold == 0 {
+            return bad("breaker failure_threshold must be at least 1".into());
+        }
+        if self.backoff.initial > self.backoff.max {
+            return bad(format!(
+                "backoff initial ({:?}) must not exceed max ({:?})",
+                self.backoff.initial, self.backoff.max
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Builds a [`Shipper`]; see the [module documentation](self) for the defaults.
 pub struct ShipperBuilder<S: Storage, T: Send + Sync + 'static> {
     consumer: Consumer<S>,
@@ -796,16 +827,17 @@ impl<S: Storage, T: Send + Sync + 'static> std::fmt::Debug for ShipperBuilder<S,
 }
 
 impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> ShipperBuilder<S, T> {
-    /// Most records per batch (default 2000; at least 1).
+    /// Most records per batch (default 2000; at least 1, checked by
+    /// [`build`](Self::build)).
     pub fn batch_max(mut self, n: usize) -> Self {
-        self.cfg.batch_max = n.max(1);
+        self.cfg.batch_max = n;
         self
     }
 
-    /// Most payload bytes per batch (default 4 MiB). A single larger record is sent
-    /// alone.
+    /// Most payload bytes per batch (default 4 MiB; at least 1). A single larger record
+    /// is sent alone.
     pub fn batch_max_bytes(mut self, bytes: usize) -> Self {
-        self.cfg.batch_max_bytes = bytes.max(1);
+        self.cfg.batch_max_bytes = bytes;
         self
     }
 
@@ -817,31 +849,28 @@ impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> ShipperBuilder<S, 
     }
 
     /// Longest a sink call may take; a call past it is dropped and counts as a
-    /// transient failure (default 30 s).
+    /// transient failure (default 30 s; more than zero).
     pub fn send_timeout(mut self, d: Duration) -> Self {
         self.cfg.send_timeout = d;
         self
     }
 
-    /// Backoff between attempts.
+    /// Backoff between attempts (`initial` at most `max`).
     pub fn backoff(mut self, b: Backoff) -> Self {
         self.cfg.backoff = b;
         self
     }
 
-    /// Circuit-breaker settings.
+    /// Circuit-breaker settings (`failure_threshold` at least 1).
     pub fn breaker(mut self, b: Breaker) -> Self {
-        self.cfg.breaker = Breaker {
-            failure_threshold: b.failure_threshold.max(1),
-            open_for: b.open_for,
-        };
+        self.cfg.breaker = b;
         self
     }
 
     /// Permanent refusals of a record (or batch) before it goes to the dead letter (or
     /// is split) (default 3; at least 1).
     pub fn poison_attempts(mut self, n: u32) -> Self {
-        self.cfg.poison_attempts = n.max(1);
+        self.cfg.poison_attempts = n;
         self
     }
 
@@ -852,8 +881,10 @@ impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> ShipperBuilder<S, 
         self
     }
 
-    /// The shipper.
-    pub fn build(self) -> Shipper<S, T> {
+    /// Checks the settings and builds the shipper. A setting out of range is an
+    /// [`Error::Config`] naming it; nothing is silently adjusted.
+    pub fn build(self) -> Result<Shipper<S, T>> {
+        self.cfg.validate()?;
         let wal = self.consumer.wal().clone();
         let dead_letter = self
             .dead_letter
@@ -869,7 +900,7 @@ impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> ShipperBuilder<S, 
             commit_wakers: Mutex::new(Vec::new()),
             commit_cv: Condvar::new(),
         });
-        Shipper {
+        Ok(Shipper {
             wal_id: wal.id().into(),
             consumer_name: self.consumer.name().into(),
             consumer: self.consumer,
@@ -878,7 +909,7 @@ impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> ShipperBuilder<S, 
             cfg: self.cfg,
             shared,
             rng: Rng::new(),
-        }
+        })
     }
 }
 
@@ -888,6 +919,7 @@ impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> ShipperBuilder<S, 
 
 /// What a shipper has done so far.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ShipperStatus {
     /// The consumer it drives.
     pub consumer: String,
@@ -956,10 +988,12 @@ impl std::fmt::Debug for ShipperHandle {
 }
 
 impl ShipperHandle {
-    /// Asks the shipper to stop. An attempt in progress finishes (bounded by the send
-    /// timeout) and is committed if acknowledged; anything not acknowledged stays
-    /// uncommitted and is delivered again after a restart. The future then resolves.
-    pub fn shutdown(&self) {
+    /// Asks the shipper to stop and returns at once (to wait for it, await
+    /// [`Shipper::run`]'s future or call [`ShipperThread::shutdown`]). An attempt in
+    /// progress finishes (bounded by the send timeout) and is committed if
+    /// acknowledged; anything not acknowledged stays uncommitted and is delivered again
+    /// after a restart. The future then resolves.
+    pub fn request_shutdown(&self) {
         self.shared.shutdown.store(true, Ordering::Release);
         self.shared.waker.wake();
     }
@@ -970,8 +1004,9 @@ impl ShipperHandle {
     }
 
     /// Resolves once the checkpoint is at `seq` or beyond, or the shipper stopped
-    /// (check [`status`](Self::status)).
-    pub async fn committed(&self, seq: u64) {
+    /// (check [`status`](Self::status)). [`wait_committed_timeout`](Self::wait_committed_timeout)
+    /// is the blocking form.
+    pub async fn wait_committed(&self, seq: u64) {
         future::poll_fn(|cx| {
             let done = |s: &ShipperStatus| {
                 s.committed_seq >= seq
@@ -990,11 +1025,14 @@ impl ShipperHandle {
     }
 
     /// Blocks the calling thread until the checkpoint is at `seq` or beyond; false if
-    /// `timeout` passed first.
-    pub fn wait_committed(&self, seq: u64, timeout: Duration) -> bool {
+    /// `timeout` passed first, or the shipper stopped short of it. Needs no executor.
+    pub fn wait_committed_timeout(&self, seq: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut st = lock(&self.shared.status);
         while st.committed_seq < seq {
+            if !st.running && self.shared.shutdown.load(Ordering::Acquire) {
+                return false;
+            }
             let now = Instant::now();
             if now >= deadline {
                 return false;
@@ -1026,7 +1064,7 @@ impl ShipperThread {
 
     /// Shuts the shipper down cleanly and waits for its thread; returns its final status.
     pub fn shutdown(mut self) -> Result<ShipperStatus> {
-        self.handle.shutdown();
+        self.handle.request_shutdown();
         self.join_inner()
     }
 
@@ -1042,7 +1080,7 @@ impl ShipperThread {
 
 impl Drop for ShipperThread {
     fn drop(&mut self) {
-        self.handle.shutdown();
+        self.handle.request_shutdown();
         let _ = self.join_inner();
     }
 }
@@ -1128,7 +1166,7 @@ impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> Shipper<S, T> {
         let name = format!("walspool-ship-{}", self.consumer_name);
         let join = std::thread::Builder::new()
             .name(name.clone())
-            .spawn(move || futures::executor::block_on(self.run()))
+            .spawn(move || crate::blocking::wait(self.run()))
             .map_err(|e| Error::io("spawn shipper thread", name, e))?;
         Ok(ShipperThread {
             handle,
@@ -1136,7 +1174,7 @@ impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> Shipper<S, T> {
         })
     }
 
-    /// Ships until [`ShipperHandle::shutdown`] is called or the WAL is closed; resolves
+    /// Ships until [`ShipperHandle::request_shutdown`] is called or the WAL is closed; resolves
     /// with the final status. Spawn it on any executor. Errors are what the shipper
     /// cannot get past by waiting: a corrupt segment, a failed checkpoint write.
     pub async fn run(mut self) -> Result<ShipperStatus> {
@@ -1146,6 +1184,9 @@ impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> Shipper<S, T> {
         if let Err(e) = &r {
             tracing::error!(consumer = %self.consumer_name, error = %e, "shipper stopped on an error");
         }
+        // Stopped for good (asked to, the WAL closed, or an error): waiters on the
+        // checkpoint learn it through the shutdown flag.
+        self.shared.shutdown.store(true, Ordering::Release);
         self.shared.update(|s| {
             s.running = false;
             s.in_flight = None;
@@ -1164,12 +1205,21 @@ impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> Shipper<S, T> {
                 return Ok(());
             };
             let last = batch.last_seq();
+            // Every record read so far, but a carried one, is in the batch or durably in
+            // the dead letter: once the batch is delivered the checkpoint moves past
+            // them all (else records dead-lettered after the batch's last one would
+            // hold it back until another record arrives).
+            let through = carry
+                .as_ref()
+                .map_or(reader.next - 1, |(_, e)| e.seq - 1)
+                .max(last);
             self.shared
                 .update(|s| s.in_flight = Some((batch.first_seq(), last)));
             match self.deliver(batch, &mut state).await? {
                 Delivery::Abandoned => return Ok(()),
                 Delivery::Done => {}
             }
+            let last = through;
             match self.consumer.commit(last).await {
                 Ok(()) => self.shared.committed(last),
                 Err(Error::Closed) => return Ok(()),
@@ -1341,7 +1391,7 @@ impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> Shipper<S, T> {
                         reason = %letters[0].reason,
                         "records moved to the dead letter"
                     );
-                    self.consumer.wal().record_dead_letter(n);
+                    self.consumer.wal().hooks().record_dead_letter(n);
                     self.shared.update(|s| s.dead_lettered += n);
                     return true;
                 }
@@ -1389,7 +1439,8 @@ impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> Shipper<S, T> {
         }
         self.consumer
             .wal()
-            .record_breaker_state(&self.consumer_name, s.as_str());
+            .hooks()
+            .record_breaker_state(&self.consumer_name, s);
     }
 
     fn breaker(&self) -> BreakerState {
@@ -1428,7 +1479,7 @@ impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> Shipper<S, T> {
                     queue.pop_front();
                     run.failures = 0;
                     run.transient = 0;
-                    self.consumer.wal().record_ship_success();
+                    self.consumer.wal().hooks().record_ship_success();
                     self.shared.update(|s| {
                         s.records_acked += n;
                         s.batches_acked += 1;
@@ -1440,7 +1491,7 @@ impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> Shipper<S, T> {
                 }
                 Err(e) => e,
             };
-            self.consumer.wal().record_ship_error();
+            self.consumer.wal().hooks().record_ship_error();
             self.shared.update(|s| s.failed_attempts += 1);
             run.failures += 1;
             tracing::warn!(
@@ -1665,7 +1716,9 @@ mod tests {
     fn the_run_future_is_send() {
         let wal = Wal::open(crate::Memory::new(), crate::Options::default()).unwrap();
         let sink = FnSink::new(|_: &Batch<u64>| async { Ok(()) });
-        let shipper = Shipper::builder(wal.consumer("c").unwrap(), sink).build();
+        let shipper = Shipper::builder(wal.consumer("c").unwrap(), sink)
+            .build()
+            .expect("valid shipper configuration");
         let fut = shipper.run();
         is_send(&fut);
     }
