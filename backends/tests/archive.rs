@@ -278,7 +278,10 @@ async fn scenario(mk: &(dyn Fn() -> ArchiveStore + Sync), label: &str) {
     assert_eq!(status.archived_through_seq, 300, "{label}");
     assert_eq!(status.lag_segments, 0, "{label}");
     let listed = store.list_segments("wal-a").await.expect("list");
-    let want: Vec<(u64, u64, u64)> = sealed.clone();
+    let want: Vec<(u64, u64, u64)> = sealed
+        .iter()
+        .map(|s| (s.base_seq, s.last_seq, s.bytes))
+        .collect();
     let got: Vec<(u64, u64, u64)> = listed
         .iter()
         .map(|s| (s.first_seq, s.last_seq, s.size))

@@ -89,9 +89,9 @@ fn header() {
     assert_eq!(row(&d, h, "crc"), (HEADER_CRC_OFFSET, 4));
     assert_eq!(HEADER_CRC_OFFSET + 4, HEADER_LEN);
     says(&d, &format!("CRC-32 of bytes 0..{HEADER_CRC_OFFSET}"));
-    says(&d, &format!("bit 0 `FLAG_CHAINED`"));
+    says(&d, "bit 0 `FLAG_CHAINED`");
     assert_eq!(FLAG_CHAINED, 1 << 0);
-    says(&d, &format!("bit 1 `FLAG_SCHEMA`"));
+    says(&d, "bit 1 `FLAG_SCHEMA`");
     assert_eq!(FLAG_SCHEMA, 1 << 1);
 }
 
