@@ -42,7 +42,7 @@
 //! # }
 //! ```
 //!
-//! The on-disk format is in [`format`] and `docs/format.md`.
+//! The on-disk format is in [`format`](mod@format) and `docs/format.md`.
 
 #![warn(missing_docs)]
 
