@@ -255,7 +255,7 @@ pub fn dump(dir: &Path, o: &DumpOptions, out: &mut dyn Write) -> std::io::Result
     let storage = match LocalDisk::open_read_only(dir) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("walspool dump: {e}");
+            eprintln!("walspool dump: {}", chain(&e));
             return Ok(2);
         }
     };
@@ -266,7 +266,7 @@ pub fn dump(dir: &Path, o: &DumpOptions, out: &mut dyn Write) -> std::io::Result
         let r = match r {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("walspool dump: {e}");
+                eprintln!("walspool dump: {}", chain(&e));
                 return Ok(1);
             }
         };
@@ -321,7 +321,7 @@ fn dump_dead_letters(
     let mut keys = match storage.list_meta(&prefix) {
         Ok(k) => k,
         Err(e) => {
-            eprintln!("walspool dump: {e}");
+            eprintln!("walspool dump: {}", chain(&e));
             return Ok(2);
         }
     };
@@ -395,7 +395,7 @@ pub fn verify(
         match walspool_wal::HmacKey::from_file(f) {
             Ok(k) => keys.push(k),
             Err(e) => {
-                eprintln!("walspool verify: {e}");
+                eprintln!("walspool verify: {}", chain(&e));
                 return Ok(2);
             }
         }
@@ -403,7 +403,7 @@ pub fn verify(
     let storage = match LocalDisk::open_read_only(dir) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("walspool verify: {e}");
+            eprintln!("walspool verify: {}", chain(&e));
             return Ok(2);
         }
     };
@@ -449,12 +449,12 @@ fn verify_crc(dir: &Path, out: &mut dyn Write) -> std::io::Result<i32> {
     let storage = match LocalDisk::open_read_only(dir) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("walspool verify: {e}");
+            eprintln!("walspool verify: {}", chain(&e));
             return Ok(2);
         }
     };
     if let Err(e) = inspect::read_checkpoints(&storage) {
-        eprintln!("walspool verify: {e}");
+        eprintln!("walspool verify: {}", chain(&e));
         return Ok(1);
     }
     match inspect::verify(&storage) {
@@ -497,7 +497,7 @@ fn verify_crc(dir: &Path, out: &mut dyn Write) -> std::io::Result<i32> {
             Ok(1)
         }
         Err(e) => {
-            eprintln!("walspool verify: {e}");
+            eprintln!("walspool verify: {}", chain(&e));
             Ok(1)
         }
     }
@@ -553,8 +553,14 @@ pub fn restore(
             Ok(0)
         }
         Err(e) => {
-            eprintln!("walspool restore: {e}");
+            eprintln!("walspool restore: {}", chain(&e));
             Ok(1)
         }
     }
+}
+
+/// An error with its causes, for the command line (walspool's errors leave their
+/// causes to `source()`).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    walspool_wal::error::display_chain(e)
 }

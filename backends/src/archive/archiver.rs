@@ -105,26 +105,52 @@ impl Default for ArchiverOptions {
 const MIN_PART_SIZE: usize = 5 << 20;
 
 impl ArchiverOptions {
+    /// Every setting in range, or an [`ArchiveError::Config`] naming the one that is
+    /// not (nothing is silently adjusted).
+    pub fn validate(&self) -> Result<(), ArchiveError> {
+        let bad = |m: String| Err(ArchiveError::Config(m));
+        if self.part_size < MIN_PART_SIZE {
+            return bad(format!(
+                "part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum), got {}",
+                self.part_size
+            ));
+        }
+        if self.part_concurrency == 0 {
+            return bad("part_concurrency must be at least 1".into());
+        }
+        if self.backoff_initial > self.backoff_max {
+            return bad(format!(
+                "backoff initial ({:?}) must not exceed max ({:?})",
+                self.backoff_initial, self.backoff_max
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ArchiverOptions {
     /// Segments larger than this go up in a multipart upload (default 16 MiB).
     pub fn multipart_threshold(mut self, bytes: u64) -> Self {
         self.multipart_threshold = bytes;
         self
     }
-    /// Part size of multipart uploads (default 8 MiB; at least 5 MiB, S3's minimum).
+    /// Part size of multipart uploads (default 8 MiB; at least 5 MiB, S3's minimum,
+    /// checked by [`Archiver::start`]).
     pub fn part_size(mut self, bytes: usize) -> Self {
-        self.part_size = bytes.max(MIN_PART_SIZE);
+        self.part_size = bytes;
         self
     }
-    /// Parts of one multipart upload in flight at once (default 4).
+    /// Parts of one multipart upload in flight at once (default 4; at least 1).
     pub fn part_concurrency(mut self, n: usize) -> Self {
-        self.part_concurrency = n.max(1);
+        self.part_concurrency = n;
         self
     }
     /// Backoff after a failed upload: starts at `initial`, doubles (with jitter) up to
-    /// `max` (defaults 200 ms and 30 s). The archiver retries until it succeeds.
+    /// `max` (defaults 200 ms and 30 s; `initial` at most `max`). The archiver
+    /// retries until it succeeds.
     pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
         self.backoff_initial = initial;
-        self.backoff_max = max.max(initial);
+        self.backoff_max = max;
         self
     }
     /// After each upload, read the whole object back and compare its CRC-32 with the
@@ -283,6 +309,7 @@ impl<S: Storage> Archiver<S> {
         store: ArchiveStore,
         opts: ArchiverOptions,
     ) -> Result<Self, ArchiveError> {
+        opts.validate()?;
         let through = load_state(wal.storage(), store.identity())?;
         if through > wal.durable_seq() {
             // The archive holds records the local log no longer has: its tail is gone.
