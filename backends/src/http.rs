@@ -107,6 +107,7 @@ pub use crate::client::{Roots, TlsConfig, TokenProvider};
 
 /// How a batch is encoded in the request body.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BodyFormat {
     /// One JSON [`WireRecord`] per line (`application/x-ndjson`).
     #[default]

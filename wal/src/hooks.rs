@@ -8,7 +8,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use walspool_wal::hooks::RetentionHook;
-//! use walspool_wal::{Memory, Options, Wal};
+//! use walspool_wal::{Memory, Options, SealedSegment, Wal};
 //!
 //! /// Keeps every sealed segment until it is uploaded somewhere.
 //! struct KeepAll;
@@ -21,7 +21,9 @@
 //! let wal = Wal::open(Memory::new(), Options::default())?;
 //! let hooks = wal.hooks();
 //! hooks.add_retention_hook(Arc::new(KeepAll));
-//! hooks.on_sealed(Arc::new(|seg| println!("sealed {}..={}", seg.base_seq, seg.last_seq)));
+//! hooks.on_sealed(Arc::new(|seg: SealedSegment| {
+//!     println!("sealed {}..={}", seg.base_seq, seg.last_seq)
+//! }));
 //! hooks.record_archive_error();
 //! assert_eq!(wal.metrics().archive_errors_total, 1);
 //! # Ok::<(), walspool_wal::Error>(())

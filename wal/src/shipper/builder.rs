@@ -53,7 +53,7 @@ impl Config {
     }
 }
 
-/// Builds a [`Shipper`]; see the [module documentation](self) for the defaults.
+/// Builds a [`Shipper`]; see the [module documentation](super) for the defaults.
 pub struct ShipperBuilder<S: Storage, T: Send + Sync + 'static> {
     pub(super) consumer: Consumer<S>,
     pub(super) sink: Box<dyn Sink<T>>,
