@@ -38,7 +38,7 @@ fn blocking_calls(wal: &Wal<Memory>, label: &str) {
     let b = wal
         .append_blocking(&format!("{label} blocking"))
         .expect("append_blocking");
-    assert_eq!(b, a + 1);
+    assert!(b > a, "{label}: {a} then {b}"); // other threads may append in between
     wal.flush_blocking().expect("flush_blocking");
     assert!(wal.durable_seq() >= b);
     wal.roll();
