@@ -70,7 +70,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let shipper = Shipper::builder(consumer.clone(), sink)
         .linger(Duration::from_millis(2))
-        .build();
+        .build()?;
     let handle = shipper.handle();
 
     let mut pool = LocalPool::new();
@@ -119,7 +119,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Ok::<u64, walspool::Error>(last)
     })?;
-    handle.shutdown();
+    handle.request_shutdown();
     pool.run();
 
     let got = delivered.lock().unwrap();

@@ -47,7 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         LocalDisk::open(&dir)?,
         Options::default().schema::<AuditRecord>(),
     )?;
-    let shipper = Shipper::<_, AuditRecord>::builder(wal.consumer("postgres")?, sink).build();
+    let shipper = Shipper::<_, AuditRecord>::builder(wal.consumer("postgres")?, sink).build()?;
     let running = shipper.spawn_on_thread()?;
 
     let records: Vec<AuditRecord> = (0..count)
@@ -70,7 +70,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     if !running
         .handle()
-        .wait_committed(last, Duration::from_secs(60))
+        .wait_committed_timeout(last, Duration::from_secs(60))
     {
         return Err(format!("not shipped within 60 s: {:?}", running.handle().status()).into());
     }

@@ -181,7 +181,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     max: Duration::from_millis(100),
                     ..Default::default()
                 })
-                .build();
+                .build()?;
             shippers.push(shipper.spawn_on_thread()?);
             wals.push((service, kind, wal));
         }

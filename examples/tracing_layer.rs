@@ -79,7 +79,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             max: Duration::from_millis(200),
             ..Default::default()
         })
-        .build()
+        .build()?
         .spawn_on_thread()?;
 
     println!(

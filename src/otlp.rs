@@ -25,7 +25,7 @@
 //! let sink = OtlpSink::builder("https://otel-collector.internal:4318")
 //!     .gzip(true)
 //!     .build::<Envelope>()?;
-//! let running = Shipper::builder(wal.consumer("otlp")?, sink).build().spawn_on_thread()?;
+//! let running = Shipper::builder(wal.consumer("otlp")?, sink).build()?.spawn_on_thread()?;
 //! # running.shutdown()?;
 //! # Ok(())
 //! # }

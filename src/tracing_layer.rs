@@ -147,7 +147,7 @@ where
                 .then(|| serde_json::Value::Object(fields.data).to_string()),
         };
         let r = if self.wait_durable {
-            futures::executor::block_on(self.wal.append(&rec)).map(|_| ())
+            self.wal.append_blocking(&rec).map(|_| ())
         } else {
             self.wal.append_nowait(&rec).map(|_| ())
         };

@@ -88,7 +88,7 @@ fn a_directory_that_is_a_file_is_a_clear_error() {
     std::fs::write(&file, b"hello").unwrap();
     for r in [LocalDisk::open(&file), LocalDisk::open_read_only(&file)] {
         let e = r.expect_err("a file is not a WAL directory");
-        let msg = e.to_string();
+        let msg = walspool::error::display_chain(&e);
         assert!(matches!(e, Error::Config(_)), "{msg}");
         assert!(
             msg.contains("not a directory") && msg.contains("not-a-dir"),
@@ -97,7 +97,7 @@ fn a_directory_that_is_a_file_is_a_clear_error() {
     }
     // A path that goes through a file.
     let e = LocalDisk::open(file.join("wal")).expect_err("a path under a file");
-    let msg = e.to_string();
+    let msg = walspool::error::display_chain(&e);
     assert!(
         msg.contains("not-a-dir/wal") && msg.to_lowercase().contains("not a directory"),
         "{msg}"
@@ -110,7 +110,7 @@ fn a_directory_that_is_a_file_is_a_clear_error() {
 fn permission_checks(base: &Path) {
     // A directory we may not enter.
     let e = LocalDisk::open(base.join("locked").join("wal")).expect_err("no permission");
-    let msg = e.to_string();
+    let msg = walspool::error::display_chain(&e);
     assert!(
         matches!(&e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied),
         "{msg}"
@@ -123,7 +123,7 @@ fn permission_checks(base: &Path) {
     let e = LocalDisk::open(base.join("theirs"))
         .and_then(|d| Wal::open(d, Options::default()))
         .expect_err("another user's WAL");
-    let msg = e.to_string();
+    let msg = walspool::error::display_chain(&e);
     assert!(
         msg.contains("theirs") && msg.contains("ermission denied"),
         "{msg}"
@@ -240,7 +240,7 @@ fn read_only_file_system_is_a_clear_error_even_for_root() {
         let e = LocalDisk::open(&dir)
             .and_then(|d| Wal::open(d, Options::default()))
             .expect_err("a read-only file system");
-        let msg = e.to_string();
+        let msg = walspool::error::display_chain(&e);
         assert!(
             msg.contains("Read-only file system") && msg.contains(&mnt.display().to_string()),
             "{msg}"
@@ -300,7 +300,7 @@ fn a_garbage_checkpoint_or_metadata_file_is_a_clear_error() {
         let e = LocalDisk::open(d.path())
             .and_then(|disk| Wal::open(disk, Options::default()))
             .expect_err("garbage metadata must not be taken at face value");
-        let msg = e.to_string();
+        let msg = walspool::error::display_chain(&e);
         assert!(matches!(e, Error::Corrupt { .. }), "{key}: {msg}");
         assert!(
             msg.contains(what) && msg.contains(&d.path().display().to_string()),
@@ -337,7 +337,7 @@ fn a_segment_from_a_newer_format_version_is_a_clear_error() {
     let e = LocalDisk::open(d.path())
         .and_then(|disk| Wal::open(disk, Options::default()))
         .expect_err("a newer segment");
-    let msg = e.to_string();
+    let msg = walspool::error::display_chain(&e);
     assert!(
         matches!(e, Error::UnsupportedVersion { found, supported, .. } if found == FORMAT_VERSION + 1 && supported == FORMAT_VERSION),
         "{msg}"

@@ -135,7 +135,7 @@ fn full_tmpfs_gives_no_space_acks_nothing_false_and_recovers_after_space_is_free
     assert!(acked.len() > 100, "only {} records fit", acked.len());
     for e in &errors {
         assert!(e.is_no_space(), "not a clear no-space error: {e}");
-        let msg = e.to_string();
+        let msg = walspool::error::display_chain(e);
         assert!(
             msg.contains("No space left on device") || msg.contains("no space"),
             "{msg}"

@@ -131,11 +131,15 @@ fn roll_by_size<B: Backend>() {
     let sealed = wal.sealed_segments();
     assert!(sealed.len() >= 5, "only {} sealed segments", sealed.len());
     for w in sealed.windows(2) {
-        assert_eq!(w[0].1 + 1, w[1].0, "segments must be contiguous");
+        assert_eq!(
+            w[0].last_seq + 1,
+            w[1].base_seq,
+            "segments must be contiguous"
+        );
         assert!(
-            w[0].2 <= 4096,
+            w[0].bytes <= 4096,
             "segment of {} bytes exceeds segment_size",
-            w[0].2
+            w[0].bytes
         );
     }
     let got = read_all(&wal, 1);
@@ -161,7 +165,7 @@ fn roll_by_age<B: Backend>() {
     block_on(wal.append(&rec(2))).unwrap();
     wait_until("second age roll", || wal.sealed_segments().len() >= 2);
     let sealed = wal.sealed_segments();
-    assert_eq!((sealed[0].0, sealed[0].1), (1, 1));
+    assert_eq!((sealed[0].base_seq, sealed[0].last_seq), (1, 1));
     assert_eq!(read_all(&wal, 1).len(), 2);
     block_on(wal.close()).unwrap();
 }
@@ -174,7 +178,7 @@ fn reopen_after_close<B: Backend>() {
         block_on(wal.close()).unwrap();
     }
     let wal = Wal::open(b.storage(), Options::default()).unwrap();
-    assert_eq!(wal.last_seq(), Some(50));
+    assert_eq!(wal.last_seq(), 50);
     assert_eq!(block_on(wal.append(&rec(51))).unwrap(), 51);
     let got = read_all(&wal, 1);
     assert_eq!(got.len(), 51);
@@ -233,7 +237,7 @@ fn retention<B: Backend>() {
     assert!(before_segments > 5);
     // One consumer alone does not free anything.
     block_on(a.commit(800)).unwrap();
-    wal.nudge_retention();
+    wal.hooks().nudge_retention();
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(
         st.list_segments().unwrap().len(),
@@ -247,18 +251,18 @@ fn retention<B: Backend>() {
     });
     let sealed = wal.sealed_segments();
     assert!(
-        sealed.iter().all(|s| s.1 > 200),
+        sealed.iter().all(|s| s.last_seq > 200),
         "a segment b still needs was deleted"
     );
     assert!(
-        sealed.first().is_some_and(|s| s.0 <= 201),
+        sealed.first().is_some_and(|s| s.base_seq <= 201),
         "a segment b needs is missing"
     );
     assert!(disk(&st) < before_bytes);
     // Everything committed: only the segment holding the tail stays (and the active one).
     block_on(c.commit(800)).unwrap();
     wait_until("full retention", || {
-        wal.sealed_segments().iter().all(|s| s.1 > 800) && disk(&st) <= 2 * 4096
+        wal.sealed_segments().iter().all(|s| s.last_seq > 800) && disk(&st) <= 2 * 4096
     });
     let m = wal.metrics();
     assert_eq!(m.backlog_records, 0);
@@ -1087,9 +1091,9 @@ fn counters_survive_reopen() {
     let mem = Memory::new();
     {
         let wal = Wal::open(mem.clone(), Options::default()).unwrap();
-        wal.record_archive_error();
-        wal.record_archive_error();
-        wal.record_ship_error();
+        wal.hooks().record_archive_error();
+        wal.hooks().record_archive_error();
+        wal.hooks().record_ship_error();
         block_on(wal.close()).unwrap();
     }
     let wal = Wal::open(mem, Options::default()).unwrap();

@@ -46,9 +46,12 @@ fn ship_kill_child() {
         .batch_max(BATCH)
         .linger(Duration::ZERO)
         .send_timeout(Duration::from_secs(60))
-        .build();
+        .build()
+        .expect("valid shipper configuration");
     let t = shipper.spawn_on_thread().unwrap();
-    assert!(t.handle().wait_committed(TOTAL, Duration::from_secs(120)));
+    assert!(t
+        .handle()
+        .wait_committed_timeout(TOTAL, Duration::from_secs(120)));
     t.shutdown().unwrap();
     futures::executor::block_on(wal.close()).unwrap();
 }

@@ -67,6 +67,7 @@ fn sink_kill_child() {
             .linger(Duration::ZERO)
             .send_timeout(Duration::from_secs(60))
             .build()
+            .expect("valid shipper configuration")
             .spawn_on_thread()
             .unwrap()
     } else {
@@ -81,10 +82,13 @@ fn sink_kill_child() {
             .linger(Duration::ZERO)
             .send_timeout(Duration::from_secs(60))
             .build()
+            .expect("valid shipper configuration")
             .spawn_on_thread()
             .unwrap()
     };
-    assert!(t.handle().wait_committed(TOTAL, Duration::from_secs(120)));
+    assert!(t
+        .handle()
+        .wait_committed_timeout(TOTAL, Duration::from_secs(120)));
     t.shutdown().unwrap();
     futures::executor::block_on(wal.close()).unwrap();
 }

@@ -7,7 +7,7 @@
 //!   `az://container/prefix` (or `abfs://container@account.dfs.core.windows.net/...`),
 //!   `file:///path` (the embedded default) or `memory://` (tests). It owns the tokio
 //!   runtime that object_store's clients need, so every `async fn` here runs on **any**
-//!   executor (tokio, smol, async-std, `futures::executor`).
+//!   executor (tokio, smol, `futures::executor`).
 //! * [`Archiver`] uploads every sealed segment of a [`Wal`](walspool_wal::Wal), in
 //!   order, verifies it (size, and the segment's footer with its body CRC read back from
 //!   the store; optionally a full read-back CRC), records the archived point durably in

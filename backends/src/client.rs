@@ -285,8 +285,9 @@ impl std::fmt::Debug for Headers {
     }
 }
 
-/// Settings common to both sinks' builders.
-#[derive(Debug, Clone)]
+/// Settings common to both sinks' builders. `Debug` redacts the URL's credentials,
+/// the token and header values.
+#[derive(Clone)]
 pub(crate) struct ClientSettings {
     pub(crate) url: String,
     pub(crate) auth: Option<Auth>,
@@ -295,6 +296,20 @@ pub(crate) struct ClientSettings {
     pub(crate) timeout: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) headers: Headers,
+}
+
+impl std::fmt::Debug for ClientSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSettings")
+            .field("url", &crate::redact::redact_url(&self.url))
+            .field("auth", &self.auth)
+            .field("tls", &self.tls)
+            .field("allow_http", &self.allow_http)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("headers", &self.headers)
+            .finish()
+    }
 }
 
 impl ClientSettings {

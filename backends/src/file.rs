@@ -69,9 +69,9 @@
 //!     .build()?;
 //! let shipper = Shipper::<_, String>::builder(wal.consumer("file")?, sink)
 //!     .linger(Duration::from_millis(1))
-//!     .build();
+//!     .build()?;
 //! let running = shipper.spawn_on_thread()?;
-//! assert!(running.handle().wait_committed(last, Duration::from_secs(10)));
+//! assert!(running.handle().wait_committed_timeout(last, Duration::from_secs(10)));
 //! running.shutdown()?;
 //! assert_eq!(std::fs::read_to_string(&path)?.lines().count(), 2);
 //! # Ok(())
@@ -127,9 +127,10 @@ impl FileSinkBuilder {
         self
     }
 
-    /// Rotates the file once it holds this many bytes (default: never).
+    /// Rotates the file once it holds this many bytes (default: never; at least 1,
+    /// checked by [`build`](Self::build)).
     pub fn max_bytes(mut self, bytes: u64) -> Self {
-        self.max_bytes = Some(bytes.max(1));
+        self.max_bytes = Some(bytes);
         self
     }
 
@@ -142,6 +143,11 @@ impl FileSinkBuilder {
     /// Opens (or creates) the file, recovers the last written position from it, and
     /// starts the sink's writer thread.
     pub fn build(self) -> Result<FileSink, Error> {
+        if self.max_bytes == Some(0) {
+            return Err(Error::Config(
+                "file sink: max_bytes must be at least 1".into(),
+            ));
+        }
         let mut w = Writer::open(&self)?;
         let position = Arc::new(Mutex::new(w.last.clone()));
         w.shared = position.clone();

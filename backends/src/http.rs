@@ -41,7 +41,7 @@
 //! The client is a blocking HTTP/1.1 client (`ureq`, keep-alive: the connection, and
 //! its TLS session, is reused from batch to batch) on a thread the sink owns; `send`
 //! hands it the encoded body over a channel and awaits a `futures::channel::oneshot`.
-//! So the sink works the same under tokio, smol, async-std or a plain `futures`
+//! So the sink works the same under tokio, smol or a plain `futures`
 //! executor, with no runtime of its own to start and no tokio in the dependency tree.
 //! A shipper sends one batch at a time, so one thread per sink is all the concurrency
 //! it can use. Keep the sink's [`timeout`](HttpSinkBuilder::timeout) (default 10 s)
@@ -72,7 +72,7 @@
 //!     .token_provider(|refresh: bool| fetch_jwt(refresh))
 //!     .gzip(true)
 //!     .build()?;
-//! let shipper = Shipper::<_, String>::builder(wal.consumer("ingest")?, sink).build();
+//! let shipper = Shipper::<_, String>::builder(wal.consumer("ingest")?, sink).build()?;
 //! let running = shipper.spawn_on_thread()?;
 //! // ... append records; on the way out:
 //! running.shutdown()?;
@@ -107,6 +107,7 @@ pub use crate::client::{Roots, TlsConfig, TokenProvider};
 
 /// How a batch is encoded in the request body.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BodyFormat {
     /// One JSON [`WireRecord`] per line (`application/x-ndjson`).
     #[default]

@@ -76,7 +76,7 @@
 //!
 //! `async-nats` needs a tokio runtime; the sink owns one (current-thread, on a thread
 //! of its own, like the PostgreSQL sink's) and `send` awaits its answer through a
-//! `futures` oneshot channel, so the sink works under tokio, smol, async-std or a plain
+//! `futures` oneshot channel, so the sink works under tokio, smol or a plain
 //! `futures` executor.
 //!
 //! # Metrics
@@ -103,7 +103,7 @@
 //! // Fail fast on a stream of the wrong shape (a transient error means "unreachable").
 //! futures::executor::block_on(sink.check())?;
 //! let metrics = sink.metrics();
-//! let shipper = Shipper::<_, serde_json::Value>::builder(wal.consumer("nats")?, sink).build();
+//! let shipper = Shipper::<_, serde_json::Value>::builder(wal.consumer("nats")?, sink).build()?;
 //! let running = shipper.spawn_on_thread()?;
 //! // ... append records; on the way out:
 //! running.shutdown()?;
@@ -158,10 +158,21 @@ impl std::fmt::Debug for Auth {
     }
 }
 
-/// Builds a [`NatsSink`]. Its `Debug` output never shows a password, token or seed.
+/// The server URLs as given; `Debug` redacts credentials in them.
+#[derive(Clone)]
+struct Servers(String);
+
+impl std::fmt::Debug for Servers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&crate::redact::redact_url(&self.0), f)
+    }
+}
+
+/// Builds a [`NatsSink`]. Its `Debug` output never shows a password, token or seed,
+/// nor credentials written in the server URLs.
 #[derive(Debug, Clone)]
 pub struct NatsSinkBuilder {
-    servers: String,
+    servers: Servers,
     stream: String,
     subject_prefix: String,
     kind_field: String,
@@ -285,9 +296,10 @@ impl NatsSinkBuilder {
         self
     }
 
-    /// Publishes awaiting their acknowledgement at once (default 1024).
+    /// Publishes awaiting their acknowledgement at once (default 1024; at least 1,
+    /// checked by [`build`](Self::build)).
     pub fn max_in_flight(mut self, n: usize) -> Self {
-        self.max_in_flight = n.max(1);
+        self.max_in_flight = n;
         self
     }
 
@@ -300,14 +312,22 @@ impl NatsSinkBuilder {
     /// Checks the configuration and starts the sink's runtime thread. Does not connect:
     /// the first [`send`](Sink::send) or [`check`](NatsSink::check) does.
     pub fn build(self) -> Result<NatsSink, Error> {
+        if self.max_in_flight == 0 {
+            return Err(Error::Config("max_in_flight must be at least 1".into()));
+        }
         let servers: Vec<ServerAddr> = self
             .servers
+            .0
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(|s| {
-                s.parse::<ServerAddr>()
-                    .map_err(|e| Error::Config(format!("NATS server URL {s:?}: {e}")))
+                s.parse::<ServerAddr>().map_err(|e| {
+                    Error::Config(format!(
+                        "NATS server URL {:?}: {e}",
+                        crate::redact::redact_url(s)
+                    ))
+                })
             })
             .collect::<Result<_, _>>()?;
         if servers.is_empty() {
@@ -417,7 +437,7 @@ impl NatsSink {
     /// list (`nats://host:4222`, `tls://host:4222`; credentials in the URL work too).
     pub fn builder(servers: impl Into<String>) -> NatsSinkBuilder {
         NatsSinkBuilder {
-            servers: servers.into(),
+            servers: Servers(servers.into()),
             stream: DEFAULT_STREAM.into(),
             subject_prefix: DEFAULT_SUBJECT_PREFIX.into(),
             kind_field: "kind".into(),

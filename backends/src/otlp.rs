@@ -56,7 +56,7 @@
 //!         },
 //!     })?;
 //! let stats = sink.stats();
-//! let shipper = Shipper::builder(wal.consumer("otlp")?, sink).build();
+//! let shipper = Shipper::builder(wal.consumer("otlp")?, sink).build()?;
 //! let running = shipper.spawn_on_thread()?;
 //! // ... append records; on the way out:
 //! running.shutdown()?;

@@ -58,7 +58,7 @@
 //!
 //! `tokio-postgres` needs a tokio runtime; the sink owns one (current-thread, on a
 //! thread of its own, like the archive's) and `send` awaits its answer through a
-//! `futures` oneshot channel, so the sink works under tokio, smol, async-std or a plain
+//! `futures` oneshot channel, so the sink works under tokio, smol or a plain
 //! `futures` executor. Connections are plain TCP or Unix sockets (no TLS in this build:
 //! `sslmode=require` is refused by the server handshake).
 //!
@@ -75,7 +75,7 @@
 //!     .build()?;
 //! // Fail fast on a table of the wrong shape (a transient error means "unreachable").
 //! futures::executor::block_on(sink.check())?;
-//! let shipper = Shipper::<_, serde_json::Value>::builder(wal.consumer("pg")?, sink).build();
+//! let shipper = Shipper::<_, serde_json::Value>::builder(wal.consumer("pg")?, sink).build()?;
 //! let running = shipper.spawn_on_thread()?;
 //! // ... append records; on the way out:
 //! running.shutdown()?;

@@ -278,7 +278,10 @@ async fn scenario(mk: &(dyn Fn() -> ArchiveStore + Sync), label: &str) {
     assert_eq!(status.archived_through_seq, 300, "{label}");
     assert_eq!(status.lag_segments, 0, "{label}");
     let listed = store.list_segments("wal-a").await.expect("list");
-    let want: Vec<(u64, u64, u64)> = sealed.clone();
+    let want: Vec<(u64, u64, u64)> = sealed
+        .iter()
+        .map(|s| (s.base_seq, s.last_seq, s.bytes))
+        .collect();
     let got: Vec<(u64, u64, u64)> = listed
         .iter()
         .map(|s| (s.first_seq, s.last_seq, s.size))
@@ -356,37 +359,37 @@ async fn scenario(mk: &(dyn Fn() -> ArchiveStore + Sync), label: &str) {
     append_all(&wal, &second).await;
     roll(&wal).await;
     retention_barrier(&wal).await;
-    let unarchived: Vec<(u64, u64, u64)> = wal.sealed_segments();
+    let unarchived = wal.sealed_segments();
     assert!(!unarchived.is_empty(), "{label}");
     assert!(
-        unarchived.iter().all(|s| s.0 > 300),
+        unarchived.iter().all(|s| s.base_seq > 300),
         "{label}: archived segments were deleted: {unarchived:?}"
     );
     let files = segment_files(&dir);
     for s in &unarchived {
         assert!(
-            files.contains(&s.0),
+            files.contains(&s.base_seq),
             "{label}: unarchived segment {} was deleted",
-            s.0
+            s.base_seq
         );
     }
     for s in &sealed {
         assert!(
-            !files.contains(&s.0),
+            !files.contains(&s.base_seq),
             "{label}: archived, committed segment {} still on disk",
-            s.0
+            s.base_seq
         );
     }
     let m = wal.metrics();
     assert_eq!(m.archive_lag_segments, unarchived.len() as u64, "{label}");
     assert_eq!(
         m.archive_lag_bytes,
-        unarchived.iter().map(|s| s.2).sum::<u64>(),
+        unarchived.iter().map(|s| s.bytes).sum::<u64>(),
         "{label}"
     );
     let unarchived_bytes: Vec<Vec<u8>> = unarchived
         .iter()
-        .map(|s| std::fs::read(dir.join(segment_file_name(s.0))).expect("read"))
+        .map(|s| std::fs::read(dir.join(segment_file_name(s.base_seq))).expect("read"))
         .collect();
     archiver.resume();
     let status = archiver.sync().await.expect("sync 3");
@@ -402,7 +405,7 @@ async fn scenario(mk: &(dyn Fn() -> ArchiveStore + Sync), label: &str) {
         "{label}: only the active segment stays"
     );
     for (s, bytes) in unarchived.iter().zip(&unarchived_bytes) {
-        let key = store.segment_key("wal-a", s.0, s.1);
+        let key = store.segment_key("wal-a", s.base_seq, s.last_seq);
         assert_eq!(&object_bytes(&store, &key).await, bytes, "{label}");
     }
 
@@ -549,12 +552,12 @@ async fn multipart_scenario(store: ArchiveStore, label: &str) {
     let sealed = wal.sealed_segments();
     assert_eq!(sealed.len(), 1, "{label}");
     assert!(
-        sealed[0].2 > 12 << 20,
+        sealed[0].bytes > 12 << 20,
         "{label}: segment is {} bytes",
-        sealed[0].2
+        sealed[0].bytes
     );
-    let key = store.segment_key("wal-mp", sealed[0].0, sealed[0].1);
-    let local = std::fs::read(dir.join(segment_file_name(sealed[0].0))).expect("read");
+    let key = store.segment_key("wal-mp", sealed[0].base_seq, sealed[0].last_seq);
+    let local = std::fs::read(dir.join(segment_file_name(sealed[0].base_seq))).expect("read");
     assert_eq!(
         object_bytes(&store, &key).await,
         local,
@@ -633,10 +636,12 @@ fn segments_deleted_before_archival_are_counted_lost_not_archived() {
         // The WAL forgets a segment just before it removes the file: wait for both.
         wait_until("max_age deleting the sealed segments", || {
             wal.sealed_segments().is_empty()
-                && doomed.iter().all(|s| !segment_files(&dir).contains(&s.0))
+                && doomed
+                    .iter()
+                    .all(|s| !segment_files(&dir).contains(&s.base_seq))
         });
         for s in &doomed {
-            assert!(!segment_files(&dir).contains(&s.0));
+            assert!(!segment_files(&dir).contains(&s.base_seq));
         }
 
         arch.resume();
@@ -661,7 +666,7 @@ fn segments_deleted_before_archival_are_counted_lost_not_archived() {
             "wal_archive_lost_segments_total{{wal_id=\"wal-a\"}} {n}\n"
         )));
         for s in &doomed {
-            let key = store.segment_key("wal-a", s.0, s.1);
+            let key = store.segment_key("wal-a", s.base_seq, s.last_seq);
             assert!(!object_exists(&store, &key).await, "{key} in the archive");
         }
 
@@ -678,8 +683,10 @@ fn segments_deleted_before_archival_are_counted_lost_not_archived() {
             "{st:?} {fresh:?}"
         );
         for s in &fresh {
-            assert!(st.archived_through_seq >= s.1);
-            assert!(object_exists(&store, &store.segment_key("wal-a", s.0, s.1)).await);
+            assert!(st.archived_through_seq >= s.last_seq);
+            assert!(
+                object_exists(&store, &store.segment_key("wal-a", s.base_seq, s.last_seq)).await
+            );
         }
         assert!(wal.metrics().last_archive_ts > 0);
 
@@ -774,22 +781,22 @@ fn s3_outage_keeps_segments_counts_errors_and_catches_up() {
         retention_barrier(&wal).await;
         let pending = wal.sealed_segments();
         assert!(pending.len() >= 3, "{pending:?}");
-        assert!(pending.iter().all(|s| s.1 > through));
+        assert!(pending.iter().all(|s| s.last_seq > through));
         let files = segment_files(&dir);
         assert!(
-            pending.iter().all(|s| files.contains(&s.0)),
+            pending.iter().all(|s| files.contains(&s.base_seq)),
             "local segments must be kept while the store is down"
         );
         let m = wal.metrics();
         assert_eq!(m.archive_lag_segments, pending.len() as u64);
         assert_eq!(
             m.archive_lag_bytes,
-            pending.iter().map(|s| s.2).sum::<u64>()
+            pending.iter().map(|s| s.bytes).sum::<u64>()
         );
         assert!(archiver.stats().errors >= 2 && archiver.stats().last_error.is_some());
         let kept: Vec<Vec<u8>> = pending
             .iter()
-            .map(|s| std::fs::read(dir.join(segment_file_name(s.0))).expect("read"))
+            .map(|s| std::fs::read(dir.join(segment_file_name(s.base_seq))).expect("read"))
             .collect();
 
         // It comes back (empty: moto keeps nothing across a restart).
@@ -799,12 +806,12 @@ fn s3_outage_keeps_segments_counts_errors_and_catches_up() {
         assert_eq!(status.archived_through_seq, 280);
         assert_eq!((status.lag_segments, status.lag_bytes), (0, 0));
         for (s, bytes) in pending.iter().zip(&kept) {
-            let key = store.segment_key("wal-a", s.0, s.1);
+            let key = store.segment_key("wal-a", s.base_seq, s.last_seq);
             assert_eq!(
                 &object_bytes(&store, &key).await,
                 bytes,
                 "segment {} after the outage",
-                s.0
+                s.base_seq
             );
         }
         retention_barrier(&wal).await;
@@ -862,7 +869,7 @@ fn measure_upload_throughput_64mib() {
             roll(&wal).await;
         }
         let sealed = wal.sealed_segments();
-        let total: u64 = sealed.iter().map(|s| s.2).sum();
+        let total: u64 = sealed.iter().map(|s| s.bytes).sum();
         let t = Instant::now();
         archiver.resume();
         archiver.sync().await.expect("sync");
@@ -878,7 +885,7 @@ fn measure_upload_throughput_64mib() {
         let mut raw_put = Duration::ZERO;
         let mut raw_mp = Duration::ZERO;
         for (i, s) in sealed.iter().enumerate() {
-            let bytes = std::fs::read(dir.join(segment_file_name(s.0))).expect("read");
+            let bytes = std::fs::read(dir.join(segment_file_name(s.base_seq))).expect("read");
             let b2 = bytes.clone();
             let key = object_store::path::Path::from(format!("raw/put-{i}"));
             let t = Instant::now();

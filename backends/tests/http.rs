@@ -359,7 +359,8 @@ fn ship_through_chaos(rt: Runtime, format: BodyFormat, gzip: bool) {
             open_for: Duration::from_millis(20),
         })
         .poison_attempts(2)
-        .build();
+        .build()
+        .expect("valid shipper configuration");
     let handle = shipper.handle();
 
     let appends = {
@@ -383,16 +384,16 @@ fn ship_through_chaos(rt: Runtime, format: BodyFormat, gzip: bool) {
             rt.block_on(async {
                 let task = tokio::spawn(shipper.run());
                 appends().await;
-                handle.committed(total).await;
-                handle.shutdown();
+                handle.wait_committed(total).await;
+                handle.request_shutdown();
                 task.await.unwrap().unwrap()
             })
         }
         Runtime::Smol => smol::block_on(async {
             let task = smol::spawn(shipper.run());
             appends().await;
-            handle.committed(total).await;
-            handle.shutdown();
+            handle.wait_committed(total).await;
+            handle.request_shutdown();
             task.await.unwrap()
         }),
     };
@@ -549,10 +550,12 @@ fn measure_http_throughput() {
         futures::executor::block_on(wal.append_batch(chunk)).unwrap();
     }
     let run = |name: &str, sink: Box<dyn Sink<Event>>| {
-        let shipper = Shipper::<_, Event>::builder(wal.consumer(name).unwrap(), sink).build();
+        let shipper = Shipper::<_, Event>::builder(wal.consumer(name).unwrap(), sink)
+            .build()
+            .expect("valid shipper configuration");
         let start = Instant::now();
         let t = shipper.spawn_on_thread().unwrap();
-        assert!(t.handle().wait_committed(total, DEADLINE));
+        assert!(t.handle().wait_committed_timeout(total, DEADLINE));
         let secs = start.elapsed().as_secs_f64();
         let st = t.shutdown().unwrap();
         (secs, st.batches_acked)

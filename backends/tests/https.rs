@@ -70,9 +70,12 @@ fn records_arrive_over_https_on_one_kept_alive_connection() {
     let shipper = Shipper::<_, u64>::builder(wal.consumer("tls").unwrap(), sink)
         .batch_max(100)
         .linger(Duration::ZERO)
-        .build();
+        .build()
+        .expect("valid shipper configuration");
     let t = shipper.spawn_on_thread().unwrap();
-    assert!(t.handle().wait_committed(total, Duration::from_secs(60)));
+    assert!(t
+        .handle()
+        .wait_committed_timeout(total, Duration::from_secs(60)));
     let st = t.shutdown().unwrap();
     assert_eq!(*got.lock().unwrap(), records);
     assert_eq!(st.committed_seq, total);
@@ -250,9 +253,12 @@ fn a_token_provider_renews_an_expired_token_on_401_without_restarting() {
     let shipper = Shipper::<_, u64>::builder(wal.consumer("jwt").unwrap(), sink)
         .batch_max(20)
         .linger(Duration::ZERO)
-        .build();
+        .build()
+        .expect("valid shipper configuration");
     let t = shipper.spawn_on_thread().unwrap();
-    assert!(t.handle().wait_committed(total, Duration::from_secs(60)));
+    assert!(t
+        .handle()
+        .wait_committed_timeout(total, Duration::from_secs(60)));
     let st = t.shutdown().unwrap();
     assert_eq!(*got.lock().unwrap(), records);
     // 25 batches, the token expired after every 5th: 4 renewals, each after one 401,

@@ -222,9 +222,12 @@ fn hundred_thousand_records_land_once_in_order_with_headers_and_redelivery_adds_
     let metrics = sink.metrics();
     let running = Shipper::<_, Rec>::builder(wal.consumer("nats").unwrap(), sink)
         .build()
+        .expect("valid shipper configuration")
         .spawn_on_thread()
         .unwrap();
-    assert!(running.handle().wait_committed(N, Duration::from_secs(300)));
+    assert!(running
+        .handle()
+        .wait_committed_timeout(N, Duration::from_secs(300)));
     running.shutdown().unwrap();
 
     let got = read_all(&url, &stream);
@@ -249,9 +252,12 @@ fn hundred_thousand_records_land_once_in_order_with_headers_and_redelivery_adds_
     let m2 = sink2.metrics();
     let running = Shipper::<_, Rec>::builder(wal.consumer("again").unwrap(), sink2)
         .build()
+        .expect("valid shipper configuration")
         .spawn_on_thread()
         .unwrap();
-    assert!(running.handle().wait_committed(N, Duration::from_secs(300)));
+    assert!(running
+        .handle()
+        .wait_committed_timeout(N, Duration::from_secs(300)));
     running.shutdown().unwrap();
     let st2 = m2.snapshot();
     assert_eq!((st2.stored, st2.duplicates), (0, N), "{st2:?}");
@@ -449,6 +455,7 @@ fn broker_sigkilled_mid_stream_and_restarted_loses_nothing() {
             open_for: Duration::from_millis(700),
         })
         .build()
+        .expect("valid shipper configuration")
         .spawn_on_thread()
         .unwrap();
     let handle = running.handle().clone();
@@ -494,7 +501,7 @@ fn broker_sigkilled_mid_stream_and_restarted_loses_nothing() {
     server.restart();
     appender.join().unwrap();
     assert!(
-        handle.wait_committed(N, Duration::from_secs(120)),
+        handle.wait_committed_timeout(N, Duration::from_secs(120)),
         "{:?}",
         handle.status()
     );
@@ -532,11 +539,12 @@ fn nats_kill_child() {
         .batch_max(250)
         .linger(Duration::ZERO)
         .build()
+        .expect("valid shipper configuration")
         .spawn_on_thread()
         .unwrap();
     assert!(t
         .handle()
-        .wait_committed(KILL_TOTAL, Duration::from_secs(120)));
+        .wait_committed_timeout(KILL_TOTAL, Duration::from_secs(120)));
     t.shutdown().unwrap();
     futures::executor::block_on(wal.close()).unwrap();
 }

@@ -129,9 +129,12 @@ fn batches_arrive_as_otlp_logs_grouped_by_service() {
         let shipper = Shipper::<_, Line>::builder(wal.consumer("otlp").unwrap(), sink)
             .batch_max(100)
             .linger(Duration::ZERO)
-            .build();
+            .build()
+            .expect("valid shipper configuration");
         let t = shipper.spawn_on_thread().unwrap();
-        assert!(t.handle().wait_committed(total, Duration::from_secs(60)));
+        assert!(t
+            .handle()
+            .wait_committed_timeout(total, Duration::from_secs(60)));
         t.shutdown().unwrap();
         let mut got = got.lock().unwrap().clone();
         got.sort_by_key(|r| r.1);
@@ -259,9 +262,12 @@ fn the_shipper_waits_out_retry_after_and_delivers() {
             max: Duration::from_millis(2),
             ..Default::default()
         })
-        .build();
+        .build()
+        .expect("valid shipper configuration");
     let t = shipper.spawn_on_thread().unwrap();
-    assert!(t.handle().wait_committed(10, Duration::from_secs(60)));
+    assert!(t
+        .handle()
+        .wait_committed_timeout(10, Duration::from_secs(60)));
     let st = t.shutdown().unwrap();
     assert_eq!(st.failed_attempts, 1);
     let calls = calls.lock().unwrap();

@@ -198,9 +198,12 @@ fn pg_kill_child() {
     let shipper = Shipper::<_, Audit>::builder(wal.consumer(CONSUMER).unwrap(), sink)
         .batch_max(250)
         .linger(Duration::ZERO)
-        .build();
+        .build()
+        .expect("valid shipper configuration");
     let t = shipper.spawn_on_thread().unwrap();
-    assert!(t.handle().wait_committed(TOTAL, Duration::from_secs(120)));
+    assert!(t
+        .handle()
+        .wait_committed_timeout(TOTAL, Duration::from_secs(120)));
     t.shutdown().unwrap();
     futures::executor::block_on(wal.close()).unwrap();
 }

@@ -54,7 +54,8 @@ fn server_stopped_mid_stream_and_restarted_loses_and_duplicates_nothing() {
             failure_threshold: 5,
             open_for: Duration::from_millis(300),
         })
-        .build();
+        .build()
+        .expect("valid shipper configuration");
     let running = shipper.spawn_on_thread().unwrap();
 
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -85,7 +86,7 @@ fn server_stopped_mid_stream_and_restarted_loses_and_duplicates_nothing() {
     assert!(
         running
             .handle()
-            .wait_committed(TOTAL, Duration::from_secs(120)),
+            .wait_committed_timeout(TOTAL, Duration::from_secs(120)),
         "{:?}",
         running.handle().status()
     );

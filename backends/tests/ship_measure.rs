@@ -69,10 +69,14 @@ fn measure_shipping_throughput() {
         futures::executor::block_on(wal.append_batch(chunk)).unwrap();
     }
     let run = |name: &str, sink: Box<dyn Sink<Event>>| {
-        let shipper = Shipper::<_, Event>::builder(wal.consumer(name).unwrap(), sink).build();
+        let shipper = Shipper::<_, Event>::builder(wal.consumer(name).unwrap(), sink)
+            .build()
+            .expect("valid shipper configuration");
         let start = Instant::now();
         let t = shipper.spawn_on_thread().unwrap();
-        assert!(t.handle().wait_committed(total, Duration::from_secs(600)));
+        assert!(t
+            .handle()
+            .wait_committed_timeout(total, Duration::from_secs(600)));
         let secs = start.elapsed().as_secs_f64();
         let st = t.shutdown().unwrap();
         (secs, st.batches_acked)

@@ -51,9 +51,12 @@ fn ship(label: &str, sink: impl Sink<Audit> + 'static) {
     let t = Instant::now();
     let running = Shipper::<_, Audit>::builder(wal.consumer("m").unwrap(), sink)
         .build()
+        .expect("valid shipper configuration")
         .spawn_on_thread()
         .unwrap();
-    assert!(running.handle().wait_committed(N, Duration::from_secs(600)));
+    assert!(running
+        .handle()
+        .wait_committed_timeout(N, Duration::from_secs(600)));
     let secs = t.elapsed().as_secs_f64();
     let st = running.shutdown().unwrap();
     println!(

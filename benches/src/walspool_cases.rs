@@ -246,7 +246,7 @@ impl Subject for Walspool {
     ) -> Res<()> {
         let wal = open(cfg, dir, Durability::Buffered)?;
         block_on(async {
-            let first = wal.last_seq().unwrap_or(0);
+            let first = wal.last_seq();
             bulk(&wal, p, first, bytes / PAYLOAD as u64).await?;
             if fill_tail {
                 // Seal what is there, then fill a fresh tail to ~98% of a segment: the
@@ -264,7 +264,7 @@ impl Subject for Walspool {
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 let per_seg = (cfg.segment_size - SEG_OVERHEAD) / FRAME_BYTES;
-                let first = wal.last_seq().unwrap_or(0);
+                let first = wal.last_seq();
                 bulk(&wal, p, first, per_seg * 98 / 100).await?;
             }
             wal.close().await?;
@@ -314,7 +314,7 @@ impl Subject for Walspool {
     fn rss_read(&self, cfg: &Cfg, dir: &Path) -> Option<Res<u64>> {
         Some((|| {
             let wal = open(cfg, dir, Durability::Sync)?;
-            let last = wal.last_seq().unwrap_or(0);
+            let last = wal.last_seq();
             let n = block_on(count_stream(&wal, last))?;
             block_on(wal.close())?;
             Ok(n)
@@ -369,7 +369,7 @@ pub fn scan_and_drain(cfg: &Cfg, p: &Payloads) -> Res<ScanResult> {
     }
     let disk_bytes = crate::common::dir_bytes(dir.path());
     let wal = open(cfg, dir.path(), Durability::Sync)?;
-    let last = wal.last_seq().unwrap_or(0);
+    let last = wal.last_seq();
 
     // Warm-up and baseline: plain sequential read of every file.
     crate::common::raw_read_dir(dir.path())?;
@@ -420,10 +420,11 @@ pub fn scan_and_drain(cfg: &Cfg, p: &Payloads) -> Res<ScanResult> {
     let t = Instant::now();
     let running = Shipper::builder(wal.consumer("bench-drain")?, sink)
         .build()
+        .expect("valid shipper configuration")
         .spawn_on_thread()?;
     let ok = running
         .handle()
-        .wait_committed(last, Duration::from_secs(600));
+        .wait_committed_timeout(last, Duration::from_secs(600));
     let drain = t.elapsed();
     let status = running.shutdown()?;
     if !ok || shipped.load(Ordering::Relaxed) < last {

@@ -266,7 +266,7 @@ pub fn dump(dir: &Path, o: &DumpOptions, out: &mut dyn Write) -> std::io::Result
     let storage = match LocalDisk::open_read_only(dir) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("walspool dump: {e}");
+            eprintln!("walspool dump: {}", chain(&e));
             return Ok(2);
         }
     };
@@ -277,7 +277,7 @@ pub fn dump(dir: &Path, o: &DumpOptions, out: &mut dyn Write) -> std::io::Result
         let r = match r {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("walspool dump: {e}");
+                eprintln!("walspool dump: {}", chain(&e));
                 return Ok(1);
             }
         };
@@ -332,7 +332,7 @@ fn dump_dead_letters(
     let mut keys = match storage.list_meta(&prefix) {
         Ok(k) => k,
         Err(e) => {
-            eprintln!("walspool dump: {e}");
+            eprintln!("walspool dump: {}", chain(&e));
             return Ok(2);
         }
     };
@@ -406,7 +406,7 @@ pub fn verify(
         match walspool_wal::HmacKey::from_file(f) {
             Ok(k) => keys.push(k),
             Err(e) => {
-                eprintln!("walspool verify: {e}");
+                eprintln!("walspool verify: {}", chain(&e));
                 return Ok(2);
             }
         }
@@ -414,7 +414,7 @@ pub fn verify(
     let storage = match LocalDisk::open_read_only(dir) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("walspool verify: {e}");
+            eprintln!("walspool verify: {}", chain(&e));
             return Ok(2);
         }
     };
@@ -460,12 +460,12 @@ fn verify_crc(dir: &Path, out: &mut dyn Write) -> std::io::Result<i32> {
     let storage = match LocalDisk::open_read_only(dir) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("walspool verify: {e}");
+            eprintln!("walspool verify: {}", chain(&e));
             return Ok(2);
         }
     };
     if let Err(e) = inspect::read_checkpoints(&storage) {
-        eprintln!("walspool verify: {e}");
+        eprintln!("walspool verify: {}", chain(&e));
         return Ok(1);
     }
     match inspect::verify(&storage) {
@@ -508,7 +508,7 @@ fn verify_crc(dir: &Path, out: &mut dyn Write) -> std::io::Result<i32> {
             Ok(1)
         }
         Err(e) => {
-            eprintln!("walspool verify: {e}");
+            eprintln!("walspool verify: {}", chain(&e));
             Ok(1)
         }
     }
@@ -564,8 +564,14 @@ pub fn restore(
             Ok(0)
         }
         Err(e) => {
-            eprintln!("walspool restore: {e}");
+            eprintln!("walspool restore: {}", chain(&e));
             Ok(1)
         }
     }
+}
+
+/// An error with its causes, for the command line (walspool's errors leave their
+/// causes to `source()`).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    walspool_wal::error::display_chain(e)
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use walspool_wal::error::display_chain;
 
 use futures::executor::block_on;
 use walspool_backends::archive::{ArchiveStore, Archiver, ArchiverOptions};
@@ -114,7 +115,7 @@ fn appender(wal: Wal<LocalDisk>, rate: u64, stop: Arc<AtomicBool>) {
             Ok(_) => sent += n,
             Err(Error::Closed) => return,
             Err(e) => {
-                eprintln!("demo: append failed: {e}");
+                eprintln!("demo: append failed: {}", display_chain(&e));
                 sleep_unless(&stop, Duration::from_secs(1));
                 sent = due; // skip what could not be written
             }
@@ -145,7 +146,7 @@ fn start_shipper(
     mode: SinkMode,
     fail_percent: u32,
 ) -> Result<Option<ShipperThread>, String> {
-    let consumer = wal.consumer("demo-sink").map_err(|e| e.to_string())?;
+    let consumer = wal.consumer("demo-sink").map_err(|e| display_chain(&e))?;
     let fail_percent = match mode {
         SinkMode::Stalled => return Ok(None),
         SinkMode::Ok => 0,
@@ -163,11 +164,12 @@ fn start_shipper(
             failure_threshold: 3,
             open_for: Duration::from_secs(3),
         })
-        .build();
+        .build()
+        .expect("valid shipper configuration");
     shipper
         .spawn_on_thread()
         .map(Some)
-        .map_err(|e| e.to_string())
+        .map_err(|e| display_chain(&e))
 }
 
 /// A second consumer, `warehouse`, that loads records in bulk and commits what was
@@ -177,7 +179,7 @@ fn lagging_reader(wal: Wal<LocalDisk>, lag: Duration, stop: Arc<AtomicBool>) {
     let consumer = match wal.consumer("warehouse") {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("demo: consumer: {e}");
+            eprintln!("demo: consumer: {}", display_chain(&e));
             return;
         }
     };
@@ -192,7 +194,7 @@ fn lagging_reader(wal: Wal<LocalDisk>, lag: Duration, stop: Arc<AtomicBool>) {
             match block_on(consumer.commit(seq)) {
                 Ok(()) | Err(Error::Consumer(_)) => {}
                 Err(Error::Closed) => return,
-                Err(e) => eprintln!("demo: warehouse commit: {e}"),
+                Err(e) => eprintln!("demo: warehouse commit: {}", display_chain(&e)),
             }
         }
         sleep_unless(&stop, Duration::from_secs(1));
@@ -206,8 +208,8 @@ fn start_archiver(wal: &Wal<LocalDisk>, archive: &Path) -> Result<Archiver<Local
         .canonicalize()
         .map_err(|e| format!("{}: {e}", archive.display()))?;
     let store =
-        ArchiveStore::open(&format!("file://{}", abs.display())).map_err(|e| e.to_string())?;
-    Archiver::start(wal, store, ArchiverOptions::default()).map_err(|e| e.to_string())
+        ArchiveStore::open(&format!("file://{}", abs.display())).map_err(|e| display_chain(&e))?;
+    Archiver::start(wal, store, ArchiverOptions::default()).map_err(|e| display_chain(&e))
 }
 
 /// One status line for `--headless`.
@@ -242,8 +244,8 @@ pub fn run(o: DemoOptions) -> Result<i32, String> {
             WhenFull::Block
         });
     }
-    let storage = LocalDisk::open(&o.dir).map_err(|e| e.to_string())?;
-    let wal = Wal::open(storage, opts).map_err(|e| e.to_string())?;
+    let storage = LocalDisk::open(&o.dir).map_err(|e| display_chain(&e))?;
+    let wal = Wal::open(storage, opts).map_err(|e| display_chain(&e))?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| e.to_string())?;
@@ -308,13 +310,13 @@ pub fn run(o: DemoOptions) -> Result<i32, String> {
     }
     if let Some(s) = shipper {
         if let Err(e) = s.shutdown() {
-            eprintln!("demo: shipper: {e}");
+            eprintln!("demo: shipper: {}", display_chain(&e));
         }
     }
     if let Some(a) = archiver {
         block_on(a.shutdown());
     }
-    block_on(wal.close()).map_err(|e| e.to_string())?;
+    block_on(wal.close()).map_err(|e| display_chain(&e))?;
     if o.headless {
         println!("{}", status_line(&wal, started));
         println!("demo: closed {} cleanly", o.dir.display());

@@ -73,6 +73,7 @@ fn render_prometheus_of_a_live_wal_passes_promtool() {
     )
     .linger(Duration::from_millis(5))
     .build()
+    .unwrap()
     .spawn_on_thread()
     .unwrap();
     let down = Shipper::builder(
@@ -90,6 +91,7 @@ fn render_prometheus_of_a_live_wal_passes_promtool() {
         open_for: Duration::from_secs(60),
     })
     .build()
+    .unwrap()
     .spawn_on_thread()
     .unwrap();
 

@@ -2,7 +2,6 @@
 //! snapshot.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use futures::channel::oneshot;
 use futures::StreamExt;
@@ -13,9 +12,7 @@ use crate::housekeeper::{self, HkMsg};
 use crate::metrics::{ConsumerMetrics, Metrics, SegmentMetrics};
 use crate::reader::{Entry, ReadStream};
 use crate::storage::Storage;
-use crate::wal::{
-    encode_checkpoint, lock, now_ms, now_us, ArchiveStatus, Inner, Wal, META_CONSUMER_PREFIX,
-};
+use crate::wal::{encode_checkpoint, lock, now_us, Inner, Wal, META_CONSUMER_PREFIX};
 
 /// A named cursor over the WAL with a durable checkpoint. After a restart it resumes
 /// right after its last [`commit`](Consumer::commit): delivery is at-least-once.
@@ -113,14 +110,18 @@ impl<S: Storage> Consumer<S> {
     /// `sink` in batches of at most `batch_max`, committing after each batch the sink
     /// accepted: the seeds' "replay unflushed entries into the primary sink, then
     /// truncate". Retention then deletes the segments everyone has committed past.
-    /// Returns the number of records replayed.
+    /// Returns the number of records replayed. A sink failure ends the replay with
+    /// [`Error::Sink`] (its error is the `source`); `batch_max` must be at least 1.
     pub async fn replay<T, F, Fut, E>(&self, batch_max: usize, mut sink: F) -> Result<u64>
     where
         T: DeserializeOwned,
         F: FnMut(Vec<Entry<T>>) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<(), E>>,
-        E: std::fmt::Display,
+        E: Into<crate::error::BoxError>,
     {
+        if batch_max == 0 {
+            return Err(Error::Config("replay: batch_max must be at least 1".into()));
+        }
         let end = self.wal.durable_seq();
         let start = self.committed() + 1;
         if start > end {
@@ -133,7 +134,7 @@ impl<S: Storage> Consumer<S> {
             let item = stream.next().await;
             let flush = match &item {
                 None => true,
-                Some(_) => batch.len() + 1 >= batch_max.max(1),
+                Some(_) => batch.len() + 1 >= batch_max,
             };
             match item {
                 Some(Ok(e)) => batch.push(e),
@@ -148,7 +149,10 @@ impl<S: Storage> Consumer<S> {
                 let len = batch.len() as u64;
                 sink(std::mem::take(&mut batch))
                     .await
-                    .map_err(|e| Error::Consumer(format!("replay sink failed: {e}")))?;
+                    .map_err(|e| Error::Sink {
+                        consumer: self.name.clone(),
+                        source: e.into(),
+                    })?;
                 self.commit(last).await?;
                 n += len;
             }
@@ -210,81 +214,6 @@ impl<S: Storage> Wal<S> {
     /// A snapshot of the WAL's figures.
     pub fn metrics(&self) -> Metrics {
         self.inner.snapshot()
-    }
-
-    /// Reports a failed delivery (for shippers).
-    pub fn record_ship_error(&self) {
-        self.inner
-            .counters
-            .ship_errors
-            .fetch_add(1, Ordering::Relaxed);
-        let mut p = lock(&self.inner.persisted);
-        p.ship_errors_total += 1;
-        drop(p);
-        self.inner.mark_counters_dirty();
-    }
-
-    /// Reports a successful delivery (for shippers).
-    pub fn record_ship_success(&self) {
-        self.inner
-            .counters
-            .last_ship_ts
-            .store(now_ms(), Ordering::Relaxed);
-    }
-
-    /// Reports records moved to a dead letter (for shippers).
-    pub fn record_dead_letter(&self, n: u64) {
-        self.inner
-            .counters
-            .dead_letter
-            .fetch_add(n, Ordering::Relaxed);
-        let mut p = lock(&self.inner.persisted);
-        p.dead_letter_total += n;
-        drop(p);
-        self.inner.mark_counters_dirty();
-    }
-
-    /// Reports a shipper's circuit-breaker state (`closed`, `open`, `half-open`).
-    pub fn record_breaker_state(&self, consumer: &str, state: &str) {
-        lock(&self.inner.breaker).insert(consumer.to_string(), state.to_string());
-    }
-
-    /// Reports a failed archive upload (for archivers).
-    pub fn record_archive_error(&self) {
-        self.inner
-            .counters
-            .archive_errors
-            .fetch_add(1, Ordering::Relaxed);
-        let mut p = lock(&self.inner.persisted);
-        p.archive_errors_total += 1;
-        drop(p);
-        self.inner.mark_counters_dirty();
-    }
-
-    /// Reports sealed segments that vanished locally (deleted by `max_age` or
-    /// `DropOldest`) before they could be archived (for archivers). Persisted, like
-    /// `archive_errors_total`.
-    pub fn record_archive_lost(&self, segments: u64) {
-        if segments == 0 {
-            return;
-        }
-        let mut p = lock(&self.inner.persisted);
-        p.archive_lost_segments_total += segments;
-        drop(p);
-        self.inner.mark_counters_dirty();
-    }
-
-    /// Reports a successful archive upload (for archivers).
-    pub fn record_archive_success(&self) {
-        self.inner
-            .counters
-            .last_archive_ts
-            .store(now_ms(), Ordering::Relaxed);
-    }
-
-    /// Installs the function the metrics call to learn the archive lag.
-    pub fn set_archive_status(&self, f: Arc<dyn Fn() -> ArchiveStatus + Send + Sync>) {
-        *lock(&self.inner.archive_status) = Some(f);
     }
 }
 

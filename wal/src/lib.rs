@@ -6,8 +6,10 @@
 //! * [`Wal<S: Storage>`](Wal) appends any `T: Serialize` (encoded with postcard, framed
 //!   with a CRC-32 and a global sequence number) and resolves each append once it is as
 //!   durable as [`Durability`] says; concurrent appenders share one fdatasync.
-//! * All I/O runs on walspool's own threads; futures are completed through `futures`
-//!   channels, so tokio, smol, async-std or `futures::executor` all drive them.
+//! * Appends, flushes and commits are done by walspool's own threads; futures are
+//!   completed through `futures` channels, so tokio, smol or `futures::executor`
+//!   (`block_on`, `LocalPool`) drive them, and the blocking calls work on any thread.
+//!   Reads `pread` on the task that polls them.
 //! * On open only the tail segment is scanned. A torn tail (bytes written after the
 //!   last fdatasync) is cut at the last good frame; damage to synced records, or a tail
 //!   that went missing, is corruption, refused or skipped and counted by
@@ -44,13 +46,17 @@
 //! # }
 //! ```
 //!
-//! The on-disk format is in [`format`] and `docs/format.md`.
+//! The on-disk format is in [`format`](mod@format) and `docs/format.md`.
 
+#![warn(missing_docs)]
+
+mod blocking;
 pub mod chain;
 pub mod consumer;
 mod cursor;
 pub mod error;
 pub mod format;
+pub mod hooks;
 mod housekeeper;
 pub mod inspect;
 pub mod memory;
@@ -68,11 +74,11 @@ mod writer;
 
 pub use chain::{verify_chain, ChainBreak, ChainReport, HmacKey};
 pub use consumer::Consumer;
-pub use error::{Error, Result};
+pub use error::{BoxError, Error, PoisonCause, Result};
 pub use memory::{Memory, MemoryCounters, Tear};
 pub use metrics::{ConsumerMetrics, Metrics, SegmentMetrics, StatsFile, STATS_FILE, STATS_SCHEMA};
 pub use options::{Durability, Options, RecoveryMode, WhenFull};
 pub use reader::{Entry, ReadStream};
 pub use schema::{Schema, UpgradeError, Versioned};
 pub use storage::{SegmentId, SegmentInfo, Storage, StorageExt};
-pub use wal::{ArchiveStatus, RetentionHook, SealListener, SealedSegment, Wal};
+pub use wal::{SealedSegment, Wal};

@@ -7,6 +7,7 @@ use crate::format::{FOOTER_LEN, FRAME_HEADER_LEN};
 
 /// When an append's future resolves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Durability {
     /// After an `fdatasync` covering the record. Concurrent appenders share one
     /// fdatasync (group commit). Survives process crash and power loss. The default.
@@ -23,6 +24,7 @@ pub enum Durability {
 
 /// What an append does when the WAL is at `max_bytes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum WhenFull {
     /// Wait (without spinning) until consumers commit and space is freed. The default:
     /// a WAL exists so that records are not lost, so it pushes back rather than drop.
@@ -41,6 +43,7 @@ pub enum WhenFull {
 /// torn tail (bytes written after the last fdatasync) is cut in both modes. See
 /// [`recovery`](crate::recovery).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum RecoveryMode {
     /// Corruption is an [`Error::Corrupt`](crate::Error) naming the segment,
     /// the byte offset and what follows; `open` changes nothing. The default.

@@ -43,7 +43,7 @@
 //! letters) hands a record of an older version to [`Versioned::upgrade`] and a record
 //! of the current version to postcard. A record that can be neither — no upgrade for
 //! its version, a version newer than the type, bytes that do not decode — is an
-//! [`Error::Schema`](crate::Error::Schema) or [`Error::Decode`](crate::Error::Decode)
+//! [`Error::Schema`] or [`Error::Decode`]
 //! naming the record, the version found and the type expected. Nothing is skipped or
 //! deleted on the way: the reader yields the error, `replay` stops on it, the shipper
 //! moves the record, bytes intact, to the dead letter, from where
@@ -184,11 +184,12 @@ impl Schema {
         if version == self.version {
             return postcard::from_bytes(bytes).map_err(|e| Error::Decode {
                 seq,
-                reason: format!(
-                    "schema version {version} as {}: {e} (did the type change without a new \
-                     Versioned::VERSION?)",
+                context: format!(
+                    "schema version {version} as {}; did the type change without a new \
+                     Versioned::VERSION?",
                     type_name()
                 ),
+                source: Box::new(e),
             });
         }
         if version > self.version {

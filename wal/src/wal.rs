@@ -236,7 +236,7 @@ pub(crate) struct State {
     pub writer_idle: bool,
     /// Which appends notify the idle writer (every append unless it lingers or dozes).
     pub wake: WakeWhen,
-    pub poisoned: Option<(String, io::ErrorKind)>,
+    pub poisoned: Option<(crate::error::PoisonCause, io::ErrorKind)>,
     pub space_wakers: Vec<Waker>,
     pub roll_requested: bool,
     pub chain: Option<ChainState>,
@@ -313,8 +313,10 @@ pub(crate) struct Inner<S: Storage> {
 /// a channel).
 pub type SealListener = Arc<dyn Fn(SealedSegment) + Send + Sync>;
 
-/// A segment that was just sealed.
+/// A sealed segment: one [`Wal::sealed_segments`] lists, or one a seal listener is
+/// told about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SealedSegment {
     /// Base sequence number (the segment's id).
     pub base_seq: u64,
@@ -648,13 +650,20 @@ impl<S: Storage> Wal<S> {
 
     /// Appends already-encoded payloads (postcard bytes of the current schema version,
     /// or any bytes when the WAL is read raw); each is stamped with the WAL's schema
-    /// version like any append. Returns the first sequence number and the count.
-    pub async fn append_payloads(&self, payloads: Vec<Vec<u8>>) -> Result<(u64, u64)> {
-        self.append_encoded(Encoded::from_vecs(
-            self.inner.opts.schema.version(),
-            payloads,
-        ))
-        .await
+    /// version like any append. Resolves with their range of sequence numbers, like
+    /// [`append_batch`](Self::append_batch).
+    pub async fn append_payloads(&self, payloads: Vec<Vec<u8>>) -> Result<std::ops::Range<u64>> {
+        if payloads.is_empty() {
+            let next = lock(&self.inner.state).next_seq;
+            return Ok(next..next);
+        }
+        let (first, n) = self
+            .append_encoded(Encoded::from_vecs(
+                self.inner.opts.schema.version(),
+                payloads,
+            ))
+            .await?;
+        Ok(first..first + n)
     }
 
     async fn append_encoded(&self, payloads: Encoded) -> Result<(u64, u64)> {
@@ -674,11 +683,31 @@ impl<S: Storage> Wal<S> {
     /// walspool's in-memory buffer is full or the WAL is at `max_bytes` with
     /// `WhenFull::Block` (back-pressure). A later failure poisons the WAL; use
     /// [`flush`](Self::flush) to learn that everything queued is durable.
+    ///
+    /// It needs no executor and works on any thread, including inside
+    /// `futures::executor::block_on` or a `LocalPool` (the thread is parked, not run as
+    /// an executor).
     pub fn append_nowait<T: Serialize + ?Sized>(&self, record: &T) -> Result<u64> {
-        let (first, _, _rx) = futures::executor::block_on(
+        let (first, _, _rx) = crate::blocking::wait(
             self.enqueue(Encoded::one(self.inner.opts.schema.version(), record)?),
         )?;
         Ok(first)
+    }
+
+    /// [`append`](Self::append) for synchronous code: blocks the calling thread until
+    /// the record is as durable as the configured [`Durability`] and returns its
+    /// sequence number. It needs no executor: call it from a plain thread, or from a
+    /// task of any executor that may block its thread (tokio's `block_in_place`, a
+    /// `LocalPool`, `futures::executor::block_on`).
+    pub fn append_blocking<T: Serialize + ?Sized>(&self, record: &T) -> Result<u64> {
+        crate::blocking::wait(self.append(record))
+    }
+
+    /// [`flush`](Self::flush) for synchronous code: blocks the calling thread until
+    /// every record appended so far is durable. Needs no executor (see
+    /// [`append_blocking`](Self::append_blocking)).
+    pub fn flush_blocking(&self) -> Result<()> {
+        crate::blocking::wait(self.flush())
     }
 
     /// Phase one of an append: wait for room, assign sequence numbers, queue the frames.
@@ -802,13 +831,18 @@ impl<S: Storage> Wal<S> {
         Ok(())
     }
 
-    /// Sequence number of the last record appended (enqueued), if any.
-    pub fn last_seq(&self) -> Option<u64> {
-        let n = lock(&self.inner.state).next_seq;
-        (n > 1).then(|| n - 1)
+    /// Sequence number of the last record appended (enqueued); 0 if none was.
+    ///
+    /// Sequence numbers start at 1, and every high-water mark walspool reports —
+    /// this, [`durable_seq`](Self::durable_seq), [`Consumer::committed`](crate::Consumer::committed),
+    /// [`ShipperStatus::committed_seq`](crate::shipper::ShipperStatus::committed_seq) —
+    /// is "every record up to this one", 0 meaning none.
+    pub fn last_seq(&self) -> u64 {
+        lock(&self.inner.state).next_seq - 1
     }
 
-    /// Sequence number of the last durable record (0 if none).
+    /// Sequence number of the last durable record; 0 if none is (see
+    /// [`last_seq`](Self::last_seq)).
     pub fn durable_seq(&self) -> u64 {
         self.inner.durable_seq.load(Ordering::Acquire)
     }
@@ -821,28 +855,17 @@ impl<S: Storage> Wal<S> {
         (durable >= first).then_some(first)
     }
 
-    /// Registers a hook that can veto retention's deletion of sealed segments.
-    pub fn add_retention_hook(&self, hook: Arc<dyn RetentionHook>) {
-        lock(&self.inner.retention_hooks).push(hook);
-    }
-
-    /// Sealed segments on disk: `(base_seq, last_seq, bytes)`, oldest first.
-    pub fn sealed_segments(&self) -> Vec<(u64, u64, u64)> {
+    /// Sealed segments on disk, oldest first.
+    pub fn sealed_segments(&self) -> Vec<SealedSegment> {
         lock(&self.inner.segments)
             .iter()
             .filter(|s| s.sealed)
-            .map(|s| (s.base, s.last_seq, s.bytes))
+            .map(|s| SealedSegment {
+                base_seq: s.base,
+                last_seq: s.last_seq,
+                bytes: s.bytes,
+            })
             .collect()
-    }
-
-    /// Calls `f` (on the writer thread) every time a segment is sealed.
-    pub fn on_sealed(&self, f: SealListener) {
-        lock(&self.inner.seal_listeners).push(f);
-    }
-
-    /// Wakes housekeeping: retention runs again (call after an archiver uploads).
-    pub fn nudge_retention(&self) {
-        housekeeper::send(&self.inner, HkMsg::Retention);
     }
 }
 
@@ -1015,7 +1038,8 @@ impl<S: Storage> Inner<S> {
     }
 
     pub(crate) fn poison(&self, op: &'static str, e: &io::Error) -> Error {
-        let cause = format!("{op} on {}: {e}", self.storage.location());
+        let cause =
+            crate::error::PoisonCause::io(format!("{op} on {}", self.storage.location()), e);
         tracing::error!(location = %self.storage.location(), error = %e, op, "WAL poisoned: refusing further appends");
         let mut st = lock(&self.state);
         if st.poisoned.is_none() {

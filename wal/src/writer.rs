@@ -80,7 +80,7 @@ pub(crate) fn writer_main<S: Storage>(inner: Arc<Inner<S>>, tail: TailState) {
                 let (c, k) = st
                     .poisoned
                     .clone()
-                    .unwrap_or((String::new(), io::ErrorKind::Other));
+                    .unwrap_or((String::new().into(), io::ErrorKind::Other));
                 let err = || Error::Poisoned {
                     cause: c.clone(),
                     kind: k,
@@ -281,7 +281,7 @@ pub(crate) fn writer_main<S: Storage>(inner: Arc<Inner<S>>, tail: TailState) {
                     other => {
                         let io = match &other {
                             Error::Io { source, .. } => {
-                                io::Error::new(source.kind(), other.to_string())
+                                io::Error::new(source.kind(), format!("{other}: {source}"))
                             }
                             _ => io::Error::other(other.to_string()),
                         };
@@ -346,7 +346,7 @@ pub(crate) fn clone_err(e: &Error) -> Error {
         },
         Error::Closed => Error::Closed,
         other => Error::Poisoned {
-            cause: other.to_string(),
+            cause: other.to_string().into(),
             kind: io::ErrorKind::Other,
         },
     }

@@ -164,7 +164,7 @@ impl Harness {
                 }
                 Err(e) => {
                     prop_assert!(
-                        e.to_string().contains("injected"),
+                        walspool_wal::error::display_chain(&e).contains("injected"),
                         "open failed without an injected fault: {e}"
                     );
                     last_err = Some(e);

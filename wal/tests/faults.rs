@@ -152,7 +152,10 @@ fn eio_on_write_poisons_without_false_ack() {
             }
             if let Err(e) = r {
                 assert!(matches!(e, Error::Poisoned { .. }), "{e}");
-                assert!(e.to_string().contains("EIO"), "{e}");
+                // The OS error is the source, printed once in the chain.
+                let chain = walspool_wal::error::display_chain(&e);
+                assert!(chain.contains("EIO"), "{chain}");
+                assert_eq!(chain.matches("EIO").count(), 1, "{chain}");
                 poisoned = true;
                 break;
             }
@@ -189,7 +192,10 @@ fn full_memory_device_gives_no_space_and_recovers() {
     assert!(!acked.is_empty());
     let again = block_on(wal.append(&rec(1))).unwrap_err();
     assert!(again.is_no_space(), "{again}");
-    assert!(again.to_string().contains("no space"), "{again}");
+    assert!(
+        walspool_wal::error::display_chain(&again).contains("no space"),
+        "{again}"
+    );
     drop(wal);
 
     // Still full: a reopen either fails with no-space or opens and refuses appends.

@@ -129,10 +129,11 @@ fn ship_all(wal: &Wal<Memory>, last: u64) -> Vec<(u64, Event)> {
     });
     let shipper = Shipper::builder(wal.consumer("ship").unwrap(), sink)
         .linger(Duration::from_millis(1))
-        .build();
+        .build()
+        .expect("valid shipper configuration");
     let running = shipper.spawn_on_thread().unwrap();
     assert!(
-        running.handle().wait_committed(last, DEADLINE),
+        running.handle().wait_committed_timeout(last, DEADLINE),
         "shipper did not reach {last}: {:?}",
         running.handle().status()
     );
@@ -279,7 +280,7 @@ fn segments_written_before_versions_were_recorded_are_version_1() {
         .collect();
     assert_eq!(got, vec![upgraded(1), upgraded(2), upgraded(3), v2(4)]);
     // The old segment took no record of the new format: it was sealed.
-    assert_eq!(wal.sealed_segments()[0].1, 3);
+    assert_eq!(wal.sealed_segments()[0].last_seq, 3);
     block_on(wal.close()).unwrap();
 }
 
@@ -330,9 +331,10 @@ fn without_an_upgrade_the_error_is_clear_and_nothing_is_lost() {
     let running = Shipper::builder(wal.consumer("ship").unwrap(), sink)
         .linger(Duration::from_millis(1))
         .build()
+        .expect("valid shipper configuration")
         .spawn_on_thread()
         .unwrap();
-    assert!(running.handle().wait_committed(N, DEADLINE));
+    assert!(running.handle().wait_committed_timeout(N, DEADLINE));
     let status = running.shutdown().unwrap();
     assert_eq!(status.dead_lettered, N);
     assert_eq!(wal.metrics().dead_letter_total, N);

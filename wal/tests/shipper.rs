@@ -196,7 +196,8 @@ fn flaky_sinks_get_every_record_at_least_once_in_order_with_two_shippers() {
     .send_timeout(Duration::from_millis(30))
     .backoff(fast_backoff())
     .breaker(quick_breaker())
-    .build();
+    .build()
+    .expect("valid shipper configuration");
     let b = Shipper::builder(
         wal.consumer("sink-b").unwrap(),
         flaky_sink(0xD1B54A32D192ED03, seen_b.clone()),
@@ -207,7 +208,8 @@ fn flaky_sinks_get_every_record_at_least_once_in_order_with_two_shippers() {
     .send_timeout(Duration::from_millis(30))
     .backoff(fast_backoff())
     .breaker(quick_breaker())
-    .build();
+    .build()
+    .expect("valid shipper configuration");
     let handle_a = a.handle();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -233,14 +235,14 @@ fn flaky_sinks_get_every_record_at_least_once_in_order_with_two_shippers() {
     appender.join().unwrap();
 
     assert!(
-        handle_a.wait_committed(total, DEADLINE),
+        handle_a.wait_committed_timeout(total, DEADLINE),
         "shipper A did not commit everything"
     );
     assert!(
-        thread_b.handle().wait_committed(total, DEADLINE),
+        thread_b.handle().wait_committed_timeout(total, DEADLINE),
         "shipper B did not commit everything"
     );
-    handle_a.shutdown();
+    handle_a.request_shutdown();
     let status_a = rt.block_on(task_a).unwrap().unwrap();
     let status_b = thread_b.shutdown().unwrap();
 
@@ -333,7 +335,8 @@ fn long_outage_opens_the_breaker_then_half_opens_and_drains_after() {
             failure_threshold: 3,
             open_for: Duration::from_millis(40),
         })
-        .build();
+        .build()
+        .expect("valid shipper configuration");
     let running = shipper.spawn_on_thread().unwrap();
     let handle = running.handle().clone();
 
@@ -375,11 +378,11 @@ fn long_outage_opens_the_breaker_then_half_opens_and_drains_after() {
 
     down.store(false, Ordering::SeqCst);
     assert!(
-        handle.wait_committed(1500, DEADLINE),
+        handle.wait_committed_timeout(1500, DEADLINE),
         "the backlog did not drain"
     );
     append(1501, 1600);
-    assert!(handle.wait_committed(1600, DEADLINE));
+    assert!(handle.wait_committed_timeout(1600, DEADLINE));
     let final_status = running.shutdown().unwrap();
 
     let expected: Vec<u64> = (1..=1600).collect();
@@ -450,23 +453,24 @@ fn poison_records_go_to_the_dead_letter_and_the_rest_flows() {
     // A record that is not a u64 at all (an over-long varint).
     let bad = futures::executor::block_on(wal.append_payloads(vec![vec![0xff; 11]]))
         .unwrap()
-        .0;
+        .start;
     let more: Vec<u64> = (bad + 1..=bad + 100).collect(); // values = sequence numbers
     futures::executor::block_on(wal.append_batch(&more)).unwrap();
-    let last = wal.last_seq().unwrap();
+    let last = wal.last_seq();
 
     let shipper = Shipper::builder(wal.consumer("picky").unwrap(), sink.clone())
         .batch_max(64)
         .linger(Duration::ZERO)
         .backoff(fast_backoff())
         .poison_attempts(3)
-        .build();
+        .build()
+        .expect("valid shipper configuration");
     let handle = shipper.handle();
     let status = futures::executor::block_on(async {
         let run = shipper.run();
         let stop = async {
-            handle.committed(last).await;
-            handle.shutdown();
+            handle.wait_committed(last).await;
+            handle.request_shutdown();
         };
         futures::join!(run, stop).0
     })
@@ -551,9 +555,10 @@ fn dead_letters_can_go_to_another_wal() {
     .backoff(fast_backoff())
     .poison_attempts(2)
     .dead_letter(Arc::new(dlq.clone()))
-    .build();
+    .build()
+    .expect("valid shipper configuration");
     let t = shipper.spawn_on_thread().unwrap();
-    assert!(t.handle().wait_committed(3, DEADLINE));
+    assert!(t.handle().wait_committed_timeout(3, DEADLINE));
     t.shutdown().unwrap();
     let letters: Vec<DeadLetter> = futures::executor::block_on(async {
         use futures::StreamExt;
@@ -607,7 +612,8 @@ fn shutdown_mid_batch_loses_nothing_and_resends_at_most_the_in_flight_batch() {
     )
     .batch_max(100)
     .linger(Duration::ZERO)
-    .build();
+    .build()
+    .expect("valid shipper configuration");
     let t = first.spawn_on_thread().unwrap();
     wait_until("a few batches went through", || {
         calls.load(Ordering::SeqCst) >= 4
@@ -631,10 +637,11 @@ fn shutdown_mid_batch_loses_nothing_and_resends_at_most_the_in_flight_batch() {
     )
     .batch_max(500)
     .linger(Duration::ZERO)
-    .build();
+    .build()
+    .expect("valid shipper configuration");
     let h: ShipperHandle = second.handle();
     let t2 = second.spawn_on_thread().unwrap();
-    assert!(h.wait_committed(2000, DEADLINE));
+    assert!(h.wait_committed_timeout(2000, DEADLINE));
     t2.shutdown().unwrap();
     let s = seen.lock().unwrap();
     assert_eq!(
@@ -653,12 +660,13 @@ fn a_closed_wal_ends_the_shipper_without_committing_what_it_cannot() {
         FnSink::new(|_: &Batch<u64>| async { Err(SinkError::transient("down")) }),
     )
     .backoff(fast_backoff())
-    .build();
+    .build()
+    .expect("valid shipper configuration");
     let handle = shipper.handle();
     let t = shipper.spawn_on_thread().unwrap();
     wait_until("a failure", || handle.status().failed_attempts > 0);
     futures::executor::block_on(wal.close()).unwrap();
-    handle.shutdown();
+    handle.request_shutdown();
     let st = t.shutdown().unwrap();
     assert_eq!(st.committed_seq, 0);
     assert!(!st.running);
@@ -668,8 +676,8 @@ fn a_closed_wal_ends_the_shipper_without_committing_what_it_cannot() {
 fn ship_errors_total_survives_a_reopen() {
     let storage = Memory::new();
     let wal = Wal::open(storage.clone(), Options::default()).unwrap();
-    wal.record_ship_error();
-    wal.record_ship_error();
+    wal.hooks().record_ship_error();
+    wal.hooks().record_ship_error();
     drop(wal);
     let wal = Wal::open(storage, Options::default()).unwrap();
     assert_eq!(wal.metrics().ship_errors_total, 2);
@@ -698,10 +706,11 @@ fn measure_noop_sink_throughput() {
             FnSink::new(|_: &Batch<(u64, String)>| async { Ok(()) }),
         )
         .batch_max(batch_max)
-        .build();
+        .build()
+        .expect("valid shipper configuration");
         let start = Instant::now();
         let t = shipper.spawn_on_thread().unwrap();
-        assert!(t.handle().wait_committed(total, DEADLINE));
+        assert!(t.handle().wait_committed_timeout(total, DEADLINE));
         let secs = start.elapsed().as_secs_f64();
         let st = t.shutdown().unwrap();
         println!(
@@ -711,4 +720,64 @@ fn measure_noop_sink_throughput() {
             st.batches_acked
         );
     }
+}
+
+/// A record that does not decode, last in the log, right after a good batch: the
+/// checkpoint moves past it once the batch is delivered, without waiting for another
+/// record (it used to stop at the batch's last record until one came).
+#[test]
+fn an_undecodable_record_at_the_end_is_committed_past() {
+    let wal = open_wal();
+    futures::executor::block_on(wal.append_batch(&[1u64, 2, 3])).unwrap();
+    let bad = futures::executor::block_on(wal.append_payloads(vec![vec![0xff; 11]]))
+        .unwrap()
+        .start;
+    let sink = FnSink::new(|_: &Batch<u64>| async { Ok(()) });
+    let t = Shipper::builder(wal.consumer("tail").unwrap(), sink)
+        .linger(Duration::from_millis(20))
+        .build()
+        .expect("valid shipper configuration")
+        .spawn_on_thread()
+        .unwrap();
+    assert!(
+        t.handle().wait_committed_timeout(bad, DEADLINE),
+        "{:?}",
+        t.handle().status()
+    );
+    let status = t.shutdown().unwrap();
+    assert_eq!(status.committed_seq, bad);
+    assert_eq!(status.dead_lettered, 1);
+    assert_eq!(wal.dead_letters("tail").unwrap().len(), 1);
+}
+
+/// Invalid settings are refused by `build`, never silently adjusted.
+#[test]
+fn shipper_builder_refuses_invalid_settings() {
+    let wal = open_wal();
+    let sink = || FnSink::new(|_: &Batch<u64>| async { Ok(()) });
+    let c = || wal.consumer("cfg").unwrap();
+    let err = |b: walspool_wal::shipper::ShipperBuilder<Memory, u64>| match b.build() {
+        Err(walspool_wal::Error::Config(m)) => m,
+        other => panic!("expected a configuration error, got {other:?}"),
+    };
+    assert!(err(Shipper::builder(c(), sink()).batch_max(0)).contains("batch_max"));
+    assert!(err(Shipper::builder(c(), sink()).batch_max_bytes(0)).contains("batch_max_bytes"));
+    assert!(err(Shipper::builder(c(), sink()).poison_attempts(0)).contains("poison_attempts"));
+    assert!(
+        err(Shipper::builder(c(), sink()).send_timeout(Duration::ZERO)).contains("send_timeout")
+    );
+    assert!(err(
+        Shipper::builder(c(), sink()).breaker(walspool_wal::shipper::Breaker {
+            failure_threshold: 0,
+            open_for: Duration::from_secs(1),
+        })
+    )
+    .contains("failure_threshold"));
+    assert!(err(Shipper::builder(c(), sink()).backoff(Backoff {
+        initial: Duration::from_secs(2),
+        max: Duration::from_secs(1),
+        max_retry_after: Duration::from_secs(1),
+    }))
+    .contains("backoff"));
+    assert!(Shipper::builder(c(), sink()).batch_max(1).build().is_ok());
 }

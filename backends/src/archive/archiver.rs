@@ -10,7 +10,8 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use serde::{Deserialize, Serialize};
 use walspool_wal::format::{SegmentFooter, SegmentHeader, FOOTER_LEN, HEADER_LEN, HEADER_MAX_LEN};
-use walspool_wal::{ArchiveStatus, RetentionHook, Storage, StorageExt, Wal};
+use walspool_wal::hooks::{ArchiveStatus, RetentionHook};
+use walspool_wal::{Storage, StorageExt, Wal};
 
 use super::store::get_range;
 use super::{ArchiveError, ArchiveStore};
@@ -104,26 +105,52 @@ impl Default for ArchiverOptions {
 const MIN_PART_SIZE: usize = 5 << 20;
 
 impl ArchiverOptions {
+    /// Every setting in range, or an [`ArchiveError::Config`] naming the one that is
+    /// not (nothing is silently adjusted).
+    pub fn validate(&self) -> Result<(), ArchiveError> {
+        let bad = |m: String| Err(ArchiveError::Config(m));
+        if self.part_size < MIN_PART_SIZE {
+            return bad(format!(
+                "part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum), got {}",
+                self.part_size
+            ));
+        }
+        if self.part_concurrency == 0 {
+            return bad("part_concurrency must be at least 1".into());
+        }
+        if self.backoff_initial > self.backoff_max {
+            return bad(format!(
+                "backoff initial ({:?}) must not exceed max ({:?})",
+                self.backoff_initial, self.backoff_max
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ArchiverOptions {
     /// Segments larger than this go up in a multipart upload (default 16 MiB).
     pub fn multipart_threshold(mut self, bytes: u64) -> Self {
         self.multipart_threshold = bytes;
         self
     }
-    /// Part size of multipart uploads (default 8 MiB; at least 5 MiB, S3's minimum).
+    /// Part size of multipart uploads (default 8 MiB; at least 5 MiB, S3's minimum,
+    /// checked by [`Archiver::start`]).
     pub fn part_size(mut self, bytes: usize) -> Self {
-        self.part_size = bytes.max(MIN_PART_SIZE);
+        self.part_size = bytes;
         self
     }
-    /// Parts of one multipart upload in flight at once (default 4).
+    /// Parts of one multipart upload in flight at once (default 4; at least 1).
     pub fn part_concurrency(mut self, n: usize) -> Self {
-        self.part_concurrency = n.max(1);
+        self.part_concurrency = n;
         self
     }
     /// Backoff after a failed upload: starts at `initial`, doubles (with jitter) up to
-    /// `max` (defaults 200 ms and 30 s). The archiver retries until it succeeds.
+    /// `max` (defaults 200 ms and 30 s; `initial` at most `max`). The archiver
+    /// retries until it succeeds.
     pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
         self.backoff_initial = initial;
-        self.backoff_max = max.max(initial);
+        self.backoff_max = max;
         self
     }
     /// After each upload, read the whole object back and compare its CRC-32 with the
@@ -282,6 +309,7 @@ impl<S: Storage> Archiver<S> {
         store: ArchiveStore,
         opts: ArchiverOptions,
     ) -> Result<Self, ArchiveError> {
+        opts.validate()?;
         let through = load_state(wal.storage(), store.identity())?;
         if through > wal.durable_seq() {
             // The archive holds records the local log no longer has: its tail is gone.
@@ -306,7 +334,8 @@ impl<S: Storage> Archiver<S> {
         {
             let mut t = lock(&shared.tracked);
             t.stats.archived_through_seq = through;
-            for (base, last, bytes) in wal.sealed_segments() {
+            for s in wal.sealed_segments() {
+                let (base, last, bytes) = (s.base_seq, s.last_seq, s.bytes);
                 if last > through {
                     t.sealed.insert(base, (last, bytes));
                 }
@@ -314,15 +343,16 @@ impl<S: Storage> Archiver<S> {
         }
         // The closures registered on the WAL hold `Shared`, never the WAL (no cycle).
         let s = shared.clone();
-        wal.on_sealed(Arc::new(move |seg| {
+        wal.hooks().on_sealed(Arc::new(move |seg| {
             lock(&s.tracked)
                 .sealed
                 .insert(seg.base_seq, (seg.last_seq, seg.bytes));
             s.wake.notify_one();
         }));
-        wal.add_retention_hook(Arc::new(Hook(shared.clone())));
+        wal.hooks()
+            .add_retention_hook(Arc::new(Hook(shared.clone())));
         let s = shared.clone();
-        wal.set_archive_status(Arc::new(move || s.status()));
+        wal.hooks().set_archive_status(Arc::new(move || s.status()));
 
         let (done_tx, done_rx) = oneshot::channel();
         let worker = Worker {
@@ -336,7 +366,7 @@ impl<S: Storage> Archiver<S> {
             let _ = done_tx.send(());
         });
         // Segments archived before a restart may now be deleted.
-        wal.nudge_retention();
+        wal.hooks().nudge_retention();
         Ok(Archiver {
             shared,
             wal: wal.clone(),
@@ -407,7 +437,7 @@ impl<S: Storage> Archiver<S> {
             .wal
             .sealed_segments()
             .iter()
-            .map(|s| s.1)
+            .map(|s| s.last_seq)
             .max()
             .unwrap_or(0)
             .max(
@@ -490,7 +520,12 @@ impl<S: Storage> Worker<S> {
             // sealed in the list before the seal listener records it here, so whatever
             // is known here and missing from the list read next was deleted.
             let known = lock(&self.shared.tracked).sealed.clone();
-            let sealed = self.wal.sealed_segments();
+            let sealed: Vec<(u64, u64, u64)> = self
+                .wal
+                .sealed_segments()
+                .iter()
+                .map(|s| (s.base_seq, s.last_seq, s.bytes))
+                .collect();
             let next = sealed.iter().find(|s| s.1 > through).copied();
             {
                 let mut t = lock(&self.shared.tracked);
@@ -562,15 +597,15 @@ impl<S: Storage> Worker<S> {
                         t.stats.last_error = None;
                     }
                     tracing::debug!(key = %key, "archived segment");
-                    self.wal.record_archive_success();
+                    self.wal.hooks().record_archive_success();
                     self.shared.advance(last);
-                    self.wal.nudge_retention();
+                    self.wal.hooks().nudge_retention();
                     backoff = self.opts.backoff_initial;
                     attempt = 0;
                 }
                 Err(e) => {
                     attempt += 1;
-                    self.wal.record_archive_error();
+                    self.wal.hooks().record_archive_error();
                     {
                         let mut t = lock(&self.shared.tracked);
                         t.stats.errors += 1;
@@ -618,7 +653,7 @@ impl<S: Storage> Worker<S> {
         }
         let n = lost.len() as u64;
         lock(&self.shared.tracked).stats.lost_segments += n;
-        self.wal.record_archive_lost(n);
+        self.wal.hooks().record_archive_lost(n);
         let through = lost.iter().map(|l| l.1).max().unwrap_or(0);
         // Persist the point past them, so that a restart neither counts them again nor
         // stops at the hole. If that fails, the next recorded upload persists it.
@@ -630,7 +665,7 @@ impl<S: Storage> Worker<S> {
             Err(e) => tracing::warn!(error = %e, "archive state task failed"),
         }
         self.shared.advance(through);
-        self.wal.nudge_retention();
+        self.wal.hooks().nudge_retention();
     }
 
     /// Resolves once the archiver is told to stop (wake-ups for other reasons loop).

@@ -91,7 +91,7 @@ impl ArchiveError {
 impl std::fmt::Display for ArchiveError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ArchiveError::Store { op, key, source } => write!(f, "object store {op} of {key} failed: {source}"),
+            ArchiveError::Store { op, key, .. } => write!(f, "object store {op} of {key} failed"),
             ArchiveError::Verify { key, reason } => write!(f, "archived object {key} failed verification: {reason}"),
             ArchiveError::Corrupt {
                 segment,
@@ -103,7 +103,7 @@ impl std::fmt::Display for ArchiveError {
                 "records {expected}..{resumed_at} are neither archived nor on local disk; resuming at {resumed_at}"
             ),
             ArchiveError::Config(m) => write!(f, "archive configuration: {m}"),
-            ArchiveError::Io { op, path, source } => write!(f, "{op} failed on {path}: {source}"),
+            ArchiveError::Io { op, path, .. } => write!(f, "{op} failed on {path}"),
             ArchiveError::Wal(e) => write!(f, "{e}"),
             ArchiveError::Runtime(m) => write!(f, "archive runtime: {m}"),
         }
@@ -115,7 +115,8 @@ impl std::error::Error for ArchiveError {
         match self {
             ArchiveError::Store { source, .. } => Some(source),
             ArchiveError::Io { source, .. } => Some(source),
-            ArchiveError::Wal(e) => Some(e),
+            // Transparent: it displays as the WAL error, so its source is that error's.
+            ArchiveError::Wal(e) => e.source(),
             _ => None,
         }
     }

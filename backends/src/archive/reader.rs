@@ -241,7 +241,8 @@ fn decode<T: DeserializeOwned>(e: Entry<Vec<u8>>) -> Result<Entry<T>, ArchiveErr
     let record = postcard::from_bytes(&e.record).map_err(|err| {
         ArchiveError::Wal(walspool_wal::Error::Decode {
             seq: e.seq,
-            reason: err.to_string(),
+            context: String::new(),
+            source: Box::new(err),
         })
     })?;
     Ok(Entry {

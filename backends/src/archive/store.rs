@@ -116,7 +116,10 @@ impl std::fmt::Debug for StoreOptions {
             })
             .collect();
         f.debug_struct("StoreOptions")
-            .field("endpoint", &self.endpoint)
+            .field(
+                "endpoint",
+                &self.endpoint.as_deref().map(crate::redact::redact_url),
+            )
             .field("allow_http", &self.allow_http)
             .field("region", &self.region)
             .field("access_key_id", &self.access_key_id)

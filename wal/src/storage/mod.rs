@@ -2,6 +2,8 @@
 
 use std::io;
 
+pub mod conformance;
+
 /// A segment is named by the sequence number of its first record (its base).
 pub type SegmentId = u64;
 
@@ -126,53 +128,63 @@ pub trait StorageExt: Storage {
 
 impl<S: Storage + ?Sized> StorageExt for S {}
 
-impl<S: Storage> Storage for std::sync::Arc<S> {
-    fn list_segments(&self) -> io::Result<Vec<SegmentInfo>> {
-        (**self).list_segments()
-    }
-    fn create_segment(&self, id: SegmentId) -> io::Result<()> {
-        (**self).create_segment(id)
-    }
-    fn write_at(&self, id: SegmentId, offset: u64, data: &[u8]) -> io::Result<()> {
-        (**self).write_at(id, offset, data)
-    }
-    fn sync(&self, id: SegmentId) -> io::Result<()> {
-        (**self).sync(id)
-    }
-    fn read_at(&self, id: SegmentId, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        (**self).read_at(id, offset, buf)
-    }
-    fn truncate(&self, id: SegmentId, len: u64) -> io::Result<()> {
-        (**self).truncate(id, len)
-    }
-    fn remove_segment(&self, id: SegmentId) -> io::Result<()> {
-        (**self).remove_segment(id)
-    }
-    fn get_meta(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
-        (**self).get_meta(key)
-    }
-    fn put_meta(&self, key: &str, value: &[u8]) -> io::Result<()> {
-        (**self).put_meta(key, value)
-    }
-    fn remove_meta(&self, key: &str) -> io::Result<()> {
-        (**self).remove_meta(key)
-    }
-    fn list_meta(&self, prefix: &str) -> io::Result<Vec<String>> {
-        (**self).list_meta(prefix)
-    }
-    fn publish(&self, name: &str, value: &[u8]) -> io::Result<()> {
-        (**self).publish(name, value)
-    }
-    fn release(&self) {
-        (**self).release()
-    }
-    fn preallocate(&self, id: SegmentId, len: u64) -> io::Result<()> {
-        (**self).preallocate(id, len)
-    }
-    fn segment_name(&self, id: SegmentId) -> String {
-        (**self).segment_name(id)
-    }
-    fn location(&self) -> String {
-        (**self).location()
-    }
+/// Forwards every method, defaults included, to the storage behind a pointer: `Arc<S>`,
+/// `Box<S>`, and so `Arc<dyn Storage>` and `Box<dyn Storage>`, which make
+/// `Wal<Box<dyn Storage>>` a WAL whose backend is chosen at run time.
+macro_rules! forward_storage {
+    ($($ptr:ident)::+) => {
+        impl<S: Storage + ?Sized> Storage for $($ptr)::+<S> {
+            fn list_segments(&self) -> io::Result<Vec<SegmentInfo>> {
+                (**self).list_segments()
+            }
+            fn create_segment(&self, id: SegmentId) -> io::Result<()> {
+                (**self).create_segment(id)
+            }
+            fn write_at(&self, id: SegmentId, offset: u64, data: &[u8]) -> io::Result<()> {
+                (**self).write_at(id, offset, data)
+            }
+            fn sync(&self, id: SegmentId) -> io::Result<()> {
+                (**self).sync(id)
+            }
+            fn read_at(&self, id: SegmentId, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+                (**self).read_at(id, offset, buf)
+            }
+            fn truncate(&self, id: SegmentId, len: u64) -> io::Result<()> {
+                (**self).truncate(id, len)
+            }
+            fn remove_segment(&self, id: SegmentId) -> io::Result<()> {
+                (**self).remove_segment(id)
+            }
+            fn get_meta(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
+                (**self).get_meta(key)
+            }
+            fn put_meta(&self, key: &str, value: &[u8]) -> io::Result<()> {
+                (**self).put_meta(key, value)
+            }
+            fn remove_meta(&self, key: &str) -> io::Result<()> {
+                (**self).remove_meta(key)
+            }
+            fn list_meta(&self, prefix: &str) -> io::Result<Vec<String>> {
+                (**self).list_meta(prefix)
+            }
+            fn publish(&self, name: &str, value: &[u8]) -> io::Result<()> {
+                (**self).publish(name, value)
+            }
+            fn release(&self) {
+                (**self).release()
+            }
+            fn preallocate(&self, id: SegmentId, len: u64) -> io::Result<()> {
+                (**self).preallocate(id, len)
+            }
+            fn segment_name(&self, id: SegmentId) -> String {
+                (**self).segment_name(id)
+            }
+            fn location(&self) -> String {
+                (**self).location()
+            }
+        }
+    };
 }
+
+forward_storage!(std::sync::Arc);
+forward_storage!(Box);
