@@ -693,18 +693,20 @@ mod tests {
             writer: Writer::Running { pid: 7 },
             stats_written_ms: written,
             interval_ms: 500,
-            metrics: Metrics {
-                appended_records_total: appended,
-                ship_errors_total: errors,
-                backlog_records: backlog,
-                consumers: vec![ConsumerMetrics {
-                    name: "c".into(),
-                    committed_seq: appended.saturating_sub(backlog),
-                    backlog_records: backlog,
-                    backlog_bytes: backlog * 10,
-                    ..ConsumerMetrics::default()
-                }],
-                ..Metrics::default()
+            metrics: {
+                let mut v = Metrics::default();
+                v.appended_records_total = appended;
+                v.ship_errors_total = errors;
+                v.backlog_records = backlog;
+                v.consumers = vec![{
+                    let mut v = ConsumerMetrics::default();
+                    v.name = "c".into();
+                    v.committed_seq = appended.saturating_sub(backlog);
+                    v.backlog_records = backlog;
+                    v.backlog_bytes = backlog * 10;
+                    v
+                }];
+                v
             },
             from_disk: false,
             oldest_unshipped_ts_ms: if backlog > 0 { written - 1_000 } else { 0 },

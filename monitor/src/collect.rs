@@ -444,12 +444,13 @@ pub fn apply_disk(m: &mut Metrics, d: &DiskState) {
     m.consumers = d
         .consumers
         .iter()
-        .map(|(name, c)| ConsumerMetrics {
-            name: name.clone(),
-            committed_seq: *c,
-            backlog_records: d.records_after(*c),
-            backlog_bytes: d.bytes_after(*c),
-            ..ConsumerMetrics::default()
+        .map(|(name, c)| {
+            let mut v = ConsumerMetrics::default();
+            v.name = name.clone();
+            v.committed_seq = *c;
+            v.backlog_records = d.records_after(*c);
+            v.backlog_bytes = d.bytes_after(*c);
+            v
         })
         .collect();
     let archived: Vec<(String, bool)> = m
@@ -460,13 +461,15 @@ pub fn apply_disk(m: &mut Metrics, d: &DiskState) {
     m.segments = d
         .segments
         .iter()
-        .map(|s| SegmentMetrics {
-            file: s.name.clone(),
-            first_seq: s.id,
-            last_seq: s.seqs.map_or(s.id.saturating_sub(1), |x| x.1),
-            bytes: s.len,
-            sealed: s.footer.is_some(),
-            archived: archived.iter().any(|(f, a)| *a && f == &s.name),
+        .map(|s| {
+            let mut v = SegmentMetrics::default();
+            v.file = s.name.clone();
+            v.first_seq = s.id;
+            v.last_seq = s.seqs.map_or(s.id.saturating_sub(1), |x| x.1);
+            v.bytes = s.len;
+            v.sealed = s.footer.is_some();
+            v.archived = archived.iter().any(|(f, a)| *a && f == &s.name);
+            v
         })
         .collect();
 }

@@ -14,61 +14,66 @@ use crate::view;
 const NOW: u64 = 1_795_000_000_000; // 2026-11-18 11:06:40 UTC
 
 fn metrics(dropped: u64, breaker: &str) -> Metrics {
-    let seg = |base: u64, last: u64, bytes: u64, sealed: bool, archived: bool| SegmentMetrics {
-        file: format!("/var/lib/orders/{base:020}.wal"),
-        first_seq: base,
-        last_seq: last,
-        bytes,
-        sealed,
-        archived,
+    let seg = |base: u64, last: u64, bytes: u64, sealed: bool, archived: bool| {
+        let mut v = SegmentMetrics::default();
+        v.file = format!("/var/lib/orders/{base:020}.wal");
+        v.first_seq = base;
+        v.last_seq = last;
+        v.bytes = bytes;
+        v.sealed = sealed;
+        v.archived = archived;
+        v
     };
-    Metrics {
-        backlog_records: 1_234,
-        backlog_bytes: 118_000,
-        ship_errors_total: 17,
-        dropped_records_total: dropped,
-        last_ship_ts: NOW - 2_500,
-        current_file: format!("/var/lib/orders/{:020}.wal", 4_001),
-        current_offset: 96_512,
-        wal_id: "5f3a9c0d11e2b7a4".into(),
-        first_seq: 1_001,
-        last_seq: 5_234,
-        durable_seq: 5_234,
-        appended_records_total: 4_000,
-        appended_bytes_total: 380_000,
-        fsyncs_total: 900,
-        fsync_p50_us: 420,
-        fsync_p99_us: 3_900,
-        segment_count: 4,
-        disk_bytes: 401_000,
-        breaker_state: breaker.into(),
-        archive_lag_segments: 1,
-        archive_lag_bytes: 102_400,
-        archiving: true,
-        consumers: vec![
-            ConsumerMetrics {
-                name: "audit-sink".into(),
-                committed_seq: 4_000,
-                backlog_records: 1_234,
-                backlog_bytes: 118_000,
-                breaker_state: breaker.into(),
-                ..ConsumerMetrics::default()
+    {
+        let mut v = Metrics::default();
+        v.backlog_records = 1_234;
+        v.backlog_bytes = 118_000;
+        v.ship_errors_total = 17;
+        v.dropped_records_total = dropped;
+        v.last_ship_ts = NOW - 2_500;
+        v.current_file = format!("/var/lib/orders/{:020}.wal", 4_001);
+        v.current_offset = 96_512;
+        v.wal_id = "5f3a9c0d11e2b7a4".into();
+        v.first_seq = 1_001;
+        v.last_seq = 5_234;
+        v.durable_seq = 5_234;
+        v.appended_records_total = 4_000;
+        v.appended_bytes_total = 380_000;
+        v.fsyncs_total = 900;
+        v.fsync_p50_us = 420;
+        v.fsync_p99_us = 3_900;
+        v.segment_count = 4;
+        v.disk_bytes = 401_000;
+        v.breaker_state = breaker.into();
+        v.archive_lag_segments = 1;
+        v.archive_lag_bytes = 102_400;
+        v.archiving = true;
+        v.consumers = vec![
+            {
+                let mut v = ConsumerMetrics::default();
+                v.name = "audit-sink".into();
+                v.committed_seq = 4_000;
+                v.backlog_records = 1_234;
+                v.backlog_bytes = 118_000;
+                v.breaker_state = breaker.into();
+                v
             },
-            ConsumerMetrics {
-                name: "warehouse".into(),
-                committed_seq: 5_200,
-                backlog_records: 34,
-                backlog_bytes: 3_300,
-                ..ConsumerMetrics::default()
+            {
+                let mut v = ConsumerMetrics::default();
+                v.name = "warehouse".into();
+                v.committed_seq = 5_200;
+                v.backlog_records = 34;
+                v.backlog_bytes = 3_300;
+                v
             },
-        ],
-        segments: vec![
+        ];
+        v.segments = vec![
             seg(1_001, 2_000, 102_400, true, true),
             seg(2_001, 3_000, 102_400, true, true),
             seg(3_001, 4_000, 102_400, true, false),
             seg(4_001, 5_234, 96_512, false, false),
-        ],
-        ..Metrics::default()
+        ];
+        v
     }
 }
 

@@ -14,6 +14,7 @@ pub const STATS_FILE: &str = "stats.json";
 
 /// Per-consumer figures.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ConsumerMetrics {
     /// Consumer name.
     pub name: String,
@@ -37,6 +38,7 @@ pub struct ConsumerMetrics {
 
 /// One segment, as listed in the metrics.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct SegmentMetrics {
     /// File name.
     pub file: String,
@@ -55,6 +57,7 @@ pub struct SegmentMetrics {
 
 /// A snapshot of a WAL's state. The first seven fields are ADR-0017's metrics.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Metrics {
     /// Records not yet committed by the slowest consumer (all records when there is none).
     pub backlog_records: u64,
@@ -143,6 +146,7 @@ pub const FSYNC_BUCKETS_US: [u64; 18] = [
 
 /// A latency histogram, Prometheus style.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct LatencyHistogram {
     /// Upper bounds of the buckets, µs, ascending.
     pub bounds_us: Vec<u64>,
