@@ -23,7 +23,7 @@ use crate::view;
 
 /// Runs discovery and the collectors in one thread: every `every`, one snapshot per
 /// WAL; every `rescan` (and at the start), the roots are searched again and an
-/// [`Event::Wals`](crate::app::Event::Wals) is sent when the set changed. Sends events
+/// [`Event::Wals`] is sent when the set changed. Sends events
 /// until the receiver is gone.
 pub fn spawn_fleet(
     roots: Vec<PathBuf>,
