@@ -26,6 +26,8 @@ pub mod client;
 pub mod file;
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod local;
 #[cfg(feature = "nats")]
 pub mod nats;
