@@ -10,8 +10,8 @@
 //!   (a second shipper over the same WAL) doubles the topic and de-duplication by key
 //!   gives back the same 100,000; single batches from other executors (smol, a caller's
 //!   tokio runtime);
-//! * key partitioning (Kafka's murmur2, as the Java client), postcard values and every
-//!   compression codec;
+//! * key partitioning (Kafka's murmur2, as the Java client), postcard values and the
+//!   compression codecs tansu reads back (none, gzip, lz4, zstd);
 //! * topics created or checked; errors classified (missing topic, bad kind, a message
 //!   too large, nothing listening);
 //! * broker outage: this test's own tansu (on another port) is SIGKILLed mid-stream
@@ -50,6 +50,13 @@ fn rec(n: u64) -> Rec {
         msg: format!("record number {n}"),
     }
 }
+
+/// Partitions of the big tests' topics. tansu's SQLite store answers a fetch in time
+/// linear in what is left of the partition (and per record), so a partition of tens of
+/// thousands of records cannot be read back in reasonable time: the tests spread
+/// records over many partitions (Kafka's key partitioner over the unique idempotency
+/// keys) and check WAL order within each.
+const PARTS: i32 = 32;
 
 /// The shared broker's address, or `None` (skip) outside CI.
 fn brokers() -> Option<String> {
@@ -147,9 +154,21 @@ async fn fetch_topic(brokers: &str, topic: &str) -> Vec<Got> {
             .unwrap();
         let high = pc.get_offset(OffsetAt::Latest).await.unwrap();
         let mut off = pc.get_offset(OffsetAt::Earliest).await.unwrap();
+        let mut empty = 0;
         while off < high {
-            let (recs, _hw) = pc.fetch_records(off, 1..8_000_000, 1_000).await.unwrap();
-            assert!(!recs.is_empty(), "{topic}/{p}: nothing at {off} < {high}");
+            let (recs, _hw) = tokio::time::timeout(
+                Duration::from_secs(20),
+                pc.fetch_records(off, 1..500_000, 500),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("{topic}/{p}: fetch at {off} (of {high}) hangs"))
+            .unwrap();
+            if recs.is_empty() {
+                empty += 1;
+                assert!(empty < 20, "{topic}/{p}: nothing at {off} < {high}");
+                continue;
+            }
+            empty = 0;
             for r in recs {
                 assert!(r.offset >= off, "{topic}/{p}: offset {} < {off}", r.offset);
                 off = r.offset + 1;
@@ -286,7 +305,8 @@ fn hundred_thousand_records_arrive_in_order_with_headers_and_redelivery_dedups_b
     let build = || {
         KafkaSink::builder(&brokers)
             .topic_per_kind(&prefix)
-            .partitions(3)
+            .partitions(PARTS)
+            .partitioning(Partitioning::Key)
             .build()
             .unwrap()
     };
@@ -301,15 +321,16 @@ fn hundred_thousand_records_arrive_in_order_with_headers_and_redelivery_dedups_b
     assert!(running.handle().wait_committed(N, Duration::from_secs(300)));
     running.shutdown().unwrap();
     let took = t.elapsed();
+    eprintln!("bulk: shipped {N} in {took:?}; reading back");
 
     let got = read_all(&brokers, &kinds(&prefix));
     assert_eq!(got.len() as u64, N, "messages in the topics");
     let dups = assert_complete(&got, wal.id(), per_kind(&prefix), N, since);
     assert_eq!(dups, 0);
-    // WalId partitioning: one partition per topic holds the WAL's records.
+    // Key partitioning over unique keys: every partition of both topics is used.
     let parts: std::collections::BTreeSet<(String, i32)> =
         got.iter().map(|g| (g.topic.clone(), g.partition)).collect();
-    assert_eq!(parts.len(), 2, "{parts:?}");
+    assert_eq!(parts.len(), 2 * PARTS as usize, "{parts:?}");
     let st = metrics.snapshot();
     assert_eq!(st.stored, N);
     assert_eq!(st.in_flight, 0);
@@ -361,7 +382,7 @@ fn hundred_thousand_records_arrive_in_order_with_headers_and_redelivery_dedups_b
 }
 
 #[test]
-fn key_partitioning_postcard_and_every_compression() {
+fn key_partitioning_postcard_and_compression() {
     let Some(brokers) = brokers() else { return };
     let prefix = prefix("codec");
     let wal_id = "w-codec";
@@ -369,7 +390,8 @@ fn key_partitioning_postcard_and_every_compression() {
     for (i, c) in [
         Compression::None,
         Compression::Gzip,
-        Compression::Snappy,
+        // Not Snappy: tansu 0.6 stores a Snappy batch but fails every fetch of it
+        // (`UnexpectedType("Snappy")` in its log), so no consumer could read it back.
         Compression::Lz4,
         Compression::Zstd,
     ]
@@ -415,7 +437,7 @@ fn key_partitioning_postcard_and_every_compression() {
         let used: std::collections::BTreeSet<i32> = got.iter().map(|g| g.partition).collect();
         assert!(used.len() > 1, "{used:?}");
     }
-    assert_eq!(n, 2500);
+    assert_eq!(n, 2000);
 }
 
 /// Kafka's `Utils.murmur2`, written out again here from the Java source so the test
@@ -610,6 +632,8 @@ fn broker_sigkilled_mid_stream_and_restarted_loses_nothing() {
     wal.consumer("kafka").unwrap();
     let sink = KafkaSink::builder(&brokers)
         .topic_per_kind(&prefix)
+        .partitions(PARTS)
+        .partitioning(Partitioning::Key)
         .connect_timeout(Duration::from_millis(500))
         .ack_timeout(Duration::from_secs(1))
         .build()
@@ -718,6 +742,8 @@ fn kafka_kill_child() {
     .unwrap();
     let sink = KafkaSink::builder(var("WALSPOOL_KAFKA_BROKERS"))
         .topic(var("WALSPOOL_KAFKA_KILL_TOPIC"))
+        .partitions(PARTS)
+        .partitioning(Partitioning::Key)
         .build()
         .unwrap();
     let t = Shipper::<_, Rec>::builder(wal.consumer("kafka").unwrap(), sink)
@@ -772,7 +798,11 @@ fn shipper_sigkilled_mid_stream_and_restarted_loses_nothing() {
         wal.id().to_string()
     };
     // The topic exists before the child starts, so the test can watch it fill.
-    let mut s = KafkaSink::builder(&brokers).topic(&topic).build().unwrap();
+    let mut s = KafkaSink::builder(&brokers)
+        .topic(&topic)
+        .partitions(PARTS)
+        .build()
+        .unwrap();
     futures::executor::block_on(s.check()).unwrap();
     drop(s);
 
