@@ -21,8 +21,9 @@
 # its own root so that a `tansu` built otherwise on PATH is not picked up by mistake:
 #   cargo install tansu --locked --version 0.6.0 --features libsql --root $WALSPOOL_TANSU_ROOT
 # (default root ${CARGO_HOME:-~/.cargo}/walspool-tansu-0.6.0). Building it takes about
-# 12 minutes on 2 cores (about 450 crates, SQLite's C source among them); the installed
-# binary is reused afterwards. WALSPOOL_KAFKA_SERVER set to a tansu binary skips all that.
+# 12 minutes on 2 idle cores (about 415 crates, SQLite's C source among them; 45 minutes
+# when measured on 2 cores shared with other builds); the installed binary is reused
+# afterwards. WALSPOOL_KAFKA_SERVER set to a tansu binary skips all that.
 
 TANSU_VERSION=0.6.0
 
@@ -66,6 +67,7 @@ _kafka_main() {
                 return 1
             fi
             echo "kafka.sh: installing tansu $TANSU_VERSION (sqlite storage) into $root; this takes ~12 min" >&2
+            mkdir -p "$root" || return 1
             # The package's own Cargo.lock (--locked); a target dir of its own so the
             # project's build cache is not touched.
             CARGO_TARGET_DIR="$root/target" cargo install tansu --locked --version "$TANSU_VERSION" \
