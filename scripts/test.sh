@@ -22,6 +22,13 @@
 # scripts/nats.sh and stopped at exit; the NATS sink's tests find it through
 # WALSPOOL_NATS_URL and the binary through WALSPOOL_NATS_SERVER (the outage test runs
 # its own instance on another port); without them they skip loudly, and fail with CI=true.
+# Kafka: tansu (a Kafka-protocol broker in Rust from crates.io; Apache Kafka itself is not
+# in the registries) is installed by scripts/kafka.sh if missing — `cargo install tansu
+# --locked --version 0.6.0 --features libsql`, about 12 minutes on 2 cores, once — and
+# started on 127.0.0.1:$WALSPOOL_KAFKA_PORT (default 59092), its SQLite store in a temp
+# dir, and stopped at exit; the Kafka sink's tests find it through WALSPOOL_KAFKA_BROKERS
+# and the binary through WALSPOOL_KAFKA_SERVER (the outage test runs its own instance on
+# another port); without them they skip loudly, and fail with CI=true.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,7 +61,11 @@ if [ -z "${WALSPOOL_S3_ENDPOINT:-}" ]; then
 fi
 started_pg=""
 started_nats=""
+started_kafka=""
 cleanup() {
+    if [ -n "$started_kafka" ]; then
+        scripts/kafka.sh stop "$WALSPOOL_KAFKA_PORT" >/dev/null 2>&1 || true
+    fi
     if [ -n "$started_nats" ]; then
         scripts/nats.sh stop "$WALSPOOL_NATS_PORT" >/dev/null 2>&1 || true
     fi
@@ -81,5 +92,12 @@ fi
 # shellcheck source=nats.sh
 . scripts/nats.sh start "$WALSPOOL_NATS_PORT"
 
-echo "test.sh: S3 endpoint $WALSPOOL_S3_ENDPOINT, PostgreSQL $WALSPOOL_PG_URL, NATS $WALSPOOL_NATS_URL" >&2
+export WALSPOOL_KAFKA_PORT="${WALSPOOL_KAFKA_PORT:-59092}"
+if ! scripts/kafka.sh status "$WALSPOOL_KAFKA_PORT"; then
+    started_kafka=1
+fi
+# shellcheck source=kafka.sh
+. scripts/kafka.sh start "$WALSPOOL_KAFKA_PORT"
+
+echo "test.sh: S3 endpoint $WALSPOOL_S3_ENDPOINT, PostgreSQL $WALSPOOL_PG_URL, NATS $WALSPOOL_NATS_URL, Kafka $WALSPOOL_KAFKA_BROKERS" >&2
 cargo test --workspace --all-features --no-fail-fast "$@"

@@ -9,6 +9,11 @@
 //! the same run ends with the NATS JetStream sink into a loopback `nats-server -js`
 //! (a stream of its own; "MB on the wire" is then the bytes the stream stores:
 //! payloads, headers and subjects).
+//!
+//! With `--features http,otlp,kafka` and `WALSPOOL_KAFKA_BROKERS` set (scripts/kafka.sh
+//! start), it also measures the Kafka sink into a loopback tansu broker (a topic of its
+//! own, one partition; "MB on the wire" is then the key, value and header bytes the
+//! broker acknowledged, before the protocol's framing).
 
 #![cfg(all(feature = "http", feature = "otlp"))]
 
@@ -240,5 +245,48 @@ fn measure_shipping_throughput() {
             );
         }
         Err(_) => eprintln!("WALSPOOL_NATS_URL unset: NATS not measured"),
+    }
+    #[cfg(feature = "kafka")]
+    match std::env::var("WALSPOOL_KAFKA_BROKERS") {
+        Ok(brokers) => {
+            use rskafka::client::partition::{OffsetAt, UnknownTopicHandling};
+            let topic = format!("measure{}.event", std::process::id());
+            let sink = walspool_backends::kafka::KafkaSink::builder(&brokers)
+                .topic(&topic)
+                .build()
+                .unwrap();
+            let metrics = sink.metrics();
+            let (secs, _) = run("kafka", Box::new(sink));
+            let rate = total as f64 / secs;
+            let n = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    let c = rskafka::client::ClientBuilder::new(vec![brokers.clone()])
+                        .build()
+                        .await
+                        .unwrap();
+                    let pc = c
+                        .partition_client(topic.as_str(), 0, UnknownTopicHandling::Retry)
+                        .await
+                        .unwrap();
+                    let n = pc.get_offset(OffsetAt::Latest).await.unwrap();
+                    let _ = c
+                        .controller_client()
+                        .unwrap()
+                        .delete_topic(topic.as_str(), 5000)
+                        .await;
+                    n
+                });
+            assert_eq!(n as u64, total, "Kafka topic");
+            let mb = metrics.snapshot().stored_bytes as f64 / 1e6;
+            println!(
+                "| Kafka (tansu, SQLite store), JSON, acks=all | {total} | {secs:.2} | {rate:.0} | {:.2}x | {mb:.1} ({:.1} MB/s) |",
+                rate / noop,
+                mb / secs
+            );
+        }
+        Err(_) => eprintln!("WALSPOOL_KAFKA_BROKERS unset: Kafka not measured"),
     }
 }
