@@ -129,7 +129,7 @@
 //! // Fail fast on a wrong address or credentials (a transient error: unreachable).
 //! futures::executor::block_on(sink.check())?;
 //! let metrics = sink.metrics();
-//! let shipper = Shipper::<_, serde_json::Value>::builder(wal.consumer("kafka")?, sink).build();
+//! let shipper = Shipper::<_, serde_json::Value>::builder(wal.consumer("kafka")?, sink).build()?;
 //! let running = shipper.spawn_on_thread()?;
 //! // ... append records; on the way out:
 //! running.shutdown()?;

@@ -322,9 +322,12 @@ fn hundred_thousand_records_acknowledged_and_held_read_back_on_request() {
     let t = Instant::now();
     let running = Shipper::<_, Rec>::builder(wal.consumer("kafka").unwrap(), sink)
         .build()
+        .expect("valid shipper config")
         .spawn_on_thread()
         .unwrap();
-    assert!(running.handle().wait_committed(N, Duration::from_secs(300)));
+    assert!(running
+        .handle()
+        .wait_committed_timeout(N, Duration::from_secs(300)));
     running.shutdown().unwrap();
     let took = t.elapsed();
     eprintln!("bulk: shipped {N} in {took:?}; reading back");
@@ -385,9 +388,12 @@ fn hundred_thousand_records_acknowledged_and_held_read_back_on_request() {
     let m2 = sink2.metrics();
     let running = Shipper::<_, Rec>::builder(wal.consumer("again").unwrap(), sink2)
         .build()
+        .expect("valid shipper config")
         .spawn_on_thread()
         .unwrap();
-    assert!(running.handle().wait_committed(N, Duration::from_secs(300)));
+    assert!(running
+        .handle()
+        .wait_committed_timeout(N, Duration::from_secs(300)));
     running.shutdown().unwrap();
     assert_eq!(m2.snapshot().stored, N);
 
@@ -687,6 +693,7 @@ fn broker_sigkilled_mid_stream_and_restarted_loses_nothing() {
             open_for: Duration::from_millis(700),
         })
         .build()
+        .expect("valid shipper config")
         .spawn_on_thread()
         .unwrap();
     let handle = running.handle().clone();
@@ -743,7 +750,7 @@ fn broker_sigkilled_mid_stream_and_restarted_loses_nothing() {
     }
     appender.join().unwrap();
     assert!(
-        handle.wait_committed(N, Duration::from_secs(120)),
+        handle.wait_committed_timeout(N, Duration::from_secs(120)),
         "{:?}",
         handle.status()
     );
@@ -783,11 +790,12 @@ fn kafka_kill_child() {
         .batch_max(250)
         .linger(Duration::ZERO)
         .build()
+        .expect("valid shipper config")
         .spawn_on_thread()
         .unwrap();
     assert!(t
         .handle()
-        .wait_committed(KILL_TOTAL, Duration::from_secs(120)));
+        .wait_committed_timeout(KILL_TOTAL, Duration::from_secs(120)));
     t.shutdown().unwrap();
     futures::executor::block_on(wal.close()).unwrap();
 }
