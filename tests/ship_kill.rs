@@ -7,14 +7,17 @@
 //! The child is this test binary itself, re-executed with `WALSPOOL_SHIP_KILL_CHILD`
 //! set and `--exact ship_kill_child`.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command};
+use std::process::Child;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::self_command;
 use walspool::backends::http::{HttpSink, WireRecord};
 use walspool::shipper::Shipper;
 use walspool::{Durability, LocalDisk, Options, Wal};
@@ -154,13 +157,7 @@ fn serve(
 }
 
 fn spawn_child(dir: &std::path::Path, url: &str) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "ship_kill_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    self_command("ship_kill_child")
         .env("WALSPOOL_SHIP_KILL_CHILD", "1")
         .env("WALSPOOL_SHIP_KILL_DIR", dir)
         .env("WALSPOOL_SHIP_KILL_URL", url)
@@ -170,14 +167,7 @@ fn spawn_child(dir: &std::path::Path, url: &str) -> Child {
 }
 
 fn committed(dir: &std::path::Path) -> u64 {
-    let wal = Wal::open(LocalDisk::open(dir).unwrap(), Options::default()).unwrap();
-    let c = wal
-        .consumers()
-        .into_iter()
-        .find(|(n, _)| n == CONSUMER)
-        .map_or(0, |(_, s)| s);
-    futures::executor::block_on(wal.close()).unwrap();
-    c
+    common::committed(dir, Options::default(), CONSUMER)
 }
 
 #[test]
