@@ -17,10 +17,10 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::self_command;
+use common::{seed_wal, self_command};
 use walspool::backends::http::{HttpSink, WireRecord};
 use walspool::shipper::Shipper;
-use walspool::{Durability, LocalDisk, Options, Wal};
+use walspool::{LocalDisk, Options, Wal};
 
 const TOTAL: u64 = 20_000;
 const BATCH: usize = 500;
@@ -173,23 +173,8 @@ fn committed(dir: &std::path::Path) -> u64 {
 #[test]
 fn sigkilled_shipper_restarts_and_delivers_everything_resending_only_the_in_flight_batch() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let wal = Wal::open(
-            LocalDisk::open(dir.path()).unwrap(),
-            Options::default()
-                .durability(Durability::Sync)
-                .segment_size(256 << 10),
-        )
-        .unwrap();
-        let records: Vec<u64> = (1..=TOTAL).collect();
-        futures::executor::block_on(async {
-            for chunk in records.chunks(5000) {
-                wal.append_batch(chunk).await.unwrap();
-            }
-            wal.consumer(CONSUMER).unwrap();
-            wal.close().await.unwrap();
-        });
-    }
+    let records: Vec<u64> = (1..=TOTAL).collect();
+    seed_wal(dir.path(), &records, CONSUMER);
 
     let received = Arc::new(Mutex::new(Received::default()));
     let hold = Arc::new(Mutex::new(Vec::new()));

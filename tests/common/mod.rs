@@ -1,9 +1,9 @@
 //! What the process-level tests share (`mod common;` in each):
 //!
-//! * [`self_command`]: re-executes the test binary to run one test as a child process
-//!   (crash_kill, power_loss, ship_kill, ship_kill_sinks);
-//! * [`committed`]: a consumer's checkpoint, read by opening the WAL (ship_kill,
-//!   ship_kill_sinks);
+//! * from backends/tests/support/kill.rs (shared with the backends' kill tests):
+//!   [`self_command`], which re-executes the test binary to run one test as a child
+//!   process (crash_kill, power_loss, ship_kill, ship_kill_sinks), [`committed`], a
+//!   consumer's checkpoint (ship_kill, ship_kill_sinks), and [`seed_wal`] (ship_kill);
 //! * the writer child of crash_kill and power_loss and its printed-ack protocol:
 //!   [`KRec`], [`writer_child`], [`spawn_writer`], [`Ledger`] with
 //!   [`Ledger::apply_lines`] and [`Ledger::check_log`].
@@ -21,10 +21,13 @@
 //! Not every test binary uses every item.
 #![allow(dead_code)]
 
+#[path = "../../backends/tests/support/kill.rs"]
+mod kill;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -34,25 +37,8 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use walspool::{Durability, Error, LocalDisk, Options, Wal};
 
-/// A command running test `test` of this test binary alone (`--exact`), with its output
-/// not captured. The caller adds the environment that selects the child mode.
-pub fn self_command(test: &str) -> Command {
-    let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args(["--exact", test, "--nocapture", "--test-threads=1"]);
-    c
-}
-
-/// The checkpoint of consumer `consumer` of the WAL in `dir` (0 if it has none).
-pub fn committed(dir: &Path, options: Options, consumer: &str) -> u64 {
-    let wal = Wal::open(LocalDisk::open(dir).unwrap(), options).unwrap();
-    let c = wal
-        .consumers()
-        .into_iter()
-        .find(|(n, _)| n == consumer)
-        .map_or(0, |(_, s)| s);
-    block_on(wal.close()).unwrap();
-    c
-}
+#[allow(unused_imports)]
+pub use kill::{committed, seed_wal, self_command};
 
 // ------------------------------------------------------- the writer child ----
 
