@@ -7,17 +7,20 @@
 //! The child is this test binary itself, re-executed with `WALSPOOL_SHIP_KILL_CHILD`
 //! set and `--exact ship_kill_child`.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command};
+use std::process::Child;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::{seed_wal, self_command};
 use walspool::backends::http::{HttpSink, WireRecord};
 use walspool::shipper::Shipper;
-use walspool::{Durability, LocalDisk, Options, Wal};
+use walspool::{LocalDisk, Options, Wal};
 
 const TOTAL: u64 = 20_000;
 const BATCH: usize = 500;
@@ -154,13 +157,7 @@ fn serve(
 }
 
 fn spawn_child(dir: &std::path::Path, url: &str) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "ship_kill_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    self_command("ship_kill_child")
         .env("WALSPOOL_SHIP_KILL_CHILD", "1")
         .env("WALSPOOL_SHIP_KILL_DIR", dir)
         .env("WALSPOOL_SHIP_KILL_URL", url)
@@ -170,36 +167,14 @@ fn spawn_child(dir: &std::path::Path, url: &str) -> Child {
 }
 
 fn committed(dir: &std::path::Path) -> u64 {
-    let wal = Wal::open(LocalDisk::open(dir).unwrap(), Options::default()).unwrap();
-    let c = wal
-        .consumers()
-        .into_iter()
-        .find(|(n, _)| n == CONSUMER)
-        .map_or(0, |(_, s)| s);
-    futures::executor::block_on(wal.close()).unwrap();
-    c
+    common::committed(dir, Options::default(), CONSUMER)
 }
 
 #[test]
 fn sigkilled_shipper_restarts_and_delivers_everything_resending_only_the_in_flight_batch() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let wal = Wal::open(
-            LocalDisk::open(dir.path()).unwrap(),
-            Options::default()
-                .durability(Durability::Sync)
-                .segment_size(256 << 10),
-        )
-        .unwrap();
-        let records: Vec<u64> = (1..=TOTAL).collect();
-        futures::executor::block_on(async {
-            for chunk in records.chunks(5000) {
-                wal.append_batch(chunk).await.unwrap();
-            }
-            wal.consumer(CONSUMER).unwrap();
-            wal.close().await.unwrap();
-        });
-    }
+    let records: Vec<u64> = (1..=TOTAL).collect();
+    seed_wal(dir.path(), &records, CONSUMER);
 
     let received = Arc::new(Mutex::new(Received::default()));
     let hold = Arc::new(Mutex::new(Vec::new()));

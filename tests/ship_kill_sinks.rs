@@ -10,14 +10,16 @@
 //! The child is this test binary itself, re-executed with `WALSPOOL_SINK_KILL_CHILD`
 //! set and `--exact sink_kill_child`.
 
+mod common;
 #[path = "../backends/tests/support/loopback.rs"]
 mod loopback;
 
 use std::collections::HashMap;
-use std::process::{Child, Command};
+use std::process::Child;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
+use common::self_command;
 use loopback::{serve, write_file, Pki, Request, Response};
 use prost::Message;
 use walspool::backends::http::{HttpSink, Roots, TlsConfig, WireRecord};
@@ -132,13 +134,7 @@ fn otlp_seqs(req: &Request, wal_id: &str) -> Vec<u64> {
 }
 
 fn spawn_child(mode: &str, dir: &std::path::Path, url: &str, ca: &std::path::Path) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "sink_kill_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    self_command("sink_kill_child")
         .env("WALSPOOL_SINK_KILL_CHILD", "1")
         .env("WALSPOOL_SINK_KILL_MODE", mode)
         .env("WALSPOOL_SINK_KILL_DIR", dir)
@@ -150,18 +146,7 @@ fn spawn_child(mode: &str, dir: &std::path::Path, url: &str, ca: &std::path::Pat
 }
 
 fn committed(dir: &std::path::Path) -> u64 {
-    let wal = Wal::open(
-        LocalDisk::open(dir).unwrap(),
-        Options::default().schema::<Envelope>(),
-    )
-    .unwrap();
-    let c = wal
-        .consumers()
-        .into_iter()
-        .find(|(n, _)| n == CONSUMER)
-        .map_or(0, |(_, s)| s);
-    futures::executor::block_on(wal.close()).unwrap();
-    c
+    common::committed(dir, Options::default().schema::<Envelope>(), CONSUMER)
 }
 
 fn kill_mid_stream_and_restart(mode: &str) {

@@ -25,7 +25,7 @@
 //! timeouts are transient.
 
 use std::error::Error as StdError;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime};
@@ -325,6 +325,38 @@ impl ClientSettings {
         }
     }
 
+    /// The request for a batch: `Content-Type`, `Idempotency-Key: {batch key}`, the
+    /// sink's own `headers`, `Content-Encoding: gzip` and the body gzipped when `gzip`,
+    /// then the extra headers of the builder.
+    pub(crate) fn batch_request(
+        &self,
+        content_type: &str,
+        batch_key: String,
+        headers: impl IntoIterator<Item = (String, String)>,
+        body: Vec<u8>,
+        gzip: bool,
+    ) -> Result<Request, SinkError> {
+        let mut all = vec![
+            ("Content-Type".to_string(), content_type.to_string()),
+            ("Idempotency-Key".to_string(), batch_key),
+        ];
+        all.extend(headers);
+        let body = if gzip {
+            all.push(("Content-Encoding".into(), "gzip".into()));
+            let mut gz = flate2::write::GzEncoder::new(
+                Vec::with_capacity(body.len() / 4),
+                flate2::Compression::fast(),
+            );
+            gz.write_all(&body)
+                .and_then(|()| gz.finish())
+                .map_err(|e| SinkError::transient(format!("gzip: {e}")))?
+        } else {
+            body
+        };
+        all.extend(self.headers.0.iter().cloned());
+        Ok(Request { headers: all, body })
+    }
+
     /// Checks the URL's scheme and builds the agent.
     pub(crate) fn client(&self, what: &str) -> Result<Client, Error> {
         let lower = self.url.to_ascii_lowercase();
@@ -367,6 +399,13 @@ impl ClientSettings {
     }
 }
 
+/// One request: headers and body ([`ClientSettings::batch_request`]).
+#[derive(Debug)]
+pub(crate) struct Request {
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
+}
+
 /// A non-2xx answer.
 #[derive(Debug)]
 pub(crate) struct Refusal {
@@ -375,6 +414,17 @@ pub(crate) struct Refusal {
     pub(crate) retry_after: Option<Duration>,
     pub(crate) reject_seq: Option<String>,
     pub(crate) body: Vec<u8>,
+}
+
+impl Refusal {
+    /// A transient error for this answer, with its `Retry-After` (seconds or an
+    /// HTTP-date) as the shipper's retry-after hint.
+    pub(crate) fn transient(&self, reason: String) -> SinkError {
+        SinkError::Transient {
+            reason,
+            retry_after: self.retry_after,
+        }
+    }
 }
 
 /// Header naming the one record a server refuses in a 4xx answer (HTTP sink).
@@ -390,18 +440,14 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    /// POSTs `body`: `Ok(Ok(response body))` for 2xx, `Ok(Err(refusal))` for another
+    /// POSTs `request`: `Ok(Ok(response body))` for 2xx, `Ok(Err(refusal))` for another
     /// status, `Err` for a transport failure (classified). A 401 with a token provider
     /// gets a refreshed token and one more try.
-    pub(crate) fn post(
-        &self,
-        headers: &[(String, String)],
-        body: &[u8],
-    ) -> Result<Result<Vec<u8>, Refusal>, SinkError> {
+    pub(crate) fn post(&self, request: &Request) -> Result<Result<Vec<u8>, Refusal>, SinkError> {
         let mut refresh = false;
         loop {
             let mut req = self.agent.post(&self.url);
-            for (k, v) in headers {
+            for (k, v) in &request.headers {
                 req = req.set(k, v);
             }
             if let Some(auth) = &self.auth {
@@ -411,7 +457,7 @@ impl Client {
                     .map_err(|e| SinkError::transient(format!("the token provider failed: {e}")))?;
                 req = req.set("Authorization", &format!("Bearer {t}"));
             }
-            match req.send_bytes(body) {
+            match req.send_bytes(&request.body) {
                 Ok(resp) => return Ok(Ok(read_body(resp))),
                 Err(ureq::Error::Status(401, _)) if self.auth.is_some() && !refresh => {
                     tracing::debug!("{}: 401, refreshing the bearer token", self.url);
@@ -542,6 +588,18 @@ impl<J: Send + 'static, R: Send + 'static> Worker<J, R> {
         let (reply, rx) = oneshot::channel();
         self.tx.send((job, reply)).ok()?;
         rx.await.ok()
+    }
+}
+
+impl<J: Send + 'static> Worker<J, Result<(), SinkError>> {
+    /// Runs `job` on the thread of the `what` sink; a transient error if the thread is
+    /// gone.
+    pub(crate) async fn send(&self, job: J, what: &str) -> Result<(), SinkError> {
+        self.call(job).await.unwrap_or_else(|| {
+            Err(SinkError::transient(format!(
+                "the {what} sink's thread is gone"
+            )))
+        })
     }
 }
 

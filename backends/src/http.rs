@@ -93,7 +93,6 @@
 //! assert!(!format!("{sink:?}").contains("s3cret"));
 //! ```
 
-use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -102,7 +101,7 @@ use serde::{Deserialize, Serialize};
 use walspool_wal::shipper::{Batch, Sink, SinkError};
 use walspool_wal::Error;
 
-use crate::client::{Auth, Client, ClientSettings, Worker};
+use crate::client::{Auth, Client, ClientSettings, Refusal, Request, Worker};
 pub use crate::client::{Roots, TlsConfig, TokenProvider};
 
 /// How a batch is encoded in the request body.
@@ -229,8 +228,7 @@ impl std::fmt::Debug for HttpSink {
 }
 
 struct Job {
-    body: Vec<u8>,
-    headers: Vec<(String, String)>,
+    request: Request,
     seqs: (u64, u64),
 }
 
@@ -260,7 +258,7 @@ impl HttpSink {
                 record: &e.record,
             }
         }
-        let raw = match self.cfg.format {
+        Ok(match self.cfg.format {
             BodyFormat::JsonLines => {
                 let mut out = Vec::with_capacity(batch.len() * 128);
                 for e in batch.entries() {
@@ -275,17 +273,7 @@ impl HttpSink {
                 postcard::to_allocvec(&v)
                     .map_err(|err| SinkError::batch(format!("postcard: {err}")))?
             }
-        };
-        if !self.cfg.gzip {
-            return Ok(raw);
-        }
-        let mut gz = flate2::write::GzEncoder::new(
-            Vec::with_capacity(raw.len() / 4),
-            flate2::Compression::fast(),
-        );
-        gz.write_all(&raw)
-            .and_then(|()| gz.finish())
-            .map_err(|e| SinkError::transient(format!("gzip: {e}")))
+        })
     }
 }
 
@@ -295,68 +283,48 @@ impl<T: Serialize + Send + Sync + 'static> Sink<T> for HttpSink {
         if batch.is_empty() {
             return Ok(());
         }
-        let body = self.encode(batch)?;
-        let mut headers = vec![
-            (
-                "Content-Type".to_string(),
-                match self.cfg.format {
-                    BodyFormat::JsonLines => "application/x-ndjson",
-                    BodyFormat::Postcard => "application/x-postcard",
-                }
-                .to_string(),
-            ),
-            ("Idempotency-Key".into(), batch.batch_key()),
-            ("Walspool-Consumer".into(), batch.consumer().to_string()),
-            ("Walspool-Attempt".into(), batch.attempt().to_string()),
-            ("Walspool-First-Seq".into(), batch.first_seq().to_string()),
-            ("Walspool-Last-Seq".into(), batch.last_seq().to_string()),
-        ];
-        if self.cfg.gzip {
-            headers.push(("Content-Encoding".into(), "gzip".into()));
-        }
-        headers.extend(self.cfg.client.headers.0.iter().cloned());
+        let request = self.cfg.client.batch_request(
+            match self.cfg.format {
+                BodyFormat::JsonLines => "application/x-ndjson",
+                BodyFormat::Postcard => "application/x-postcard",
+            },
+            batch.batch_key(),
+            [
+                ("Walspool-Consumer".into(), batch.consumer().to_string()),
+                ("Walspool-Attempt".into(), batch.attempt().to_string()),
+                ("Walspool-First-Seq".into(), batch.first_seq().to_string()),
+                ("Walspool-Last-Seq".into(), batch.last_seq().to_string()),
+            ],
+            self.encode(batch)?,
+            self.cfg.gzip,
+        )?;
         let job = Job {
-            body,
-            headers,
+            request,
             seqs: (batch.first_seq(), batch.last_seq()),
         };
-        self.worker
-            .call(job)
-            .await
-            .unwrap_or_else(|| Err(SinkError::transient("the HTTP sink's thread is gone")))
+        self.worker.send(job, "HTTP").await
     }
 }
 
 /// Runs one request on the sink's thread and classifies the answer.
 fn post(client: &Client, job: &Job) -> Result<(), SinkError> {
-    match client.post(&job.headers, &job.body)? {
+    match client.post(&job.request)? {
         Ok(_) => Ok(()),
-        Err(r) => Err(classify(
-            r.code,
-            r.retry_after,
-            r.reject_seq.as_deref(),
-            job.seqs,
-            &r.text,
-        )),
+        Err(r) => Err(classify(&r, job.seqs)),
     }
 }
 
 /// Maps an HTTP status (not 2xx) to a [`SinkError`].
-fn classify(
-    code: u16,
-    retry_after: Option<Duration>,
-    reject: Option<&str>,
-    seqs: (u64, u64),
-    text: &str,
-) -> SinkError {
-    let reason = format!("HTTP {code} {text}");
-    if code == 429 || code == 408 || (500..600).contains(&code) {
-        return SinkError::Transient {
-            reason,
-            retry_after,
-        };
+fn classify(r: &Refusal, seqs: (u64, u64)) -> SinkError {
+    let reason = format!("HTTP {} {}", r.code, r.text);
+    if r.code == 429 || r.code == 408 || (500..600).contains(&r.code) {
+        return r.transient(reason);
     }
-    match reject.and_then(|v| v.trim().parse::<u64>().ok()) {
+    match r
+        .reject_seq
+        .as_deref()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
         Some(seq) if (seqs.0..=seqs.1).contains(&seq) => SinkError::record(seq, reason),
         _ => SinkError::batch(reason),
     }
@@ -366,17 +334,19 @@ fn classify(
 mod tests {
     use super::*;
 
+    fn refusal(code: u16, retry_after: Option<&str>, reject_seq: Option<&str>) -> Refusal {
+        Refusal {
+            code,
+            text: "x".into(),
+            retry_after: retry_after.and_then(crate::client::parse_retry_after),
+            reject_seq: reject_seq.map(str::to_string),
+            body: Vec::new(),
+        }
+    }
+
     #[test]
     fn statuses_map_to_transient_or_permanent() {
-        let t = |code, ra: Option<&str>| {
-            classify(
-                code,
-                ra.and_then(crate::client::parse_retry_after),
-                None,
-                (1, 9),
-                "x",
-            )
-        };
+        let t = |code, ra: Option<&str>| classify(&refusal(code, ra, None), (1, 9));
         assert_eq!(
             t(429, Some("3")),
             SinkError::Transient {
@@ -390,11 +360,11 @@ mod tests {
         assert_eq!(t(400, None), SinkError::batch("HTTP 400 x"));
         assert_eq!(t(301, None), SinkError::batch("HTTP 301 x"));
         assert_eq!(
-            classify(422, None, Some("4"), (1, 9), "x"),
+            classify(&refusal(422, None, Some("4")), (1, 9)),
             SinkError::record(4, "HTTP 422 x")
         );
         assert_eq!(
-            classify(422, None, Some("40"), (1, 9), "x"),
+            classify(&refusal(422, None, Some("40")), (1, 9)),
             SinkError::batch("HTTP 422 x")
         );
     }

@@ -66,7 +66,6 @@
 //! ```
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,7 +75,7 @@ use prost::Message;
 use walspool_wal::shipper::{Batch, Sink, SinkError};
 use walspool_wal::Error;
 
-use crate::client::{Auth, Client, ClientSettings, Refusal, Worker};
+use crate::client::{Auth, Client, ClientSettings, Refusal, Request, Worker};
 pub use crate::client::{Roots, TlsConfig, TokenProvider};
 
 /// The OTLP protobuf messages (`opentelemetry_proto::tonic`, messages only).
@@ -249,9 +248,11 @@ impl OtlpSinkBuilder {
         let client = self.client.client("OTLP sink")?;
         let stats = Arc::new(OtlpStats::default());
         let s = stats.clone();
-        let worker = Worker::spawn("walspool-otlp-sink", &self.client.url, move |job: Job| {
-            export(&client, &job, &s)
-        })?;
+        let worker = Worker::spawn(
+            "walspool-otlp-sink",
+            &self.client.url,
+            move |job: Request| export(&client, &job, &s),
+        )?;
         Ok(OtlpSink {
             cfg: self,
             worker,
@@ -271,17 +272,12 @@ fn logs_url(endpoint: &str) -> String {
     }
 }
 
-struct Job {
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
 type MapFn<T> = Box<dyn Fn(&T) -> OtlpLog + Send + Sync>;
 
 /// A [`Sink`] that exports batches as OTLP logs; see the [module documentation](self).
 pub struct OtlpSink<T> {
     cfg: OtlpSinkBuilder,
-    worker: Worker<Job, Result<(), SinkError>>,
+    worker: Worker<Request, Result<(), SinkError>>,
     map: MapFn<T>,
     stats: Arc<OtlpStats>,
 }
@@ -377,31 +373,14 @@ impl<T: Send + Sync + 'static> Sink<T> for OtlpSink<T> {
         if batch.is_empty() {
             return Ok(());
         }
-        let raw = self.request(batch).encode_to_vec();
-        let body = if self.cfg.gzip {
-            let mut gz = flate2::write::GzEncoder::new(
-                Vec::with_capacity(raw.len() / 4),
-                flate2::Compression::fast(),
-            );
-            gz.write_all(&raw)
-                .and_then(|()| gz.finish())
-                .map_err(|e| SinkError::transient(format!("gzip: {e}")))?
-        } else {
-            raw
-        };
-        let mut headers: Vec<(String, String)> = vec![
-            ("Content-Type".into(), "application/x-protobuf".into()),
-            ("Idempotency-Key".into(), batch.batch_key()),
-        ];
-        if self.cfg.gzip {
-            headers.push(("Content-Encoding".into(), "gzip".into()));
-        }
-        headers.extend(self.cfg.client.headers.0.iter().cloned());
-        let job = Job { headers, body };
-        self.worker
-            .call(job)
-            .await
-            .unwrap_or_else(|| Err(SinkError::transient("the OTLP sink's thread is gone")))
+        let request = self.cfg.client.batch_request(
+            "application/x-protobuf",
+            batch.batch_key(),
+            [],
+            self.request(batch).encode_to_vec(),
+            self.cfg.gzip,
+        )?;
+        self.worker.send(request, "OTLP").await
     }
 }
 
@@ -415,8 +394,8 @@ struct RpcStatus {
 }
 
 /// Runs one export on the sink's thread and classifies the answer.
-fn export(client: &Client, job: &Job, stats: &OtlpStats) -> Result<(), SinkError> {
-    match client.post(&job.headers, &job.body)? {
+fn export(client: &Client, job: &Request, stats: &OtlpStats) -> Result<(), SinkError> {
+    match client.post(job)? {
         Ok(answer) => {
             if let Ok(resp) = ExportLogsServiceResponse::decode(answer.as_slice()) {
                 if let Some(p) = resp.partial_success {
@@ -457,10 +436,7 @@ fn classify(r: &Refusal) -> SinkError {
         None => format!("OTLP HTTP {} {}", r.code, r.text),
     };
     match r.code {
-        429 | 502 | 503 | 504 => SinkError::Transient {
-            reason,
-            retry_after: r.retry_after,
-        },
+        429 | 502 | 503 | 504 => r.transient(reason),
         _ => SinkError::batch(reason),
     }
 }

@@ -3,15 +3,19 @@
 //! then hold every record exactly once, in order. The child is this test binary,
 //! re-executed with `WALSPOOL_FILE_KILL_CHILD` set and `--exact file_kill_child`.
 
+#[path = "support/kill.rs"]
+mod kill;
+
 use std::path::Path;
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::process::Child;
+use std::time::Duration;
 
 use futures::StreamExt;
+use kill::{finish, kill_when, seed_wal, self_command};
 use walspool_backends::file::{FileSink, LineFormat};
 use walspool_backends::LocalDisk;
 use walspool_wal::shipper::{Batch, Shipper};
-use walspool_wal::{Durability, Entry, Options, Wal};
+use walspool_wal::{Entry, Options, Wal};
 
 /// The seeds' audit record (the WAL stores postcard, so a typed struct, not a JSON map).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -60,13 +64,7 @@ fn file_kill_child() {
 }
 
 fn spawn_child(dir: &Path, out: &Path) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "file_kill_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    self_command("file_kill_child")
         .env("WALSPOOL_FILE_KILL_CHILD", "1")
         .env("WALSPOOL_FILE_KILL_DIR", dir)
         .env("WALSPOOL_FILE_KILL_OUT", out)
@@ -134,46 +132,25 @@ fn sigkilled_shipper_restarts_and_the_file_holds_every_record_once() {
     let dir = tempfile::tempdir().unwrap();
     let out_dir = tempfile::tempdir().unwrap();
     let out = out_dir.path().join("audit.jsonl");
-    {
-        let wal = Wal::open(
-            LocalDisk::open(dir.path()).unwrap(),
-            Options::default()
-                .durability(Durability::Sync)
-                .segment_size(256 << 10),
-        )
-        .unwrap();
-        let records: Vec<Audit> = (1..=TOTAL)
-            .map(|i| Audit {
-                ts: 1_700_000_000_000 + i,
-                service: "nautilus".into(),
-                actor: format!("user-{}", i % 7),
-                action: "rule.fire".into(),
-                resource: format!("session/{i}"),
-                outcome: "success".into(),
-            })
-            .collect();
-        futures::executor::block_on(async {
-            for chunk in records.chunks(5000) {
-                wal.append_batch(chunk).await.unwrap();
-            }
-            wal.consumer(CONSUMER).unwrap();
-            wal.close().await.unwrap();
-        });
-    }
+    let records: Vec<Audit> = (1..=TOTAL)
+        .map(|i| Audit {
+            ts: 1_700_000_000_000 + i,
+            service: "nautilus".into(),
+            actor: format!("user-{}", i % 7),
+            action: "rule.fire".into(),
+            resource: format!("session/{i}"),
+            outcome: "success".into(),
+        })
+        .collect();
+    seed_wal(dir.path(), &records, CONSUMER);
     let mut resent = 0;
     for stop_at in [TOTAL as usize / 3, 2 * TOTAL as usize / 3] {
-        let mut child = spawn_child(dir.path(), &out);
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while seqs_in(&out).len() < stop_at {
-            assert!(Instant::now() < deadline, "no progress");
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "the child exited early"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        kill_when(
+            spawn_child(dir.path(), &out),
+            Duration::from_millis(2),
+            || seqs_in(&out).len() >= stop_at,
+            || "no progress".into(),
+        );
         let in_file = seqs_in(&out);
         let max = *in_file.last().unwrap();
         let c = committed(dir.path(), &out, 0);
@@ -185,16 +162,7 @@ fn sigkilled_shipper_restarts_and_the_file_holds_every_record_once() {
             in_file.len()
         );
     }
-    let mut child = spawn_child(dir.path(), &out);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "the last child did not finish");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "the last child failed: {status}");
+    finish(spawn_child(dir.path(), &out));
     assert_eq!(committed(dir.path(), &out, 0), TOTAL);
     assert_eq!(
         seqs_in(&out),

@@ -10,16 +10,19 @@
 //! The server stopped and restarted mid-stream is tests/postgres_restart.rs (its own
 //! binary, so that stopping the server cannot disturb these tests).
 
+#[path = "support/kill.rs"]
+mod kill;
 mod pg;
 
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::process::Child;
+use std::time::Duration;
 
+use kill::{finish, kill_when, seed_wal, self_command};
 use pg::{audit, counts, exec, unique_table, with_client, Audit};
 use walspool_backends::postgres::PgSink;
 use walspool_backends::LocalDisk;
 use walspool_wal::shipper::{Batch, Shipper, Sink, SinkError};
-use walspool_wal::{Durability, Entry, Options, Wal};
+use walspool_wal::{Entry, Options, Wal};
 
 fn batch(wal_id: &str, seqs: std::ops::RangeInclusive<u64>) -> Batch<Audit> {
     let entries = seqs
@@ -209,13 +212,7 @@ fn pg_kill_child() {
 }
 
 fn spawn_child(dir: &std::path::Path, table: &str) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "pg_kill_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    self_command("pg_kill_child")
         .env("WALSPOOL_PG_KILL_CHILD", "1")
         .env("WALSPOOL_PG_KILL_DIR", dir)
         .env("WALSPOOL_PG_KILL_TABLE", table)
@@ -247,14 +244,7 @@ fn deliver_uncommitted(dir: &std::path::Path, url: &str, table: &str, n: u64) ->
 }
 
 fn committed(dir: &std::path::Path) -> u64 {
-    let wal = Wal::open(LocalDisk::open(dir).unwrap(), Options::default()).unwrap();
-    let c = wal
-        .consumers()
-        .into_iter()
-        .find(|(n, _)| n == CONSUMER)
-        .map_or(0, |(_, s)| s);
-    futures::executor::block_on(wal.close()).unwrap();
-    c
+    kill::committed(dir, Options::default(), CONSUMER)
 }
 
 #[test]
@@ -262,43 +252,18 @@ fn sigkilled_shipper_restarts_and_every_record_lands_exactly_once() {
     let Some(url) = pg::url() else { return };
     let table = unique_table("kill");
     let dir = tempfile::tempdir().unwrap();
-    {
-        let wal = Wal::open(
-            LocalDisk::open(dir.path()).unwrap(),
-            Options::default()
-                .durability(Durability::Sync)
-                .segment_size(256 << 10),
-        )
-        .unwrap();
-        let records: Vec<Audit> = (1..=TOTAL).map(audit).collect();
-        futures::executor::block_on(async {
-            for chunk in records.chunks(5000) {
-                wal.append_batch(chunk).await.unwrap();
-            }
-            wal.consumer(CONSUMER).unwrap();
-            wal.close().await.unwrap();
-        });
-    }
+    let records: Vec<Audit> = (1..=TOTAL).map(audit).collect();
+    seed_wal(dir.path(), &records, CONSUMER);
 
     // Kill the shipper twice mid-stream, at a third and at two thirds of the records.
     let mut resent = 0;
     for stop_at in [TOTAL as i64 / 3, 2 * TOTAL as i64 / 3] {
-        let mut child = spawn_child(dir.path(), &table);
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while counts(&url, &table).0 < stop_at {
-            assert!(
-                Instant::now() < deadline,
-                "no progress: {:?}",
-                counts(&url, &table)
-            );
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "the child exited early"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        kill_when(
+            spawn_child(dir.path(), &table),
+            Duration::from_millis(5),
+            || counts(&url, &table).0 >= stop_at,
+            || format!("no progress: {:?}", counts(&url, &table)),
+        );
         let (rows, distinct, _, max) = counts(&url, &table);
         assert_eq!(rows, distinct);
         let c = committed(dir.path());
@@ -313,16 +278,7 @@ fn sigkilled_shipper_restarts_and_every_record_lands_exactly_once() {
         resent += max as u64 - c + extra;
         eprintln!("killed at {rows} rows: committed {c}, table max seq {max}, {extra} more delivered uncommitted");
     }
-    let mut child = spawn_child(dir.path(), &table);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "the last child did not finish");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "the last child failed: {status}");
+    finish(spawn_child(dir.path(), &table));
     assert_eq!(committed(dir.path()), TOTAL);
     assert_eq!(
         counts(&url, &table),

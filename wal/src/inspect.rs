@@ -189,78 +189,33 @@ pub struct SegmentScan {
 /// Scans a whole segment: header, every frame's CRC, sequence continuity inside the
 /// segment (starting at `expect_first`, or at the header's base when `None`) and the
 /// footer (count, last sequence, body CRC). `active` says whether this is the segment
-/// being written (a torn or in-progress tail is then expected and not a problem;
-/// a missing footer is not either).
+/// being written: its frames are then judged exactly as recovery judges the tail
+/// segment (see [`recovery`](crate::recovery), against the recovery point in
+/// `meta/end`): a torn or in-progress tail is expected and not a problem (its bytes are
+/// `trailing_bytes`, zeros of preallocated space not counted), a missing footer is not
+/// either, and damage that recovery would refuse to cut is the problem.
 pub fn scan_segment<S: Storage + ?Sized>(
     storage: &S,
     id: SegmentId,
     expect_first: Option<u64>,
     active: bool,
 ) -> Result<SegmentScan> {
-    let name = storage.segment_name(id);
-    let len = storage
-        .segment_len(id)
-        .map_err(|e| Error::io("stat segment", name.clone(), e))?
-        .unwrap_or(0);
-    let mut scan = SegmentScan {
-        id,
-        name: name.clone(),
-        len,
-        header: None,
-        count: 0,
-        seqs: None,
-        last_ts_us: 0,
-        footer: None,
-        valid_len: 0,
-        trailing_bytes: 0,
-        problem: None,
+    if active {
+        let end = read_end(storage, &[])?;
+        return scan_active(storage, id, expect_first, end.as_ref());
+    }
+    let (mut scan, header, hdr) = match scan_header(storage, id, expect_first, false)? {
+        Ok(h) => h,
+        Err(scan) => return Ok(scan),
     };
+    let name = scan.name.clone();
+    let len = scan.len;
     let problem = |offset: u64, reason: String| Problem {
         segment: name.clone(),
         offset,
         reason,
     };
-    let hdr =
-        read_header(storage, id).map_err(|e| Error::io("read segment header", name.clone(), e))?;
-    if active && (hdr.len() < HEADER_LEN || hdr.len() < header_len_from_fixed(&hdr)) {
-        // Just created, header not written yet (or torn by a crash).
-        scan.trailing_bytes = hdr.len() as u64;
-        return Ok(scan);
-    }
-    let header = match SegmentHeader::decode(&hdr, &name) {
-        Ok(h) => h,
-        Err(e) => {
-            let reason = match e {
-                Error::Corrupt { reason, .. } => reason,
-                other => other.to_string(),
-            };
-            scan.problem = Some(problem(0, reason));
-            return Ok(scan);
-        }
-    };
-    scan.header = Some(header);
-    if header.base_seq != id {
-        scan.problem = Some(problem(
-            0,
-            format!(
-                "header says base sequence {} but the file name says {id}",
-                header.base_seq
-            ),
-        ));
-        return Ok(scan);
-    }
-    let mut expect = expect_first.unwrap_or(header.base_seq);
-    if expect != header.base_seq {
-        scan.problem = Some(problem(
-            0,
-            format!(
-                "sequence gap: this segment starts at {} but the previous one ended at {}",
-                header.base_seq,
-                expect.saturating_sub(1)
-            ),
-        ));
-        return Ok(scan);
-    }
+    let mut expect = header.base_seq;
     let mut body_crc = crc32fast::Hasher::new();
     body_crc.update(&hdr);
     let chained = header.is_chained();
@@ -318,39 +273,105 @@ pub fn scan_segment<S: Storage + ?Sized>(
             }
             Step::End { .. } => break,
             Step::Truncated { at } => {
-                if !active {
-                    scan.problem = Some(problem(
-                        at,
-                        format!("truncated frame: {} bytes left", len - at),
-                    ));
-                }
+                scan.problem = Some(problem(
+                    at,
+                    format!("truncated frame: {} bytes left", len - at),
+                ));
                 break;
             }
             Step::Invalid { at, reason } => {
-                if !active {
-                    scan.problem = Some(problem(at, reason.to_string()));
-                }
+                scan.problem = Some(problem(at, reason.to_string()));
                 break;
             }
         }
     }
     scan.trailing_bytes = len.saturating_sub(scan.valid_len);
-    if active && scan.trailing_bytes > 0 {
-        // Zeros after the last frame are the writer's preallocated space, not a tear.
-        let after = storage
-            .read_vec(id, scan.valid_len, 4096)
-            .map_err(|e| Error::io("read segment", name.clone(), e))?;
-        if after.iter().all(|&b| b == 0) {
-            scan.trailing_bytes = 0;
-        }
-    }
-    if scan.problem.is_none() && !active && scan.footer.is_none() {
+    if scan.problem.is_none() && scan.footer.is_none() {
         scan.problem = Some(problem(
             scan.valid_len,
             "sealed segment has no footer".into(),
         ));
     }
     Ok(scan)
+}
+
+type HeaderScan = std::result::Result<(SegmentScan, SegmentHeader, Vec<u8>), SegmentScan>;
+
+/// The header part of a segment scan: `Ok((scan so far, header, header bytes))` when
+/// the header is good, has the base its name says and the base is `expect_first` (when
+/// given); else `Err(the finished scan)`, with the problem, or for the `active` segment
+/// with a header not written yet (or torn by a crash) as trailing bytes.
+fn scan_header<S: Storage + ?Sized>(
+    storage: &S,
+    id: SegmentId,
+    expect_first: Option<u64>,
+    active: bool,
+) -> Result<HeaderScan> {
+    let name = storage.segment_name(id);
+    let len = storage
+        .segment_len(id)
+        .map_err(|e| Error::io("stat segment", name.clone(), e))?
+        .unwrap_or(0);
+    let mut scan = SegmentScan {
+        id,
+        name: name.clone(),
+        len,
+        header: None,
+        count: 0,
+        seqs: None,
+        last_ts_us: 0,
+        footer: None,
+        valid_len: 0,
+        trailing_bytes: 0,
+        problem: None,
+    };
+    let problem = |offset: u64, reason: String| Problem {
+        segment: name.clone(),
+        offset,
+        reason,
+    };
+    let hdr =
+        read_header(storage, id).map_err(|e| Error::io("read segment header", name.clone(), e))?;
+    if active && (hdr.len() < HEADER_LEN || hdr.len() < header_len_from_fixed(&hdr)) {
+        // Just created, header not written yet (or torn by a crash).
+        scan.trailing_bytes = hdr.len() as u64;
+        return Ok(Err(scan));
+    }
+    let header = match SegmentHeader::decode(&hdr, &name) {
+        Ok(h) => h,
+        Err(e) => {
+            let reason = match e {
+                Error::Corrupt { reason, .. } => reason,
+                other => other.to_string(),
+            };
+            scan.problem = Some(problem(0, reason));
+            return Ok(Err(scan));
+        }
+    };
+    scan.header = Some(header);
+    if header.base_seq != id {
+        scan.problem = Some(problem(
+            0,
+            format!(
+                "header says base sequence {} but the file name says {id}",
+                header.base_seq
+            ),
+        ));
+        return Ok(Err(scan));
+    }
+    let expect = expect_first.unwrap_or(header.base_seq);
+    if expect != header.base_seq {
+        scan.problem = Some(problem(
+            0,
+            format!(
+                "sequence gap: this segment starts at {} but the previous one ended at {}",
+                header.base_seq,
+                expect.saturating_sub(1)
+            ),
+        ));
+        return Ok(Err(scan));
+    }
+    Ok(Ok((scan, header, hdr)))
 }
 
 /// A cheap summary of a segment: the header, and for a sealed one its footer (no frame
@@ -481,13 +502,9 @@ fn scan_active<S: Storage + ?Sized>(
     expect_first: Option<u64>,
     end: Option<&LogEnd>,
 ) -> Result<SegmentScan> {
-    let name = storage.segment_name(id);
-    let hdr =
-        read_header(storage, id).map_err(|e| Error::io("read segment header", name.clone(), e))?;
-    let header = match SegmentHeader::decode(&hdr, &name) {
-        Ok(h) if h.base_seq == id && expect_first.is_none_or(|e| e == id) => h,
-        // Anything unusual about the header: the full scan reports it.
-        _ => return scan_segment(storage, id, expect_first, true),
+    let (scan, header, hdr) = match scan_header(storage, id, expect_first, true)? {
+        Ok(h) => h,
+        Err(scan) => return Ok(scan),
     };
     let synced_to = match end {
         Some(e) if e.base == id => e.offset,
@@ -504,20 +521,18 @@ fn scan_active<S: Storage + ?Sized>(
         synced_seq,
         RecoveryMode::Strict,
     )?;
+    // Stated again after the scan: a live segment grows.
     let len = storage
         .segment_len(id)
-        .map_err(|e| Error::io("stat segment", name.clone(), e))?
+        .map_err(|e| Error::io("stat segment", scan.name.clone(), e))?
         .unwrap_or(0);
     let problem = t.corrupt.first().map(|d| Problem {
-        segment: name.clone(),
+        segment: scan.name.clone(),
         offset: d.offset,
         reason: format!("{d} (synced records are damaged: recovery refuses to cut them)"),
     });
     Ok(SegmentScan {
-        id,
-        name,
         len,
-        header: Some(header),
         count: t.count,
         seqs: (t.count > 0).then_some((t.last_seq + 1 - t.count, t.last_seq)),
         last_ts_us: t.last_ts,
@@ -525,6 +540,7 @@ fn scan_active<S: Storage + ?Sized>(
         valid_len: t.offset,
         trailing_bytes: t.torn_bytes,
         problem,
+        ..scan
     })
 }
 
@@ -901,6 +917,42 @@ mod tests {
         s.set_segment_bytes(last, bytes);
         let r = verify(&*s).unwrap();
         assert_eq!((r.records, r.torn_tail_bytes), (10, 10));
+    }
+
+    #[test]
+    fn the_monitors_scan_judges_the_active_segment_as_recovery_does() {
+        // Damage inside synced records of the active segment: corruption for recovery,
+        // so for the monitor's scan too (not a torn tail).
+        let s = filled(10, 1 << 20);
+        let last = list_segments(&*s).unwrap().last().unwrap().id;
+        let mut bytes = s.segment_bytes(last).unwrap();
+        bytes[HEADER_LEN + 24 + 3] ^= 0x40;
+        s.set_segment_bytes(last, bytes);
+        let d = disk_state(&*s, None).unwrap();
+        let p = d.segments.last().unwrap().problem.clone();
+        assert!(
+            p.as_ref()
+                .is_some_and(|p| p.reason.contains("recovery refuses to cut")),
+            "{p:?}"
+        );
+        assert!(matches!(
+            Wal::open(s.clone(), Options::default()),
+            Err(Error::Corrupt { .. })
+        ));
+
+        // Garbage after more than a page of zeros past the last record: a torn tail of
+        // those bytes, as recovery counts it, zeros after them not counted.
+        let s = filled(10, 1 << 20);
+        let mut bytes = s.segment_bytes(last).unwrap();
+        bytes.extend_from_slice(&[0u8; 5000]);
+        bytes.extend_from_slice(&[7u8; 10]);
+        bytes.extend_from_slice(&[0u8; 100]);
+        s.set_segment_bytes(last, bytes);
+        let d = disk_state(&*s, None).unwrap();
+        let scan = d.segments.last().unwrap();
+        assert_eq!((&scan.problem, scan.count), (&None, 10));
+        assert_eq!(scan.trailing_bytes, 5010);
+        assert_eq!(verify(&*s).unwrap().torn_tail_bytes, 5010);
     }
 
     #[test]
