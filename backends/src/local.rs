@@ -441,6 +441,11 @@ impl Storage for LocalDisk {
         }
     }
 
+    fn start_writeback(&self, id: SegmentId, offset: u64, len: u64) -> io::Result<()> {
+        self.check_writable()?;
+        start_writeback(&*self.file(id)?, offset, len)
+    }
+
     fn release(&self) {
         self.files.lock().unwrap_or_else(|e| e.into_inner()).clear();
         // Unlock explicitly: a child process caught between fork and exec holds a
@@ -458,6 +463,38 @@ impl Storage for LocalDisk {
     fn location(&self) -> String {
         self.dir.display().to_string()
     }
+}
+
+/// `sync_file_range(fd, offset, len, SYNC_FILE_RANGE_WRITE)`: starts writeback of the
+/// dirty pages in the range and returns without waiting for it. Without the `WAIT`
+/// flags it neither waits for nor reports (consumes) a writeback error: the writer's
+/// next `fdatasync` on this file still sees it (the kernel's per-file `errseq`).
+///
+/// Neither rustix (1.1) nor nix (0.26-0.31) wraps `sync_file_range`, hence the one
+/// `unsafe` call of the workspace. It is there for `Durability::Buffered`: without it
+/// each roll's fdatasync wrote a whole 64 MiB segment while appends waited (case (d)
+/// of BENCHMARKS.md, "Early writeback").
+#[cfg(target_os = "linux")]
+fn start_writeback(f: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let too_big = |_| io::Error::new(io::ErrorKind::InvalidInput, "range beyond off64_t");
+    let off = libc::off64_t::try_from(offset).map_err(too_big)?;
+    let n = libc::off64_t::try_from(len).map_err(too_big)?;
+    // SAFETY: a plain system call on a descriptor `f` keeps open for the whole call; it
+    // takes no pointers and touches no memory of this process.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::sync_file_range(f.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Other systems: no hint (their `fdatasync` does all the writing).
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_f: &File, _offset: u64, _len: u64) -> io::Result<()> {
+    Ok(())
 }
 
 impl Drop for LocalDisk {

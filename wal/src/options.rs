@@ -18,7 +18,8 @@ pub enum Durability {
     Periodic(Duration),
     /// As soon as the record is in walspool's in-process buffer. The writer thread
     /// writes it right after and fdatasyncs at least once a second; a process crash
-    /// loses what was buffered. Use [`Wal::flush`](crate::Wal::flush) to wait.
+    /// loses what was buffered. Use [`Wal::flush`](crate::Wal::flush) to wait. See
+    /// also [`Options::writeback_bytes`].
     Buffered,
 }
 
@@ -68,6 +69,7 @@ pub struct Options {
     pub(crate) recovery: RecoveryMode,
     pub(crate) stats_interval: Option<Duration>,
     pub(crate) max_buffered_bytes: usize,
+    pub(crate) writeback_bytes: u64,
     pub(crate) wal_id: Option<String>,
     pub(crate) hmac: Option<std::sync::Arc<crate::chain::HmacKey>>,
     pub(crate) schema: crate::schema::Schema,
@@ -79,6 +81,10 @@ pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
 pub const MIN_SEGMENT_SIZE: u64 = 4 << 10;
 /// Largest segment size accepted: 4 GiB.
 pub const MAX_SEGMENT_SIZE: u64 = 4 << 30;
+/// Default of [`Options::writeback_bytes`]: 4 MiB.
+pub const DEFAULT_WRITEBACK_BYTES: u64 = 4 << 20;
+/// Smallest non-zero [`Options::writeback_bytes`] accepted: 64 KiB.
+pub const MIN_WRITEBACK_BYTES: u64 = 64 << 10;
 
 impl Default for Options {
     fn default() -> Self {
@@ -92,6 +98,7 @@ impl Default for Options {
             recovery: RecoveryMode::Strict,
             stats_interval: Some(Duration::from_millis(500)),
             max_buffered_bytes: 8 << 20,
+            writeback_bytes: DEFAULT_WRITEBACK_BYTES,
             wal_id: None,
             hmac: None,
             schema: crate::schema::Schema::default(),
@@ -144,6 +151,21 @@ impl Options {
     /// Bound on bytes waiting for the writer thread; appenders wait beyond it (default 8 MiB).
     pub fn max_buffered_bytes(mut self, bytes: usize) -> Self {
         self.max_buffered_bytes = bytes;
+        self
+    }
+    /// Early writeback: each time this many bytes have been written to the active
+    /// segment since the last `fdatasync` (or the last hint), the writer asks the OS to
+    /// start writing them to disk now, without waiting ([`Storage::start_writeback`](
+    /// crate::Storage::start_writeback): `sync_file_range(SYNC_FILE_RANGE_WRITE)` on
+    /// `LocalDisk`, as RocksDB's `bytes_per_sync`). It matters when records come faster
+    /// than fdatasyncs (`Durability::Buffered`, `Periodic`): otherwise a whole segment
+    /// piles up dirty in the page cache and the fdatasync that seals it at the roll
+    /// writes it all while appends wait. A hint only: durability and when an append
+    /// resolves do not change. `0` disables it; otherwise at least 64 KiB (default 4 MiB:
+    /// on ext4 each hint can block the writer for a journal handle, so 1 MiB hints
+    /// blocked it as long in total as the fdatasyncs they saved; BENCHMARKS.md).
+    pub fn writeback_bytes(mut self, bytes: u64) -> Self {
+        self.writeback_bytes = bytes;
         self
     }
     /// The record type this WAL holds, with its schema version and its upgrades from
@@ -229,6 +251,12 @@ impl Options {
             return Err(Error::Config(
                 "max_buffered_bytes must be at least 64 KiB".into(),
             ));
+        }
+        if self.writeback_bytes != 0 && self.writeback_bytes < MIN_WRITEBACK_BYTES {
+            return Err(Error::Config(format!(
+                "writeback_bytes must be 0 (off) or at least {MIN_WRITEBACK_BYTES} bytes, got {}",
+                self.writeback_bytes
+            )));
         }
         if let Some(id) = &self.wal_id {
             if id.is_empty()

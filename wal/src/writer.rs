@@ -32,6 +32,10 @@ const DOZE: Duration = Duration::from_millis(1);
 /// wake-up (context switch) per append.
 const SPIN: Duration = Duration::from_micros(25);
 
+/// Early writeback ranges end on a page boundary: the page the writer is still
+/// filling is not handed to writeback only to be dirtied again by the next write.
+const PAGE: u64 = 4096;
+
 /// Reserves the rest of a new segment on storage (see [`Storage::preallocate`]);
 /// failure only costs speed, so it is logged, not fatal.
 fn preallocate<S: Storage>(inner: &Inner<S>, id: u64) {
@@ -51,6 +55,8 @@ pub(crate) fn writer_main<S: Storage>(inner: Arc<Inner<S>>, tail: TailState) {
         opened: Instant::now(),
         dirty: false,
         last_sync: Instant::now(),
+        wb_from: tail.offset & !(PAGE - 1),
+        writeback: inner.opts.writeback_bytes,
         // The chain as recovery left it; from here on only this thread extends it.
         chain: lock(&inner.state).chain.clone(),
     };
@@ -362,6 +368,11 @@ struct Writer {
     opened: Instant,
     dirty: bool,
     last_sync: Instant,
+    /// Early writeback: bytes of the active segment before this offset are synced or
+    /// were handed to [`Storage::start_writeback`].
+    wb_from: u64,
+    /// Hint every this many bytes (`Options::writeback_bytes`); 0: off (or it failed).
+    writeback: u64,
     /// The HMAC chain (chained WALs): key and MAC of the last frame written.
     chain: Option<ChainState>,
 }
@@ -444,7 +455,30 @@ impl Writer {
         if let Some(s) = lock(&inner.segments).last_mut() {
             s.bytes = self.offset;
         }
+        self.start_writeback(inner);
         Ok(())
+    }
+
+    /// Early writeback (see [`Options::writeback_bytes`](crate::Options::writeback_bytes)):
+    /// once `writeback` bytes were written since the last sync or hint, asks the storage
+    /// to start writing the whole pages among them, so that the fdatasync at the next
+    /// sync or roll finds little left to write. Only a hint, on this thread: the
+    /// acknowledgements still wait for this thread's own fdatasync, which reports any
+    /// write error; a failed hint is logged once and hints stop.
+    fn start_writeback<S: Storage>(&mut self, inner: &Inner<S>) {
+        if self.writeback == 0 || self.offset.saturating_sub(self.wb_from) < self.writeback {
+            return;
+        }
+        let end = self.offset & !(PAGE - 1);
+        if let Err(e) = inner
+            .storage
+            .start_writeback(self.cur, self.wb_from, end - self.wb_from)
+        {
+            tracing::debug!(segment = %inner.storage.segment_name(self.cur), error = %e,
+                "could not start early writeback; no more writeback hints");
+            self.writeback = 0;
+        }
+        self.wb_from = end;
     }
 
     fn sync<S: Storage>(&mut self, inner: &Inner<S>) -> Result<()> {
@@ -466,6 +500,7 @@ impl Writer {
         }
         inner.counters.record_fsync(t.elapsed().as_micros() as u64);
         self.dirty = false;
+        self.wb_from = self.offset & !(PAGE - 1);
         self.last_sync = Instant::now();
         Ok(())
     }
@@ -596,6 +631,7 @@ impl Writer {
         }
         self.cur = new_base;
         self.offset = header.data_offset() as u64;
+        self.wb_from = 0;
         self.crc = crc32fast::Hasher::new();
         self.crc.update(&header.encode());
         self.count = 0;

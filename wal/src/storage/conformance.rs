@@ -116,11 +116,19 @@ pub fn read_write<S: Storage + ?Sized>(s: &S) {
         17,
         "preallocate must not change what reads back"
     );
+    s.start_writeback(7, 0, 17).expect("start_writeback");
+    assert_eq!(
+        s.read_vec(7, 0, 17).expect("read after start_writeback"),
+        b"Jello world\0\0\0\0\0!",
+        "start_writeback must not change what reads back"
+    );
     s.sync(7).expect("sync");
     // Large writes and reads.
     let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     s.create_segment(8).expect("create_segment");
     s.write_at(8, 0, &big).expect("large write");
+    s.start_writeback(8, 0, 262_144)
+        .expect("start_writeback of whole pages");
     s.sync(8).expect("sync");
     assert!(
         s.read_vec(8, 0, big.len()).expect("large read") == big,

@@ -86,6 +86,21 @@ pub trait Storage: Send + Sync + 'static {
     fn preallocate(&self, _id: SegmentId, _len: u64) -> io::Result<()> {
         Ok(())
     }
+    /// Asks the storage to *start* writing `len` bytes at `offset` of the segment (bytes
+    /// just written with [`write_at`](Storage::write_at)) to stable storage, without
+    /// waiting for it (Linux `sync_file_range(SYNC_FILE_RANGE_WRITE)`), so that a later
+    /// [`sync`](Storage::sync) finds less to write. The writer calls it every
+    /// [`Options::writeback_bytes`](crate::Options::writeback_bytes) written between
+    /// syncs.
+    ///
+    /// A hint only: it makes nothing durable (only `sync` does), and it must not
+    /// consume a write error that the next `sync` of the segment has to report (on
+    /// Linux, `SYNC_FILE_RANGE_WRITE` without the `WAIT` flags does not). walspool
+    /// ignores its failure (logged once, then no more hints for that WAL). Optional: the
+    /// default does nothing.
+    fn start_writeback(&self, _id: SegmentId, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
     /// Called once when the WAL is closed: release locks and handles so that the
     /// storage can be opened again (by this or another process) while old handles live.
     fn release(&self) {}
@@ -175,6 +190,9 @@ macro_rules! forward_storage {
             }
             fn preallocate(&self, id: SegmentId, len: u64) -> io::Result<()> {
                 (**self).preallocate(id, len)
+            }
+            fn start_writeback(&self, id: SegmentId, offset: u64, len: u64) -> io::Result<()> {
+                (**self).start_writeback(id, offset, len)
             }
             fn segment_name(&self, id: SegmentId) -> String {
                 (**self).segment_name(id)

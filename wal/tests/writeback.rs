@@ -1,0 +1,168 @@
+//! Early writeback (`Options::writeback_bytes`, `Storage::start_writeback`): the writer
+//! hints whole pages it wrote since the last sync, in order, never past what it wrote;
+//! a failing hint changes nothing but stops the hints; `0` turns them off; nothing
+//! acknowledged depends on them (a power loss after `flush` keeps every record).
+
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use futures::executor::block_on;
+use walspool_wal::{
+    Durability, Error, Memory, Options, SegmentId, SegmentInfo, Storage, StorageExt, Tear, Wal,
+};
+
+/// `Memory` that records every `start_writeback` call (and can fail them).
+#[derive(Debug, Clone)]
+struct Hinted {
+    mem: Memory,
+    calls: Arc<Mutex<Vec<(SegmentId, u64, u64)>>>,
+    fail: bool,
+}
+
+impl Hinted {
+    fn new(fail: bool) -> Self {
+        Hinted {
+            mem: Memory::new(),
+            calls: Arc::default(),
+            fail,
+        }
+    }
+    fn calls(&self) -> Vec<(SegmentId, u64, u64)> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+impl Storage for Hinted {
+    fn list_segments(&self) -> io::Result<Vec<SegmentInfo>> {
+        self.mem.list_segments()
+    }
+    fn create_segment(&self, id: SegmentId) -> io::Result<()> {
+        self.mem.create_segment(id)
+    }
+    fn write_at(&self, id: SegmentId, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.mem.write_at(id, offset, data)
+    }
+    fn sync(&self, id: SegmentId) -> io::Result<()> {
+        self.mem.sync(id)
+    }
+    fn read_at(&self, id: SegmentId, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.mem.read_at(id, offset, buf)
+    }
+    fn truncate(&self, id: SegmentId, len: u64) -> io::Result<()> {
+        self.mem.truncate(id, len)
+    }
+    fn remove_segment(&self, id: SegmentId) -> io::Result<()> {
+        self.mem.remove_segment(id)
+    }
+    fn get_meta(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
+        self.mem.get_meta(key)
+    }
+    fn put_meta(&self, key: &str, value: &[u8]) -> io::Result<()> {
+        self.mem.put_meta(key, value)
+    }
+    fn remove_meta(&self, key: &str) -> io::Result<()> {
+        self.mem.remove_meta(key)
+    }
+    fn list_meta(&self, prefix: &str) -> io::Result<Vec<String>> {
+        self.mem.list_meta(prefix)
+    }
+    fn start_writeback(&self, id: SegmentId, offset: u64, len: u64) -> io::Result<()> {
+        self.calls.lock().unwrap().push((id, offset, len));
+        // The range was written: it is there to be written back.
+        let have = self.mem.segment_len(id)?.unwrap_or(0);
+        assert!(
+            offset + len <= have,
+            "hint {offset}+{len} beyond the {have} bytes of segment {id}"
+        );
+        if self.fail {
+            Err(io::Error::other("no writeback here"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn opts(every: u64) -> Options {
+    Options::default()
+        .durability(Durability::Buffered)
+        .segment_size(1 << 20)
+        .writeback_bytes(every)
+        .stats_interval(None)
+}
+
+fn rec(i: u64) -> String {
+    format!("{i:08}-{}", "w".repeat(200 + (i % 97) as usize))
+}
+
+/// Appends `n` records, flushes, and returns the WAL.
+fn fill(s: Hinted, every: u64, n: u64) -> Wal<Hinted> {
+    let wal = Wal::open(s, opts(every)).expect("open");
+    for i in 0..n {
+        block_on(wal.append(&rec(i))).expect("append");
+    }
+    block_on(wal.flush()).expect("flush");
+    wal
+}
+
+#[test]
+fn hints_are_whole_pages_in_order_within_what_was_written() {
+    let s = Hinted::new(false);
+    // ~3.3 MiB of frames: several 1 MiB segments.
+    let wal = fill(s.clone(), 64 << 10, 12_000);
+    let calls = s.calls();
+    // One hint per write of the writer (a round of appends, up to a 1 MiB chunk) once
+    // 64 KiB are pending: several per 1 MiB segment.
+    assert!(calls.len() >= 6, "expected several hints, got {calls:?}");
+    let mut segs = std::collections::BTreeSet::new();
+    let mut last: Option<(SegmentId, u64)> = None;
+    for &(id, off, len) in &calls {
+        assert_eq!(off % 4096, 0, "hint offset {off} not page-aligned");
+        assert_eq!(len % 4096, 0, "hint length {len} not whole pages");
+        assert!(
+            len >= 60 << 10,
+            "hint of {len} bytes, below writeback_bytes"
+        );
+        if let Some((lid, lend)) = last {
+            if lid == id {
+                assert!(off >= lend, "hints overlap: {off} < {lend} in segment {id}");
+            } else {
+                assert!(id > lid, "hints went back to segment {id} after {lid}");
+            }
+        }
+        last = Some((id, off + len));
+        segs.insert(id);
+    }
+    assert!(segs.len() >= 3, "hints in every segment: {segs:?}");
+    drop(wal);
+    // Power loss after the flush: every record is there.
+    let after = s.mem.crash(Tear::None);
+    let wal = Wal::open(after, opts(64 << 10)).expect("reopen");
+    let mut r = wal.read_from::<String>(1);
+    let mut n = 0;
+    while let Some(e) = r.try_next().expect("no corruption") {
+        assert_eq!(e.record, rec(n));
+        n += 1;
+    }
+    assert_eq!(n, 12_000);
+}
+
+#[test]
+fn a_failing_hint_is_ignored_and_stops_the_hints() {
+    let s = Hinted::new(true);
+    let wal = fill(s.clone(), 64 << 10, 6_000);
+    assert_eq!(s.calls().len(), 1, "one failed hint, then none");
+    block_on(wal.append(&rec(6_000))).expect("appends go on");
+    block_on(wal.close()).expect("close");
+}
+
+#[test]
+fn zero_turns_hints_off_and_small_values_are_refused() {
+    let s = Hinted::new(false);
+    let wal = fill(s.clone(), 0, 6_000);
+    assert!(s.calls().is_empty());
+    drop(wal);
+    match Wal::open(Memory::new(), opts(4096)) {
+        Err(Error::Config(m)) => assert!(m.contains("writeback_bytes"), "{m}"),
+        other => panic!("expected a config error, got {:?}", other.map(|_| ())),
+    }
+}
