@@ -25,6 +25,8 @@
 #[cfg(feature = "object-store")]
 #[cfg_attr(docsrs, doc(cfg(feature = "object-store")))]
 pub mod archive;
+#[cfg(any(feature = "nats", feature = "kafka"))]
+mod broker_stats;
 #[cfg(any(feature = "http", feature = "otlp"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "http", feature = "otlp"))))]
 pub mod client;
@@ -33,6 +35,7 @@ pub mod file;
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
 #[cfg(feature = "kafka")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
 pub mod kafka;
 pub mod local;
 #[cfg(feature = "nats")]

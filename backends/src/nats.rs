@@ -112,10 +112,11 @@
 //! # }
 //! ```
 
-use std::collections::{BTreeMap, VecDeque};
+use crate::broker_stats::{LatencyWindow, StoredCounts};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
@@ -866,7 +867,7 @@ impl Worker {
 /// The NATS sink's counters; see [`NatsMetrics::snapshot`].
 #[derive(Debug, Default)]
 pub struct NatsMetrics {
-    stored: AtomicU64,
+    stored: StoredCounts,
     duplicates: AtomicU64,
     failed: AtomicU64,
     batches: AtomicU64,
@@ -874,8 +875,7 @@ pub struct NatsMetrics {
     in_flight: AtomicU64,
     connects: AtomicU64,
     disconnects: AtomicU64,
-    latency_us: Mutex<VecDeque<u64>>,
-    per_subject: Mutex<BTreeMap<String, u64>>,
+    latency_us: LatencyWindow,
 }
 
 /// A copy of a [`NatsMetrics`] at one moment.
@@ -912,17 +912,9 @@ pub struct NatsStats {
 impl NatsMetrics {
     /// The counters now.
     pub fn snapshot(&self) -> NatsStats {
-        let mut lat: Vec<u64> = lock(&self.latency_us).iter().copied().collect();
-        lat.sort_unstable();
-        let pct = |p: usize| {
-            if lat.is_empty() {
-                0
-            } else {
-                lat[((lat.len() - 1) * p) / 100]
-            }
-        };
+        let (p50, p99, max) = self.latency_us.p50_p99_max();
         NatsStats {
-            stored: self.stored.load(Ordering::Relaxed),
+            stored: self.stored.total(),
             duplicates: self.duplicates.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             batches: self.batches.load(Ordering::Relaxed),
@@ -930,32 +922,20 @@ impl NatsMetrics {
             in_flight: self.in_flight.load(Ordering::Relaxed),
             connects: self.connects.load(Ordering::Relaxed),
             disconnects: self.disconnects.load(Ordering::Relaxed),
-            batch_ack_p50_us: pct(50),
-            batch_ack_p99_us: pct(99),
-            batch_ack_max_us: lat.last().copied().unwrap_or(0),
-            per_subject: lock(&self.per_subject).clone(),
+            batch_ack_p50_us: p50,
+            batch_ack_p99_us: p99,
+            batch_ack_max_us: max,
+            per_subject: self.stored.per_destination(),
         }
     }
 
     fn record_latency(&self, d: Duration) {
-        let mut l = lock(&self.latency_us);
-        if l.len() == 1024 {
-            l.pop_front();
-        }
-        l.push_back(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        self.latency_us.record(d);
     }
 
     fn add_stored(&self, stored: BTreeMap<String, u64>) {
-        let mut per = lock(&self.per_subject);
-        for (s, n) in stored {
-            self.stored.fetch_add(n, Ordering::Relaxed);
-            *per.entry(s).or_default() += n;
-        }
+        self.stored.add(stored);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
