@@ -1,10 +1,13 @@
-//! Counters the broker sinks (NATS JetStream, Kafka) keep alike: a window of batch
-//! acknowledgement latencies and per-destination (subject or topic) record counts.
+//! What the broker sinks (NATS JetStream, Kafka) share: the round trip of a job to the
+//! thread that owns their client's runtime, a window of batch acknowledgement latencies
+//! and per-destination (subject or topic) record counts.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
+
+use walspool_wal::shipper::SinkError;
 
 /// How many of the latest batch latencies the percentiles are taken over.
 const WINDOW: usize = 1024;
@@ -60,6 +63,23 @@ impl StoredCounts {
     pub(crate) fn per_destination(&self) -> BTreeMap<String, u64> {
         lock(&self.per).clone()
     }
+}
+
+/// Hands a job to the sink's own thread and waits for its answer on a `futures`
+/// oneshot (so any executor can poll it); `sink` names the sink in the errors.
+pub(crate) async fn round_trip<J>(
+    tx: &tokio::sync::mpsc::UnboundedSender<J>,
+    job: impl FnOnce(futures::channel::oneshot::Sender<Result<(), SinkError>>) -> J,
+    sink: &str,
+) -> Result<(), SinkError> {
+    let (reply, rx) = futures::channel::oneshot::channel();
+    tx.send(job(reply))
+        .map_err(|_| SinkError::transient(format!("the {sink} sink's thread is gone")))?;
+    rx.await.unwrap_or_else(|_| {
+        Err(SinkError::transient(format!(
+            "the {sink} sink's thread dropped the request"
+        )))
+    })
 }
 
 /// A lock that survives a panic of another holder (the counters stay usable).

@@ -138,7 +138,7 @@
 //! # }
 //! ```
 
-use crate::broker_stats::{LatencyWindow, StoredCounts};
+use crate::broker_stats::{round_trip, LatencyWindow, StoredCounts};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -688,15 +688,7 @@ impl KafkaSink {
     /// broker can be reached; [`SinkError::Batch`] when the topic is missing and may not
     /// be created, or cannot be created.
     pub async fn check(&mut self) -> Result<(), SinkError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Job::Check { reply })
-            .map_err(|_| SinkError::transient("the Kafka sink's thread is gone"))?;
-        rx.await.unwrap_or_else(|_| {
-            Err(SinkError::transient(
-                "the Kafka sink's thread dropped the request",
-            ))
-        })
+        round_trip(&self.tx, |reply| Job::Check { reply }, "Kafka").await
     }
 
     fn encode<T: Serialize>(&self, batch: &Batch<T>) -> Result<Vec<Msg>, SinkError> {
@@ -786,15 +778,7 @@ impl<T: Serialize + Send + Sync + 'static> Sink<T> for KafkaSink {
             return Ok(());
         }
         let msgs = self.encode(batch)?;
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Job::Produce { msgs, reply })
-            .map_err(|_| SinkError::transient("the Kafka sink's thread is gone"))?;
-        rx.await.unwrap_or_else(|_| {
-            Err(SinkError::transient(
-                "the Kafka sink's thread dropped the request",
-            ))
-        })
+        round_trip(&self.tx, |reply| Job::Produce { msgs, reply }, "Kafka").await
     }
 }
 

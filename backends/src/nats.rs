@@ -112,7 +112,7 @@
 //! # }
 //! ```
 
-use crate::broker_stats::{LatencyWindow, StoredCounts};
+use crate::broker_stats::{round_trip, LatencyWindow, StoredCounts};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -477,15 +477,7 @@ impl NatsSink {
     /// checks it. `Ok` when the sink can publish; a transient error when the server
     /// cannot be reached; [`SinkError::Batch`] when the stream does not fit.
     pub async fn check(&mut self) -> Result<(), SinkError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Job::Check { reply })
-            .map_err(|_| SinkError::transient("the NATS sink's thread is gone"))?;
-        rx.await.unwrap_or_else(|_| {
-            Err(SinkError::transient(
-                "the NATS sink's thread dropped the request",
-            ))
-        })
+        round_trip(&self.tx, |reply| Job::Check { reply }, "NATS").await
     }
 
     fn encode<T: Serialize>(&self, batch: &Batch<T>) -> Result<Vec<Msg>, SinkError> {
@@ -534,15 +526,7 @@ impl<T: Serialize + Send + Sync + 'static> Sink<T> for NatsSink {
             return Ok(());
         }
         let msgs = self.encode(batch)?;
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Job::Publish { msgs, reply })
-            .map_err(|_| SinkError::transient("the NATS sink's thread is gone"))?;
-        rx.await.unwrap_or_else(|_| {
-            Err(SinkError::transient(
-                "the NATS sink's thread dropped the request",
-            ))
-        })
+        round_trip(&self.tx, |reply| Job::Publish { msgs, reply }, "NATS").await
     }
 }
 
