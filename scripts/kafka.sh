@@ -14,6 +14,9 @@
 # outage test runs itself on another port) are exported into the calling shell.
 # The broker's pid and store dir are remembered in ${TMPDIR:-/tmp}/walspool-kafka-PORT.{pid,dir}.
 #
+# After starting the broker, an index tansu 0.6 lacks is added to its store (see
+# _kafka_index below).
+#
 # The broker: Apache Kafka itself is not in the package registries this project uses;
 # tansu (crates.io, Apache-2.0) is a Kafka-protocol broker in Rust. Its default build has
 # no storage engine that keeps anything (memory:// and s3:// need the `dynostore`
@@ -59,6 +62,28 @@ _kafka_main() {
         export WALSPOOL_KAFKA_PORT="$port"
     }
 
+    # tansu 0.6's SQLite schema has no index on header (topition, offset_id), and a
+    # fetch looks each record's headers up by those columns: every fetched record scans
+    # the whole header table, so reading N records back costs O(N * store size) (100,000
+    # records did not come back in 14 minutes). The index below (the store's own file,
+    # through Python's sqlite3 while the broker runs; SQLite re-plans the broker's
+    # statements when the schema changes) makes the same read-back take under a minute.
+    # It changes how tansu finds rows, not what it stores or answers.
+    _kafka_index() {
+        python3 - "$1" <<'PY'
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], timeout=30)
+for _ in range(300):
+    if db.execute("select 1 from sqlite_master where type = 'table' and name = 'header'").fetchone():
+        break
+    time.sleep(0.1)
+else:
+    sys.exit("kafka.sh: tansu's store has no header table after 30 s")
+db.execute("create index if not exists walspool_header_topition_offset on header (topition, offset_id)")
+db.commit()
+PY
+    }
+
     case "$cmd" in
     start)
         if ! _kafka_bin >/dev/null; then
@@ -102,6 +127,7 @@ _kafka_main() {
             tail -30 "$dir/broker.log" >&2 2>/dev/null
             return 1
         fi
+        _kafka_index "$dir/tansu.db" || return 1
         _kafka_export
         ;;
     stop)

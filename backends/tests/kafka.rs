@@ -6,12 +6,13 @@
 //! the earliest offset.
 //!
 //! * 100,000 records shipped (Kafka's key partitioner over 32 partitions per topic):
-//!   every batch acknowledged, the per-topic metrics right, and the partitions' high
-//!   watermarks add up to 100,000 per the broker. Reading them back (every record, WAL
-//!   order in its partition, key, headers, timestamp; a forced redelivery of all of them
-//!   and de-duplication by key; batches from smol and a caller's tokio runtime) runs
-//!   only with `WALSPOOL_KAFKA_READ_BACK=1`: tansu 0.6's SQLite store answers a fetch in
-//!   time that grows with the whole store, so it does not finish in CI's time;
+//!   every batch acknowledged, the per-topic metrics right, the partitions' high
+//!   watermarks add up to 100,000 per the broker, and all of them read back: every
+//!   record, WAL order in its partition, key, headers, timestamp; then a forced
+//!   redelivery of all of them (read back as duplicates with the same keys, which a
+//!   consumer de-duplicates) and batches sent from smol and a caller's tokio runtime.
+//!   (tansu's SQLite schema lacks an index its fetch needs; scripts/kafka.sh adds it,
+//!   see there. Without it this read-back takes hours.)
 //! * key partitioning (Kafka's murmur2, as the Java client), postcard values and the
 //!   compression codecs tansu reads back (none, gzip, lz4, zstd);
 //! * topics created or checked; errors classified (missing topic, bad kind, a message
@@ -24,9 +25,9 @@
 //!   `WALSPOOL_KAFKA_KILL_CHILD` and `--exact kafka_kill_child`) is SIGKILLed mid-stream
 //!   and restarted: every record in the topic.
 //!
-//! The outage, crash and codec tests ship 10,000, 10,000 and 2,000 records into a broker of their own
-//! and read them all back; tansu's SQLite store answers a fetch in time that grows with
-//! the whole store, which bounds those sizes.
+//! The outage, crash and codec tests ship 10,000, 10,000 and 2,000 records into a broker
+//! of their own (the outage test's is started here, without that index: its store stays
+//! small) and read them all back.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::TcpListener;
@@ -294,7 +295,7 @@ fn kinds(prefix: &str) -> Vec<String> {
 }
 
 #[test]
-fn hundred_thousand_records_acknowledged_and_held_read_back_on_request() {
+fn hundred_thousand_records_shipped_and_read_back() {
     let Some(brokers) = brokers() else { return };
     const N: u64 = 100_000;
     let prefix = prefix("bulk");
@@ -348,16 +349,6 @@ fn hundred_thousand_records_acknowledged_and_held_read_back_on_request() {
         (N / 3, N - N / 3),
         "records the broker holds per topic"
     );
-    if std::env::var_os("WALSPOOL_KAFKA_READ_BACK").is_none() {
-        // tansu 0.6's SQLite store answers a fetch in time that grows with the whole
-        // store (2,000 records read back take ~5 s from an empty store, ~45 s once it
-        // holds 100,000), so reading 100,000 records back does not finish in CI's time.
-        eprintln!(
-            "NOT READ BACK: set WALSPOOL_KAFKA_READ_BACK=1 (against a real Kafka) to read \
-             the {N} records back and check order, headers and redelivery"
-        );
-        return;
-    }
     let got = read_all(&brokers, &kinds(&prefix));
     assert_eq!(got.len() as u64, N, "messages in the topics");
     let dups = assert_complete(&got, wal.id(), per_kind(&prefix), N, since);
