@@ -441,6 +441,22 @@ impl Storage for LocalDisk {
         }
     }
 
+    fn write_zeroes(&self, id: SegmentId, offset: u64, len: u64) -> io::Result<()> {
+        self.check_writable()?;
+        // Real writes, not fallocate's ZERO_RANGE (which leaves unwritten extents on
+        // ext4) nor WRITE_ZEROES (Linux 6.17+, needs device support; not on this VM).
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        let f = self.file(id)?;
+        let mut at = offset;
+        let end = offset + len;
+        while at < end {
+            let n = (end - at).min(ZEROS.len() as u64) as usize;
+            f.write_all_at(&ZEROS[..n], at)?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
     fn start_writeback(&self, id: SegmentId, offset: u64, len: u64) -> io::Result<()> {
         self.check_writable()?;
         start_writeback(&*self.file(id)?, offset, len)

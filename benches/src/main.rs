@@ -3,6 +3,9 @@
 //! `cargo run --release -p walspool-bench [-- --quick] [--only a,b] [--impls walspool,okaywal]`
 //!
 //! Runs every case in one process and prints one table. See BENCHMARKS.md.
+//!
+//! `WALSPOOL_BENCH_ZERO_AHEAD=<bytes>` overrides walspool's `Options::zero_ahead_bytes`
+//! (`0` turns zeroing ahead off) for before/after comparisons.
 
 mod baselines;
 mod common;

@@ -42,6 +42,12 @@ fn open_with(cfg: &Cfg, dir: &Path, d: Durability, hmac: bool) -> Res<Wal<LocalD
             let mut o = Options::default()
                 .durability(d)
                 .segment_size(cfg.segment_size);
+            if let Some(z) = std::env::var("WALSPOOL_BENCH_ZERO_AHEAD")
+                .ok()
+                .and_then(|v| v.parse().ok())
+            {
+                o = o.zero_ahead_bytes(z);
+            }
             if hmac {
                 o = o.hmac_key(walspool_wal::HmacKey::new(vec![7u8; 32])?);
             }

@@ -57,6 +57,8 @@ pub(crate) fn writer_main<S: Storage>(inner: Arc<Inner<S>>, tail: TailState) {
         last_sync: Instant::now(),
         wb_from: tail.offset & !(PAGE - 1),
         writeback: inner.opts.writeback_bytes,
+        zeroed: tail.offset,
+        zero_ahead: inner.opts.zero_ahead_bytes,
         // The chain as recovery left it; from here on only this thread extends it.
         chain: lock(&inner.state).chain.clone(),
     };
@@ -373,6 +375,12 @@ struct Writer {
     wb_from: u64,
     /// Hint every this many bytes (`Options::writeback_bytes`); 0: off (or it failed).
     writeback: u64,
+    /// Zero ahead: bytes of the active segment before this offset were written (with
+    /// frames or with zeros) by this writer.
+    zeroed: u64,
+    /// Keep this many bytes past `offset` zeroed (`Options::zero_ahead_bytes`); 0: off
+    /// (or it failed).
+    zero_ahead: u64,
     /// The HMAC chain (chained WALs): key and MAC of the last frame written.
     chain: Option<ChainState>,
 }
@@ -456,7 +464,36 @@ impl Writer {
             s.bytes = self.offset;
         }
         self.start_writeback(inner);
+        self.zero_ahead(inner);
         Ok(())
+    }
+
+    /// Zero ahead (see [`Options::zero_ahead_bytes`](crate::Options::zero_ahead_bytes)):
+    /// once less than half of `zero_ahead` bytes past the write position are known to
+    /// be written, writes zeros up to `zero_ahead` past it (within the segment's
+    /// preallocated size), so that the fdatasyncs to come find written blocks. On this
+    /// thread, in order with the frames, so no frame is ever overwritten. Only about
+    /// speed: a failure is logged once and zeroing stops.
+    fn zero_ahead<S: Storage>(&mut self, inner: &Inner<S>) {
+        let limit = inner.opts.segment_size;
+        if self.zero_ahead == 0
+            || self.zeroed >= limit
+            || self.zeroed >= self.offset + self.zero_ahead / 2
+        {
+            return;
+        }
+        let from = self.zeroed.max(self.offset);
+        let to = (self.offset + self.zero_ahead).min(limit);
+        if from >= to {
+            return;
+        }
+        if let Err(e) = inner.storage.write_zeroes(self.cur, from, to - from) {
+            tracing::debug!(segment = %inner.storage.segment_name(self.cur), error = %e,
+                "could not write zeros ahead; no more zeroing ahead");
+            self.zero_ahead = 0;
+            return;
+        }
+        self.zeroed = to;
     }
 
     /// Early writeback (see [`Options::writeback_bytes`](crate::Options::writeback_bytes)):
@@ -529,6 +566,7 @@ impl Writer {
         }
         preallocate(inner, self.cur);
         self.offset = hb.len() as u64;
+        self.zeroed = self.offset;
         self.crc = crc32fast::Hasher::new();
         self.crc.update(&hb);
         self.dirty = true;
@@ -631,6 +669,7 @@ impl Writer {
         }
         self.cur = new_base;
         self.offset = header.data_offset() as u64;
+        self.zeroed = self.offset;
         self.wb_from = 0;
         self.crc = crc32fast::Hasher::new();
         self.crc.update(&header.encode());

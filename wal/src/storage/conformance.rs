@@ -122,6 +122,21 @@ pub fn read_write<S: Storage + ?Sized>(s: &S) {
         b"Jello world\0\0\0\0\0!",
         "start_writeback must not change what reads back"
     );
+    s.write_zeroes(7, 17, 100_000).expect("write_zeroes");
+    assert_eq!(
+        s.read_vec(7, 0, 17).expect("read after write_zeroes"),
+        b"Jello world\0\0\0\0\0!",
+        "write_zeroes must not change the bytes before its range"
+    );
+    assert!(
+        s.read_vec(7, 17, 100_000)
+            .expect("read the zeroed range")
+            .iter()
+            .all(|&b| b == 0),
+        "a range given to write_zeroes must read as zeros (or not at all)"
+    );
+    s.write_at(7, 17, b"after").expect("write over zeros");
+    assert_eq!(s.read_vec(7, 12, 10).expect("read"), b"\0\0\0\0!after");
     s.sync(7).expect("sync");
     // Large writes and reads.
     let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();

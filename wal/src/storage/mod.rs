@@ -101,6 +101,22 @@ pub trait Storage: Send + Sync + 'static {
     fn start_writeback(&self, _id: SegmentId, _offset: u64, _len: u64) -> io::Result<()> {
         Ok(())
     }
+    /// Writes zeros over `len` bytes at `offset` of the segment, a range past the
+    /// log's end that the writer will fill with frames soon (it calls this every
+    /// [`Options::zero_ahead_bytes`](crate::Options::zero_ahead_bytes), ahead of its
+    /// write position). For a file system, so that the blocks are allocated *and
+    /// written* before records go there: on ext4 and XFS an `fdatasync` after a write
+    /// into `fallocate`d (unwritten) blocks must also journal their conversion to
+    /// written, which costs about twice as much as one into blocks already written
+    /// (BENCHMARKS.md). The range reads as zeros before and after, so recovery sees
+    /// nothing different; nothing needs to be durable when it returns.
+    ///
+    /// Optional: the default does nothing (right for storage without such blocks, as
+    /// [`Memory`](crate::Memory)). walspool ignores its failure (logged once, then no
+    /// more zeroing for that WAL): it is only about speed.
+    fn write_zeroes(&self, _id: SegmentId, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
     /// Called once when the WAL is closed: release locks and handles so that the
     /// storage can be opened again (by this or another process) while old handles live.
     fn release(&self) {}
@@ -193,6 +209,9 @@ macro_rules! forward_storage {
             }
             fn start_writeback(&self, id: SegmentId, offset: u64, len: u64) -> io::Result<()> {
                 (**self).start_writeback(id, offset, len)
+            }
+            fn write_zeroes(&self, id: SegmentId, offset: u64, len: u64) -> io::Result<()> {
+                (**self).write_zeroes(id, offset, len)
             }
             fn segment_name(&self, id: SegmentId) -> String {
                 (**self).segment_name(id)
