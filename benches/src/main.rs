@@ -498,7 +498,11 @@ fn case_f(cfg: &Cfg, p: &Payloads, rows: &mut Vec<Row>, foot: &mut Vec<String>) 
                         r.disk_bytes as f64 / secs / 1e9,
                         fmt_bytes(r.disk_bytes)
                     ),
-                    baselines: if base { vec![] } else { vec!["f/raw".into()] },
+                    baselines: if base {
+                        vec![]
+                    } else {
+                        vec!["f/raw".into(), "f/rawcrc".into()]
+                    },
                     ..Row::default()
                 }
             };
@@ -508,6 +512,14 @@ fn case_f(cfg: &Cfg, p: &Payloads, rows: &mut Vec<Row>, foot: &mut Vec<String>) 
                 r.raw_read,
                 true,
             ));
+            let mut c = mk(
+                "f/rawcrc",
+                "raw read + crc32 of every byte",
+                r.raw_read_crc,
+                false,
+            );
+            c.baselines = vec!["f/raw".into()];
+            rows.push(c);
             rows.push(mk(
                 "f/scan",
                 "walspool scan (raw frames)",

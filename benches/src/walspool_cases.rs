@@ -351,6 +351,8 @@ pub struct ScanResult {
     pub disk_bytes: u64,
     /// Raw sequential read of the same files (`read` with a 1 MiB buffer).
     pub raw_read: Duration,
+    /// The same read plus crc32fast over every byte.
+    pub raw_read_crc: Duration,
     /// `read_range` + `try_next_raw` (frames, CRC-checked, not decoded).
     pub scan_raw: Duration,
     /// Typed live stream `read_from::<ByteBuf>(1)` counted until the last record.
@@ -382,6 +384,9 @@ pub fn scan_and_drain(cfg: &Cfg, p: &Payloads) -> Res<ScanResult> {
     let t = Instant::now();
     crate::common::raw_read_dir(dir.path())?;
     let raw_read = t.elapsed();
+    let t = Instant::now();
+    std::hint::black_box(crate::common::raw_read_crc_dir(dir.path())?);
+    let raw_read_crc = t.elapsed();
 
     let t = Instant::now();
     let mut s = wal.read_range::<ByteBuf>(1, last);
@@ -457,6 +462,7 @@ pub fn scan_and_drain(cfg: &Cfg, p: &Payloads) -> Res<ScanResult> {
         payload_bytes: last * PAYLOAD as u64,
         disk_bytes,
         raw_read,
+        raw_read_crc,
         scan_raw,
         stream,
         drain,
