@@ -94,6 +94,16 @@ impl<S: Storage> Consumer<S> {
     /// Durably records that every record up to `seq` is processed. Never moves the
     /// checkpoint backwards (a smaller `seq` is a no-op). `seq` must be durable.
     pub async fn commit(&self, seq: u64) -> Result<()> {
+        self.commit_start(seq).await
+    }
+
+    /// [`commit`](Self::commit), started now (before the first poll): the returned
+    /// future resolves once the checkpoint is durable. The shipper overlaps that wait
+    /// with reading and sending the next batch.
+    pub(crate) fn commit_start(
+        &self,
+        seq: u64,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
         housekeeper::send(
             &self.wal.inner,
@@ -103,7 +113,7 @@ impl<S: Storage> Consumer<S> {
                 tx,
             },
         );
-        rx.await.map_err(|_| Error::Closed)?
+        async move { rx.await.map_err(|_| Error::Closed)? }
     }
 
     /// Hands every record after the checkpoint (up to the durable end when called) to

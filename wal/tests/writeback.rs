@@ -111,8 +111,13 @@ fn hints_are_whole_pages_in_order_within_what_was_written() {
     let wal = fill(s.clone(), 64 << 10, 12_000);
     let calls = s.calls();
     // One hint per write of the writer (a round of appends, up to a 1 MiB chunk) once
-    // 64 KiB are pending: several per 1 MiB segment.
-    assert!(calls.len() >= 6, "expected several hints, got {calls:?}");
+    // 64 KiB are pending: several per 1 MiB segment when the writer keeps up, at least
+    // one per full segment when it lags (on a loaded machine a round can be a whole
+    // chunk).
+    assert!(
+        calls.len() >= 3,
+        "expected a hint per segment at least, got {calls:?}"
+    );
     let mut segs = std::collections::BTreeSet::new();
     let mut last: Option<(SegmentId, u64)> = None;
     for &(id, off, len) in &calls {

@@ -47,7 +47,11 @@ impl Shared {
     }
 
     pub(super) fn committed(&self, seq: u64) {
-        lock(&self.status).committed_seq = seq;
+        {
+            // Never backwards: a pipelined checkpoint may be published after a later one.
+            let mut st = lock(&self.status);
+            st.committed_seq = st.committed_seq.max(seq);
+        }
         self.notify();
     }
 

@@ -173,6 +173,26 @@ enum Delivery {
     Abandoned,
 }
 
+/// A checkpoint write started and not yet waited for: its sequence number and what
+/// resolves once it is durable.
+type PendingCommit = (u64, futures::future::BoxFuture<'static, Result<()>>);
+
+/// Waits for a commit started earlier and publishes it; `false` when the WAL closed
+/// first.
+async fn settle(shared: &Shared, pending: Option<PendingCommit>) -> Result<bool> {
+    let Some((seq, done)) = pending else {
+        return Ok(true);
+    };
+    match done.await {
+        Ok(()) => {
+            shared.committed(seq);
+            Ok(true)
+        }
+        Err(Error::Closed) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> Shipper<S, T> {
     /// Starts building a shipper of `consumer` into `sink`.
     pub fn builder(consumer: Consumer<S>, sink: impl Sink<T> + 'static) -> ShipperBuilder<S, T> {
@@ -236,6 +256,15 @@ impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> Shipper<S, T> {
     }
 
     async fn run_inner(&mut self) -> Result<()> {
+        let mut pending: Option<PendingCommit> = None;
+        let r = self.run_batches(&mut pending).await;
+        // Whatever happened, a checkpoint already started is seen through: the sink
+        // acknowledged those records.
+        let settled = settle(&self.shared, pending.take()).await;
+        r.and(settled.map(drop))
+    }
+
+    async fn run_batches(&mut self, pending: &mut Option<PendingCommit>) -> Result<()> {
         let inner = self.consumer.wal().inner.clone();
         let mut reader = RawReader::new(inner.clone(), self.consumer.committed() + 1);
         let mut carry: Option<RawEntry> = None;
@@ -255,17 +284,28 @@ impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> Shipper<S, T> {
                 .max(last);
             self.shared
                 .update(|s| s.in_flight = Some((batch.first_seq(), last)));
-            match self.deliver(batch, &mut state).await? {
+            match self.deliver(batch, &mut state, pending).await? {
                 Delivery::Abandoned => return Ok(()),
                 Delivery::Done => {}
             }
-            let last = through;
-            match self.consumer.commit(last).await {
-                Ok(()) => self.shared.committed(last),
-                Err(Error::Closed) => return Ok(()),
-                Err(e) => return Err(e),
+            // One checkpoint write in flight at a time, in order.
+            if !settle(&self.shared, pending.take()).await? {
+                return Ok(());
             }
+            let done = self.consumer.commit_start(through);
             self.shared.update(|s| s.in_flight = None);
+            // With a full batch already waiting, read and send it while the checkpoint
+            // becomes durable (an fsync or two); else wait for it here, so that an idle
+            // shipper's checkpoint is never left unpublished.
+            let backlog = inner
+                .durable_seq
+                .load(Ordering::Acquire)
+                .saturating_sub(through);
+            if backlog >= self.cfg.batch_max as u64 {
+                *pending = Some((through, Box::pin(done)));
+            } else if !settle(&self.shared, Some((through, Box::pin(done)))).await? {
+                return Ok(());
+            }
         }
     }
 
@@ -283,7 +323,12 @@ impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> Shipper<S, T> {
     }
 
     /// Delivers a batch until every record is acknowledged or dead-lettered.
-    async fn deliver(&mut self, batch: Batch<T>, run: &mut BreakerRun) -> Result<Delivery> {
+    async fn deliver(
+        &mut self,
+        batch: Batch<T>,
+        run: &mut BreakerRun,
+        pending: &mut Option<PendingCommit>,
+    ) -> Result<Delivery> {
         let mut queue: VecDeque<Pending<T>> = VecDeque::from([Pending { batch, refusals: 0 }]);
         let mut strikes: HashMap<u64, u32> = HashMap::new();
         while let Some(front) = queue.front_mut() {
@@ -326,6 +371,10 @@ impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> Shipper<S, T> {
                 }
                 Err(e) => e,
             };
+            // Retries may take long: publish the previous batch's checkpoint first.
+            if !settle(&self.shared, pending.take()).await? {
+                return Ok(Delivery::Abandoned);
+            }
             self.consumer.wal().hooks().record_ship_error();
             self.shared.update(|s| s.failed_attempts += 1);
             run.failures += 1;
