@@ -387,7 +387,11 @@ fn hundred_thousand_records_shipped_and_read_back() {
     assert_eq!(s.per_destination, st.per_topic);
     assert_eq!(
         (s.p50_us, s.p99_us, s.max_us),
-        (st.batch_ack_p50_us, st.batch_ack_p99_us, st.batch_ack_max_us)
+        (
+            st.batch_ack_p50_us,
+            st.batch_ack_p99_us,
+            st.batch_ack_max_us
+        )
     );
     assert_eq!(sink_of("again"), None, "no shipper for it yet");
 

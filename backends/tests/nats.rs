@@ -261,7 +261,11 @@ fn hundred_thousand_records_land_once_in_order_with_headers_and_redelivery_adds_
     assert_eq!(s.per_destination, st.per_subject);
     assert_eq!(
         (s.p50_us, s.p99_us, s.max_us),
-        (st.batch_ack_p50_us, st.batch_ack_p99_us, st.batch_ack_max_us)
+        (
+            st.batch_ack_p50_us,
+            st.batch_ack_p99_us,
+            st.batch_ack_max_us
+        )
     );
     assert_eq!(sink_of("again"), None, "no shipper for it yet");
 
