@@ -108,7 +108,10 @@
 //! [`KafkaSink::metrics`] hands out an `Arc<KafkaMetrics>` whose
 //! [`snapshot`](KafkaMetrics::snapshot) gives the records acknowledged, failed, in
 //! flight, produce requests, (re)connections, batch acknowledgement latency (percentiles
-//! over the last 1024 batches) and records acknowledged per topic.
+//! over the last 1024 batches) and records acknowledged per topic. The shipper also
+//! reads them (through [`Sink::metrics_source`]) into the WAL's metrics
+//! ([`ConsumerMetrics::sink`](walspool_wal::ConsumerMetrics::sink), kind `kafka`), so
+//! they show in the stats file, `walspool status` and `walspool top`.
 //!
 //! ```no_run
 //! use walspool_backends::kafka::{Encoding, KafkaSink};
@@ -156,8 +159,8 @@ use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
 use rskafka::record::Record;
 use rskafka::BackoffConfig;
 use serde::Serialize;
-use walspool_wal::shipper::{Batch, Sink, SinkError};
-use walspool_wal::Error;
+use walspool_wal::shipper::{Batch, Sink, SinkError, SinkMetricsSource};
+use walspool_wal::{Error, SinkMetrics};
 
 /// The default topic.
 pub const DEFAULT_TOPIC: &str = "walspool";
@@ -780,6 +783,11 @@ impl<T: Serialize + Send + Sync + 'static> Sink<T> for KafkaSink {
         let msgs = self.encode(batch)?;
         round_trip(&self.tx, |reply| Job::Produce { msgs, reply }, "Kafka").await
     }
+
+    fn metrics_source(&self) -> Option<SinkMetricsSource> {
+        let m = self.metrics.clone();
+        Some(Arc::new(move || m.sink_metrics()))
+    }
 }
 
 /// A Kafka topic name: 1 to 249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
@@ -1326,6 +1334,20 @@ impl KafkaMetrics {
             batch_ack_max_us: max,
             per_topic: self.stored.per_destination(),
         }
+    }
+
+    /// The figures the WAL's metrics carry for the consumer this sink ships
+    /// ([`ConsumerMetrics::sink`](walspool_wal::ConsumerMetrics::sink)): kind `kafka`,
+    /// records in flight, acknowledged and failed, batch acknowledgement latency and
+    /// records acknowledged per topic.
+    pub fn sink_metrics(&self) -> SinkMetrics {
+        let (p50, p99, max) = self.latency_us.p50_p99_max();
+        SinkMetrics::new("kafka")
+            .in_flight(self.in_flight.load(Ordering::Relaxed))
+            .stored(self.stored.total())
+            .failed(self.failed.load(Ordering::Relaxed))
+            .latency_us(p50, p99, max)
+            .per_destination(self.stored.per_destination())
     }
 
     fn record_latency(&self, d: Duration) {

@@ -84,7 +84,10 @@
 //! [`NatsSink::metrics`] hands out an `Arc<NatsMetrics>` whose
 //! [`snapshot`](NatsMetrics::snapshot) gives messages stored and acknowledged as
 //! duplicates, failed publishes, the publishes in flight, batch acknowledgement latency
-//! (percentiles over the last 1024 batches) and the messages stored per subject.
+//! (percentiles over the last 1024 batches) and the messages stored per subject. The
+//! shipper also reads them (through [`Sink::metrics_source`]) into the WAL's metrics
+//! ([`ConsumerMetrics::sink`](walspool_wal::ConsumerMetrics::sink), kind `nats`), so
+//! they show in the stats file, `walspool status` and `walspool top`.
 //!
 //! ```no_run
 //! use walspool_backends::nats::NatsSink;
@@ -127,8 +130,8 @@ use async_trait::async_trait;
 use futures::channel::oneshot;
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
-use walspool_wal::shipper::{Batch, Sink, SinkError};
-use walspool_wal::Error;
+use walspool_wal::shipper::{Batch, Sink, SinkError, SinkMetricsSource};
+use walspool_wal::{Error, SinkMetrics};
 
 /// The default stream name.
 pub const DEFAULT_STREAM: &str = "WALSPOOL";
@@ -528,6 +531,11 @@ impl<T: Serialize + Send + Sync + 'static> Sink<T> for NatsSink {
         let msgs = self.encode(batch)?;
         round_trip(&self.tx, |reply| Job::Publish { msgs, reply }, "NATS").await
     }
+
+    fn metrics_source(&self) -> Option<SinkMetricsSource> {
+        let m = self.metrics.clone();
+        Some(Arc::new(move || m.sink_metrics()))
+    }
 }
 
 /// A subject token: not empty, no `.`, `*`, `>` or white space.
@@ -911,6 +919,20 @@ impl NatsMetrics {
             batch_ack_max_us: max,
             per_subject: self.stored.per_destination(),
         }
+    }
+
+    /// The figures the WAL's metrics carry for the consumer this sink ships
+    /// ([`ConsumerMetrics::sink`](walspool_wal::ConsumerMetrics::sink)): kind `nats`,
+    /// publishes in flight, messages stored and failed publishes, batch acknowledgement
+    /// latency and messages stored per subject (duplicates are not counted as stored).
+    pub fn sink_metrics(&self) -> SinkMetrics {
+        let (p50, p99, max) = self.latency_us.p50_p99_max();
+        SinkMetrics::new("nats")
+            .in_flight(self.in_flight.load(Ordering::Relaxed))
+            .stored(self.stored.total())
+            .failed(self.failed.load(Ordering::Relaxed))
+            .latency_us(p50, p99, max)
+            .per_destination(self.stored.per_destination())
     }
 
     fn record_latency(&self, d: Duration) {

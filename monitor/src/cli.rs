@@ -164,6 +164,20 @@ pub fn status_text(s: &Snapshot, now_ms: u64) -> String {
             fmt::count(c.backlog_records),
             fmt::bytes(c.backlog_bytes)
         ));
+        if let Some(sk) = &c.sink {
+            o.push_str(&format!(
+                "  sink {}: {} in flight, {} stored, {} failed, publish p50/p99/max {} / {} / {}\n  per {}: {}\n",
+                sk.kind,
+                fmt::count(sk.in_flight),
+                fmt::count(sk.stored),
+                fmt::count(sk.failed),
+                fmt::micros_as_ms(sk.p50_us),
+                fmt::micros_as_ms(sk.p99_us),
+                fmt::micros_as_ms(sk.max_us),
+                sk.destination_label(),
+                fmt::destinations(sk)
+            ));
+        }
     }
     o
 }

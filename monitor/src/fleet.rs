@@ -11,6 +11,9 @@ use serde_json::{json, Value};
 use crate::app::{App, Event, Panel, Thresholds};
 use crate::collect::{discover, now_ms, Collector, Writer};
 use crate::fmt::{self, parse_duration_ms, parse_rate};
+use walspool_wal::metrics::{
+    SINK_DESTINATION_HELP, SINK_DESTINATION_METRIC, SINK_FIGURES, SINK_INFO_HELP, SINK_INFO_METRIC,
+};
 
 /// Threshold flags shared by `top` and `status`. Unset flags take the config file's
 /// value, then the default.
@@ -265,6 +268,17 @@ pub fn fleet_text(app: &App) -> String {
                 },
             ));
         }
+        // The consumers whose sink reports figures: in flight, latency, destinations.
+        for c in &m.consumers {
+            if let Some(sk) = &c.sink {
+                o.push_str(&format!(
+                    "  sink {}: {} · {}\n",
+                    c.name,
+                    fmt::sink_summary(sk),
+                    fmt::destinations(sk)
+                ));
+            }
+        }
     }
     o.push_str(&format!(
         "{} WALs, {} alerting (backlog age > {}, errors > {}/s)\n",
@@ -302,6 +316,7 @@ pub fn fleet_json(app: &App) -> Value {
                     "backlog_bytes": c.backlog_bytes,
                     "backlog_age_ms": p.consumer_backlog_age_ms(&c.name, app.now_ms),
                     "breaker_state": c.breaker_state,
+                    "sink": c.sink,
                 })).collect::<Vec<_>>(),
                 "dropped_records_total": m.dropped_records_total,
                 "breaker_state": m.breaker_state,
@@ -508,6 +523,60 @@ pub fn fleet_prometheus(app: &App) -> String {
                     get(app, p, c)
                 ));
             }
+        }
+    }
+    // The sinks that report figures (walspool_wal::SinkMetrics), under the names of
+    // Metrics::render_prometheus with `walspool_` for `wal_`.
+    let sinks: Vec<(&Panel, &str, &walspool_wal::SinkMetrics)> = panels
+        .iter()
+        .flat_map(|p| {
+            p.snap
+                .iter()
+                .flat_map(|s| &s.metrics.consumers)
+                .filter_map(move |c| Some((p, c.name.as_str(), c.sink.as_ref()?)))
+        })
+        .collect();
+    let fleet_name = |n: &str| format!("walspool_{}", n.strip_prefix("wal_").unwrap_or(n));
+    let name = fleet_name(SINK_INFO_METRIC);
+    out.push_str(&format!(
+        "# HELP {name} {SINK_INFO_HELP}\n# TYPE {name} gauge\n"
+    ));
+    for (p, c, sk) in &sinks {
+        out.push_str(&format!(
+            "{name}{{wal=\"{}\",consumer=\"{}\",kind=\"{}\"}} 1\n",
+            label(&p.name),
+            label(c),
+            label(&sk.kind)
+        ));
+    }
+    for f in &SINK_FIGURES {
+        let name = fleet_name(f.name);
+        out.push_str(&format!(
+            "# HELP {name} {}\n# TYPE {name} {}\n",
+            f.help,
+            f.kind.as_str()
+        ));
+        for (p, c, sk) in &sinks {
+            out.push_str(&format!(
+                "{name}{{wal=\"{}\",consumer=\"{}\"}} {}\n",
+                label(&p.name),
+                label(c),
+                (f.value)(sk)
+            ));
+        }
+    }
+    let name = fleet_name(SINK_DESTINATION_METRIC);
+    out.push_str(&format!(
+        "# HELP {name} {SINK_DESTINATION_HELP}\n# TYPE {name} counter\n"
+    ));
+    for (p, c, sk) in &sinks {
+        for (d, n) in &sk.per_destination {
+            out.push_str(&format!(
+                "{name}{{wal=\"{}\",consumer=\"{}\",destination=\"{}\"}} {n}\n",
+                label(&p.name),
+                label(c),
+                label(d)
+            ));
         }
     }
     out.push_str("# HELP walspool_writer_state The writer's state (one series per state, 1 for the current one).\n# TYPE walspool_writer_state gauge\n");

@@ -171,6 +171,31 @@ pub fn short_count(n: u64) -> String {
     }
 }
 
+/// A sink's figures in one short line: `kafka · 3 in flight · p50/p99 1.20ms / 4.00ms`.
+pub fn sink_summary(s: &walspool_wal::SinkMetrics) -> String {
+    format!(
+        "{} · {} in flight · p50/p99 {} / {}",
+        s.kind,
+        count(s.in_flight),
+        micros_as_ms(s.p50_us),
+        micros_as_ms(s.p99_us)
+    )
+}
+
+/// A sink's records per destination, busiest first then by name:
+/// `audit.login 5,000, audit.logout 230` (`-` when none).
+pub fn destinations(s: &walspool_wal::SinkMetrics) -> String {
+    if s.per_destination.is_empty() {
+        return "-".into();
+    }
+    let mut v: Vec<(&String, &u64)> = s.per_destination.iter().collect();
+    v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    v.iter()
+        .map(|(d, n)| format!("{d} {}", count(**n)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,5 +248,22 @@ mod tests {
         assert_eq!(rate(12_345.0), "12.3k");
         assert_eq!(short_count(950), "950");
         assert_eq!(short_count(123_456), "123.5k");
+        let s = walspool_wal::SinkMetrics::new("nats")
+            .in_flight(1_024)
+            .latency_us(1_200, 40_000, 90_000)
+            .per_destination(
+                [
+                    ("audit.b".to_string(), 7),
+                    ("audit.a".to_string(), 7),
+                    ("audit.z".to_string(), 12_000),
+                ]
+                .into(),
+            );
+        assert_eq!(
+            sink_summary(&s),
+            "nats · 1,024 in flight · p50/p99 1.20ms / 40.00ms"
+        );
+        assert_eq!(destinations(&s), "audit.z 12,000, audit.a 7, audit.b 7");
+        assert_eq!(destinations(&walspool_wal::SinkMetrics::new("x")), "-");
     }
 }

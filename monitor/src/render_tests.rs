@@ -5,7 +5,7 @@ use ratatui::backend::TestBackend;
 use ratatui::buffer::Buffer;
 use ratatui::style::Color;
 use ratatui::Terminal;
-use walspool_wal::{ConsumerMetrics, Metrics, SegmentMetrics};
+use walspool_wal::{ConsumerMetrics, Metrics, SegmentMetrics, SinkMetrics};
 
 use crate::app::{App, Event, Key, Screen, Thresholds};
 use crate::collect::{Snapshot, Writer};
@@ -526,4 +526,175 @@ fn docs_screenshots_are_current() {
             );
         }
     }
+}
+
+/// `metrics` with sinks that report figures: Kafka behind `audit-sink` (records in
+/// flight, a failure, two topics), NATS behind `warehouse`.
+fn metrics_with_sinks() -> Metrics {
+    let mut m = metrics(0, "closed");
+    m.consumers[0].sink = Some(
+        SinkMetrics::new("kafka")
+            .in_flight(512)
+            .stored(56_698)
+            .failed(3)
+            .latency_us(1_840, 12_500, 48_000)
+            .per_destination(
+                [
+                    ("orders.audit".to_string(), 37_800),
+                    ("orders.login".to_string(), 18_898),
+                ]
+                .into(),
+            ),
+    );
+    m.consumers[1].sink = Some(
+        SinkMetrics::new("nats")
+            .stored(5_200)
+            .latency_us(620, 2_100, 3_300)
+            .per_destination([("audit.order".to_string(), 5_200)].into()),
+    );
+    m
+}
+
+#[test]
+fn sinks_in_the_detail_views() {
+    let app = app_with(snapshot(
+        Writer::Running { pid: 4242 },
+        metrics_with_sinks(),
+    ));
+    // Tall: the Shipping box names the slowest consumer's sink, the Sinks box lists
+    // every sink with its destinations.
+    let s = screen(&draw(&app, 120, 40));
+    insta::assert_snapshot!("full_sinks_120x40", s);
+    assert!(s.contains("sink          kafka · 512 in flight"), "{s}");
+    assert!(s.contains("sink p50/p99  1.84ms / 12.50ms"), "{s}");
+    assert!(s.contains(" Sinks "), "{s}");
+    assert!(
+        s.contains("kafka · 512 in flight · 56,698 stored · 3 failed · publish p50/p99/max 1.84ms / 12.50ms / 48.00ms"),
+        "{s}"
+    );
+    assert!(
+        s.contains("per topic: orders.audit 37,800, orders.login 18,898"),
+        "{s}"
+    );
+    assert!(s.contains("per subject: audit.order 5,200"), "{s}");
+    let buf = draw(&app, 120, 40);
+    assert_eq!(
+        fg_of(buf.backend().buffer(), "3 failed"),
+        Some(Color::Yellow)
+    );
+    // Not tall: the Shipping box only, narrow labels.
+    let s = screen(&draw(&app, 80, 24));
+    insta::assert_snapshot!("full_sinks_80x24", s);
+    assert!(s.contains("kafka   512 in flight"), "{s}");
+    assert!(s.contains("p50/p99 1.84ms / 12.50ms"), "{s}");
+    // Compact: a line under each consumer.
+    let s = screen(&draw(&app, 60, 24));
+    insta::assert_snapshot!("compact_sinks_60x24", s);
+    assert!(s.contains("  kafka 512 in flight p99 12.50ms"), "{s}");
+    assert!(s.contains("  nats 0 in flight p99 2.10ms"), "{s}");
+    // Without sink figures the screens are as before (the other snapshots).
+    let plain = app_with(snapshot(
+        Writer::Running { pid: 4242 },
+        metrics(0, "closed"),
+    ));
+    let s = screen(&draw(&plain, 120, 40));
+    assert!(!s.contains(" Sinks ") && !s.contains("sink p50"), "{s}");
+}
+
+/// `walspool status` (one WAL) shows each consumer's sink: text, and `--json` through
+/// the metrics' own serialisation.
+#[test]
+fn status_text_and_json_show_sinks() {
+    let snap = snapshot(Writer::Running { pid: 4242 }, metrics_with_sinks());
+    let text = crate::cli::status_text(&snap, NOW);
+    assert!(
+        text.contains(
+            "  sink kafka: 512 in flight, 56,698 stored, 3 failed, publish p50/p99/max 1.84ms / 12.50ms / 48.00ms\n  per topic: orders.audit 37,800, orders.login 18,898\n"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("  sink nats: 0 in flight"), "{text}");
+    let json = crate::cli::status_json(&snap);
+    let sink = &json["consumers"][0]["sink"];
+    assert_eq!(sink["kind"], "kafka");
+    assert_eq!(sink["in_flight"], 512);
+    assert_eq!(sink["p99_us"], 12_500);
+    assert_eq!(sink["per_destination"]["orders.login"], 18_898);
+    let plain = crate::cli::status_json(&snapshot(
+        Writer::Running { pid: 4242 },
+        metrics(0, "closed"),
+    ));
+    assert!(plain["consumers"][0]["sink"].is_null(), "{plain}");
+}
+
+/// `walspool status ROOT`: the table lists each sink, `--json` carries it per
+/// consumer, `--prometheus` exports `walspool_sink_*` (checked by promtool).
+#[test]
+fn fleet_status_shows_sinks() {
+    let dirs = vec![("orders".to_string(), "/var/lib/orders".to_string())];
+    let mut app = App::new(&dirs, Thresholds::default(), 500);
+    app.update(Event::Snapshot(Box::new(snapshot(
+        Writer::Running { pid: 4242 },
+        metrics_with_sinks(),
+    ))));
+    app.update(Event::Tick(NOW));
+    let text = crate::fleet::fleet_text(&app);
+    assert!(
+        text.contains("  sink audit-sink: kafka · 512 in flight · p50/p99 1.84ms / 12.50ms · orders.audit 37,800, orders.login 18,898\n"),
+        "{text}"
+    );
+    let json = crate::fleet::fleet_json(&app);
+    assert_eq!(json["wals"][0]["consumers"][1]["sink"]["kind"], "nats");
+    let prom = crate::fleet::fleet_prometheus(&app);
+    for (series, v) in [
+        ("walspool_sink_info{wal=\"orders\",consumer=\"audit-sink\",kind=\"kafka\"}", "1"),
+        ("walspool_sink_in_flight_records{wal=\"orders\",consumer=\"audit-sink\"}", "512"),
+        ("walspool_sink_stored_records_total{wal=\"orders\",consumer=\"warehouse\"}", "5200"),
+        ("walspool_sink_failed_records_total{wal=\"orders\",consumer=\"audit-sink\"}", "3"),
+        ("walspool_sink_publish_latency_p50_seconds{wal=\"orders\",consumer=\"audit-sink\"}", "0.00184"),
+        ("walspool_sink_publish_latency_p99_seconds{wal=\"orders\",consumer=\"audit-sink\"}", "0.0125"),
+        ("walspool_sink_publish_latency_max_seconds{wal=\"orders\",consumer=\"audit-sink\"}", "0.048"),
+        ("walspool_sink_destination_records_total{wal=\"orders\",consumer=\"audit-sink\",destination=\"orders.login\"}", "18898"),
+    ] {
+        assert!(prom.contains(&format!("{series} {v}\n")), "{series} {v} missing from\n{prom}");
+    }
+    assert!(prom.contains("# TYPE walspool_sink_destination_records_total counter\n"));
+    promtool_check(&prom);
+}
+
+/// `promtool check metrics` accepts `text`; without promtool the check fails under
+/// CI=true and is skipped loudly otherwise.
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(
+                std::env::var("CI").map_or(true, |v| v != "true"),
+                "promtool not found ({e}); scripts/test.sh installs it"
+            );
+            eprintln!("SKIPPED promtool check metrics: promtool not found ({e})");
+            return;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "promtool check metrics failed:\n{}\n{}\n{text}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

@@ -412,6 +412,17 @@ fn narrow(line: Line<'static>) -> Line<'static> {
     if spans.len() != 2 {
         return Line::from(spans);
     }
+    // `sink  kafka · 3 in flight` becomes `kafka   3 in flight`.
+    let (kind, flight) = spans[1]
+        .content
+        .split_once(" · ")
+        .map(|(k, r)| (k.to_string(), r.to_string()))
+        .unwrap_or_default();
+    if spans[0].content.trim_end() == "sink" && !kind.is_empty() {
+        spans[0].content = format!("{kind:<8}").into();
+        spans[1].content = flight.into();
+        return Line::from(spans);
+    }
     let label = match spans[0].content.trim_end() {
         "backlog bytes" => "bytes",
         "backlog age" => "age",
@@ -423,6 +434,7 @@ fn narrow(line: Line<'static>) -> Line<'static> {
         "current file" => "file",
         "fsync p50/p99" => "fsync",
         "archive lag" => "archive",
+        "sink p50/p99" => "p50/p99",
         other => other,
     }
     .to_string();
@@ -467,6 +479,11 @@ struct Figures {
     fsync: Line<'static>,
     archive: Line<'static>,
     seqs: Line<'static>,
+    /// The sink of the slowest consumer whose sink reports figures: kind and records
+    /// in flight.
+    sink: Option<Line<'static>>,
+    /// Its publish latency, p50 / p99.
+    publish: Option<Line<'static>>,
 }
 
 impl Figures {
@@ -486,6 +503,8 @@ impl Figures {
             fsync: f(self.fsync),
             archive: f(self.archive),
             seqs: f(self.seqs),
+            sink: self.sink.map(f),
+            publish: self.publish.map(f),
         }
     }
 }
@@ -578,7 +597,38 @@ fn figures(app: &App, p: &Panel, s: &Snapshot) -> Figures {
         };
         (fmt::age(age_ms), st)
     };
+    // The slowest consumer with a sink that reports figures (ties: the first by name).
+    let sink = m
+        .consumers
+        .iter()
+        .filter(|c| c.sink.is_some())
+        .fold(
+            None::<&walspool_wal::ConsumerMetrics>,
+            |best, c| match best {
+                Some(b) if b.backlog_records >= c.backlog_records => Some(b),
+                _ => Some(c),
+            },
+        )
+        .and_then(|c| c.sink.as_ref());
     Figures {
+        sink: sink.map(|sk| {
+            kv(
+                "sink",
+                format!("{} · {} in flight", sk.kind, fmt::count(sk.in_flight)),
+                Style::new(),
+            )
+        }),
+        publish: sink.map(|sk| {
+            kv(
+                "sink p50/p99",
+                format!(
+                    "{} / {}",
+                    fmt::micros_as_ms(sk.p50_us),
+                    fmt::micros_as_ms(sk.p99_us)
+                ),
+                Style::new(),
+            )
+        }),
         age: kv("backlog age", age.0, age.1),
         ship_rate: kv("ship rate", ship_rate, Style::new()),
         backlog: kv(
@@ -639,10 +689,15 @@ fn figures(app: &App, p: &Panel, s: &Snapshot) -> Figures {
 
 fn render_full(app: &App, f: &mut Frame, area: Rect) {
     let tall = area.height >= 34;
+    // A sink that reports figures adds two lines to the Shipping box.
+    let has_sink = app
+        .current()
+        .and_then(|p| p.snap.as_ref())
+        .is_some_and(|s| s.metrics.consumers.iter().any(|c| c.sink.is_some()));
     let [top, status, boxes, charts, tables, footer] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Length(1),
-        Constraint::Length(8),
+        Constraint::Length(if has_sink { 9 } else { 8 }),
         if tall {
             Constraint::Length(12)
         } else {
@@ -711,15 +766,17 @@ fn render_full(app: &App, f: &mut Frame, area: Rect) {
             .block(Block::default().borders(Borders::ALL).title(" Backlog ")),
         b1,
     );
+    let mut shipping = vec![
+        fig.ship_rate,
+        fig.errors,
+        fig.dropped,
+        fig.last_ship,
+        fig.breaker,
+    ];
+    shipping.extend(fig.sink);
+    shipping.extend(fig.publish);
     f.render_widget(
-        Paragraph::new(vec![
-            fig.ship_rate,
-            fig.errors,
-            fig.dropped,
-            fig.last_ship,
-            fig.breaker,
-        ])
-        .block(Block::default().borders(Borders::ALL).title(" Shipping ")),
+        Paragraph::new(shipping).block(Block::default().borders(Borders::ALL).title(" Shipping ")),
         b2,
     );
     f.render_widget(
@@ -734,8 +791,22 @@ fn render_full(app: &App, f: &mut Frame, area: Rect) {
 
     let m = &s.metrics;
     let n_cons = m.consumers.len().max(1) as u16;
-    let [cons_area, seg_area] =
-        Layout::vertical([Constraint::Length(n_cons + 3), Constraint::Min(3)]).areas(tables);
+    let sinks: Vec<(&str, &walspool_wal::SinkMetrics)> = m
+        .consumers
+        .iter()
+        .filter_map(|c| Some((c.name.as_str(), c.sink.as_ref()?)))
+        .collect();
+    let sink_rows = if sinks.is_empty() {
+        0
+    } else {
+        2 * sinks.len() as u16 + 2
+    };
+    let [cons_area, sink_area, seg_area] = Layout::vertical([
+        Constraint::Length(n_cons + 3),
+        Constraint::Length(sink_rows),
+        Constraint::Min(3),
+    ])
+    .areas(tables);
     let cons_rows: Vec<Row> = m
         .consumers
         .iter()
@@ -803,6 +874,41 @@ fn render_full(app: &App, f: &mut Frame, area: Rect) {
         .block(Block::default().borders(Borders::ALL).title(" Consumers ")),
         cons_area,
     );
+
+    // Sinks that report figures: per consumer, in flight, stored, failed, publish
+    // latency, then the records per destination.
+    if !sinks.is_empty() {
+        let mut lines: Vec<Line> = Vec::new();
+        for (name, sk) in &sinks {
+            lines.push(Line::from(vec![
+                Span::styled(format!("{name:<20} "), LABEL),
+                Span::raw(format!(
+                    "{} · {} in flight · {} stored · ",
+                    sk.kind,
+                    fmt::count(sk.in_flight),
+                    fmt::count(sk.stored)
+                )),
+                Span::styled(
+                    format!("{} failed", fmt::count(sk.failed)),
+                    if sk.failed > 0 { WARN } else { Style::new() },
+                ),
+                Span::raw(format!(
+                    " · publish p50/p99/max {} / {} / {}",
+                    fmt::micros_as_ms(sk.p50_us),
+                    fmt::micros_as_ms(sk.p99_us),
+                    fmt::micros_as_ms(sk.max_us)
+                )),
+            ]));
+            lines.push(Line::from(vec![
+                Span::styled(format!("  per {}: ", sk.destination_label()), DIM),
+                Span::raw(fmt::destinations(sk)),
+            ]));
+        }
+        f.render_widget(
+            Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" Sinks ")),
+            sink_area,
+        );
+    }
 
     // Segments: the newest ones that fit, newest last.
     let room = seg_area.height.saturating_sub(3) as usize;
@@ -1045,6 +1151,14 @@ fn render_compact(app: &App, f: &mut Frame, area: Rect) {
                             format!(" age {}", fmt::age(age))
                         }
                     )));
+                    if let Some(sk) = &c.sink {
+                        lines.push(Line::from(format!(
+                            "  {} {} in flight p99 {}",
+                            sk.kind,
+                            fmt::count(sk.in_flight),
+                            fmt::micros_as_ms(sk.p99_us)
+                        )));
+                    }
                 }
             }
         },

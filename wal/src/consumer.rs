@@ -274,6 +274,7 @@ impl<S: Storage> Inner<S> {
                 .map_or(0, |t| now.saturating_sub(t) / 1000)
         };
         let breakers = lock(&self.breaker).clone();
+        let sinks = lock(&self.sink_metrics).clone();
         let mut cms: Vec<ConsumerMetrics> = consumers
             .iter()
             .map(|(name, &c)| {
@@ -285,6 +286,7 @@ impl<S: Storage> Inner<S> {
                     backlog_bytes: bytes_after(from),
                     backlog_age_ms: age_ms(from + 1),
                     breaker_state: breakers.get(name).cloned().unwrap_or_default(),
+                    sink: sinks.get(name).map(|f| f()),
                 }
             })
             .collect();

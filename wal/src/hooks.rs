@@ -33,7 +33,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::housekeeper::{self, HkMsg};
-use crate::shipper::BreakerState;
+use crate::shipper::{BreakerState, SinkMetricsSource};
 use crate::storage::Storage;
 use crate::wal::{lock, now_ms, Wal};
 
@@ -88,6 +88,15 @@ impl<S: Storage> Hooks<'_, S> {
     /// Reports the circuit-breaker state of the shipper of `consumer`.
     pub fn record_breaker_state(&self, consumer: &str, state: BreakerState) {
         lock(&self.wal.inner.breaker).insert(consumer.to_string(), state.as_str().to_string());
+    }
+
+    /// Installs where the figures of the sink of `consumer`'s shipper are read: every
+    /// snapshot ([`Wal::metrics`], the stats file) calls `source` for
+    /// [`ConsumerMetrics::sink`](crate::ConsumerMetrics::sink). One per consumer; a later
+    /// call replaces it. A [`Shipper`](crate::shipper::Shipper) installs its sink's
+    /// [`metrics_source`](crate::shipper::Sink::metrics_source) when it starts.
+    pub fn set_sink_metrics(&self, consumer: &str, source: SinkMetricsSource) {
+        lock(&self.wal.inner.sink_metrics).insert(consumer.to_string(), source);
     }
 
     /// Reports a failed archive upload (`archive_errors_total`, persisted).

@@ -76,7 +76,9 @@ pub use chain::{verify_chain, ChainBreak, ChainReport, HmacKey};
 pub use consumer::Consumer;
 pub use error::{BoxError, Error, PoisonCause, Result};
 pub use memory::{Memory, MemoryCounters, Tear};
-pub use metrics::{ConsumerMetrics, Metrics, SegmentMetrics, StatsFile, STATS_FILE, STATS_SCHEMA};
+pub use metrics::{
+    ConsumerMetrics, Metrics, SegmentMetrics, SinkMetrics, StatsFile, STATS_FILE, STATS_SCHEMA,
+};
 pub use options::{Durability, Options, RecoveryMode, WhenFull};
 pub use reader::{Entry, ReadStream};
 pub use schema::{Schema, UpgradeError, Versioned};

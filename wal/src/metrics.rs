@@ -1,7 +1,7 @@
 //! Metrics: counters kept by the WAL, the snapshot [`Metrics`], Prometheus text and
 //! the stats file published for the monitor.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -34,6 +34,103 @@ pub struct ConsumerMetrics {
     /// empty when no shipper runs for it.
     #[serde(default)]
     pub breaker_state: String,
+    /// What the consumer's sink reports about itself (NATS JetStream, Kafka, or any
+    /// sink that implements [`Sink::metrics_source`](crate::shipper::Sink::metrics_source)),
+    /// read live at each snapshot; `None` when no shipper runs for it or its sink keeps
+    /// no figures.
+    #[serde(default)]
+    pub sink: Option<SinkMetrics>,
+}
+
+/// A sink's own figures, as its shipper reports them into
+/// [`ConsumerMetrics::sink`]. Build one with [`SinkMetrics::new`] and the setters.
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use walspool_wal::SinkMetrics;
+/// let m = SinkMetrics::new("kafka")
+///     .in_flight(3)
+///     .stored(120)
+///     .failed(2)
+///     .latency_us(1_200, 4_000, 9_100)
+///     .per_destination(BTreeMap::from([("audit.login".to_string(), 120)]));
+/// assert_eq!((m.kind.as_str(), m.in_flight, m.p99_us), ("kafka", 3, 4_000));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct SinkMetrics {
+    /// What kind of sink: `kafka`, `nats`, or another short name.
+    pub kind: String,
+    /// Records sent and awaiting the destination's acknowledgement now.
+    pub in_flight: u64,
+    /// Records the destination acknowledged (stored), redeliveries included, since the
+    /// sink was built.
+    pub stored: u64,
+    /// Records whose publication failed (no acknowledgement, or an error), since the
+    /// sink was built.
+    pub failed: u64,
+    /// Median publish latency (a batch's first publish to its last acknowledgement)
+    /// over the sink's recent batches, µs (0 before the first batch).
+    pub p50_us: u64,
+    /// 99th percentile of the same latency, µs.
+    pub p99_us: u64,
+    /// Maximum of the same latency, µs.
+    pub max_us: u64,
+    /// Records acknowledged per destination (Kafka topic, NATS subject).
+    pub per_destination: BTreeMap<String, u64>,
+}
+
+impl SinkMetrics {
+    /// Figures of a sink of `kind` (`kafka`, `nats`, …), all zero.
+    pub fn new(kind: impl Into<String>) -> Self {
+        SinkMetrics {
+            kind: kind.into(),
+            ..SinkMetrics::default()
+        }
+    }
+
+    /// Sets [`in_flight`](Self::in_flight).
+    pub fn in_flight(mut self, records: u64) -> Self {
+        self.in_flight = records;
+        self
+    }
+
+    /// Sets [`stored`](Self::stored).
+    pub fn stored(mut self, records: u64) -> Self {
+        self.stored = records;
+        self
+    }
+
+    /// Sets [`failed`](Self::failed).
+    pub fn failed(mut self, records: u64) -> Self {
+        self.failed = records;
+        self
+    }
+
+    /// Sets the publish latency: median, 99th percentile and maximum, µs.
+    pub fn latency_us(mut self, p50: u64, p99: u64, max: u64) -> Self {
+        self.p50_us = p50;
+        self.p99_us = p99;
+        self.max_us = max;
+        self
+    }
+
+    /// Sets [`per_destination`](Self::per_destination).
+    pub fn per_destination(mut self, counts: BTreeMap<String, u64>) -> Self {
+        self.per_destination = counts;
+        self
+    }
+
+    /// What a destination is called for this kind of sink: `topic` (Kafka), `subject`
+    /// (NATS), else `destination`.
+    pub fn destination_label(&self) -> &'static str {
+        match self.kind.as_str() {
+            "kafka" => "topic",
+            "nats" => "subject",
+            _ => "destination",
+        }
+    }
 }
 
 /// One segment, as listed in the metrics.
@@ -222,8 +319,9 @@ impl FigureKind {
 /// One exported figure of a [`Metrics`] snapshot: its metric name (Prometheus
 /// conventions: base unit in the name, `_total` on counters), kind, help text and
 /// value. [`Metrics::render_prometheus`] and the `metrics` feature's exporter both
-/// publish [`FIGURES`], [`CONSUMER_FIGURES`], `wal_breaker_state` and the fsync
-/// histogram, so the two always carry the same names.
+/// publish [`FIGURES`], [`CONSUMER_FIGURES`], `wal_breaker_state`, the sink figures
+/// ([`SINK_FIGURES`], `wal_sink_info`, `wal_sink_destination_records_total`) and the
+/// fsync histogram, so the two always carry the same names.
 #[derive(Debug, Clone, Copy)]
 pub struct Figure<T> {
     /// Metric name.
@@ -440,6 +538,60 @@ pub const CONSUMER_FIGURES: [Figure<ConsumerMetrics>; 4] = [
     ),
 ];
 
+/// The figures of a consumer's sink ([`ConsumerMetrics::sink`]), labelled `wal_id` and
+/// `consumer`, for the consumers whose sink reports them.
+pub const SINK_FIGURES: [Figure<SinkMetrics>; 6] = [
+    fig(
+        "wal_sink_in_flight_records",
+        Gauge,
+        "Records the consumer's sink sent that await their acknowledgement.",
+        |s| s.in_flight as f64,
+    ),
+    fig(
+        "wal_sink_stored_records_total",
+        Counter,
+        "Records the consumer's sink had acknowledged (stored) since it was built.",
+        |s| s.stored as f64,
+    ),
+    fig(
+        "wal_sink_failed_records_total",
+        Counter,
+        "Records whose publication by the consumer's sink failed since it was built.",
+        |s| s.failed as f64,
+    ),
+    fig(
+        "wal_sink_publish_latency_p50_seconds",
+        Gauge,
+        "Median time from a batch's first publish to its last acknowledgement, over the sink's recent batches.",
+        |s| s.p50_us as f64 / 1e6,
+    ),
+    fig(
+        "wal_sink_publish_latency_p99_seconds",
+        Gauge,
+        "99th percentile of the time from a batch's first publish to its last acknowledgement, over the sink's recent batches.",
+        |s| s.p99_us as f64 / 1e6,
+    ),
+    fig(
+        "wal_sink_publish_latency_max_seconds",
+        Gauge,
+        "Longest time from a batch's first publish to its last acknowledgement, over the sink's recent batches.",
+        |s| s.max_us as f64 / 1e6,
+    ),
+];
+
+/// Name of the sink info gauge: labelled `wal_id`, `consumer` and `kind` (the sink's
+/// [`SinkMetrics::kind`]), always 1, for the consumers whose sink reports figures.
+pub const SINK_INFO_METRIC: &str = "wal_sink_info";
+/// Help of [`SINK_INFO_METRIC`].
+pub const SINK_INFO_HELP: &str = "The kind of each consumer's sink (label kind); always 1.";
+/// Name of the per-destination counter: records a consumer's sink had acknowledged per
+/// destination (Kafka topic, NATS subject), labelled `wal_id`, `consumer` and
+/// `destination` ([`SinkMetrics::per_destination`]).
+pub const SINK_DESTINATION_METRIC: &str = "wal_sink_destination_records_total";
+/// Help of [`SINK_DESTINATION_METRIC`].
+pub const SINK_DESTINATION_HELP: &str =
+    "Records the consumer's sink had acknowledged per destination (Kafka topic, NATS subject).";
+
 /// Name of the breaker state set: a gauge labelled `wal_id`, `consumer` and `state`
 /// (one of [`BREAKER_STATES`]), 1 for the current state, for consumers whose shipper
 /// runs.
@@ -469,7 +621,10 @@ impl Metrics {
     /// family with `# HELP` and `# TYPE`, every sample labelled `wal_id`, names
     /// following the Prometheus conventions (base units in the name, `_total` on
     /// counters): [`FIGURES`]; per consumer (label `consumer`) [`CONSUMER_FIGURES`] and
-    /// `wal_breaker_state{state=…}` (1 for the current state); the fsync latency as a
+    /// `wal_breaker_state{state=…}` (1 for the current state); per consumer whose sink
+    /// reports figures ([`ConsumerMetrics::sink`]) `wal_sink_info{kind=…}`,
+    /// [`SINK_FIGURES`] and `wal_sink_destination_records_total{destination=…}`; the
+    /// fsync latency as a
     /// histogram, `wal_fsync_duration_seconds_bucket{le=…}`, `_sum` and `_count`
     /// (bounds [`FSYNC_BUCKETS_US`]). The segment list is not exported (a series per
     /// segment file would be a new series at every roll): `wal_segments` and
@@ -506,6 +661,31 @@ impl Metrics {
                     BREAKER_STATE_METRIC,
                     &[("consumer", &c.name), ("state", st)],
                     f64::from(u8::from(c.breaker_state == st)),
+                );
+            }
+        }
+        let sinks: Vec<(&str, &SinkMetrics)> = self
+            .consumers
+            .iter()
+            .filter_map(|c| Some((c.name.as_str(), c.sink.as_ref()?)))
+            .collect();
+        p.family(SINK_INFO_METRIC, "gauge", SINK_INFO_HELP);
+        for (c, s) in &sinks {
+            p.sample(SINK_INFO_METRIC, &[("consumer", c), ("kind", &s.kind)], 1.0);
+        }
+        for f in &SINK_FIGURES {
+            p.family(f.name, f.kind.as_str(), f.help);
+            for (c, s) in &sinks {
+                p.sample(f.name, &[("consumer", c)], (f.value)(s));
+            }
+        }
+        p.family(SINK_DESTINATION_METRIC, "counter", SINK_DESTINATION_HELP);
+        for (c, s) in &sinks {
+            for (d, n) in &s.per_destination {
+                p.sample(
+                    SINK_DESTINATION_METRIC,
+                    &[("consumer", c), ("destination", d)],
+                    *n as f64,
                 );
             }
         }
@@ -784,6 +964,17 @@ mod tests {
                     backlog_bytes: 3456,
                     backlog_age_ms: 2500,
                     breaker_state: "open".into(),
+                    sink: Some(
+                        SinkMetrics::new("kafka")
+                            .in_flight(7)
+                            .stored(100)
+                            .failed(3)
+                            .latency_us(1_500, 250_000, 2_000_000)
+                            .per_destination(BTreeMap::from([
+                                ("audit.login".to_string(), 60),
+                                ("audit \"x\"".to_string(), 40),
+                            ])),
+                    ),
                 },
                 ConsumerMetrics {
                     name: "idle".into(),
@@ -890,6 +1081,35 @@ mod tests {
             !text.contains("consumer=\"idle\",state"),
             "no shipper, no breaker series"
         );
+        // The sink of "down": its kind, figures and per-destination counts.
+        assert_eq!(
+            value(
+                &text,
+                &format!("wal_sink_info{{{l},consumer=\"down\",kind=\"kafka\"}}")
+            ),
+            1.0
+        );
+        for (name, v) in [
+            ("wal_sink_in_flight_records", 7.0),
+            ("wal_sink_stored_records_total", 100.0),
+            ("wal_sink_failed_records_total", 3.0),
+            ("wal_sink_publish_latency_p50_seconds", 0.0015),
+            ("wal_sink_publish_latency_p99_seconds", 0.25),
+            ("wal_sink_publish_latency_max_seconds", 2.0),
+        ] {
+            assert_eq!(c(name, "down"), v, "{name}");
+        }
+        let d = |dest: &str| {
+            value(
+                &text,
+                &format!("wal_sink_destination_records_total{{{l},consumer=\"down\",destination=\"{dest}\"}}"),
+            )
+        };
+        assert_eq!((d("audit.login"), d("audit \\\"x\\\"")), (60.0, 40.0));
+        assert!(
+            !text.contains("wal_sink_in_flight_records{wal_id=\"id\\\"1\",consumer=\"idle\"}"),
+            "no sink figures for a consumer whose sink reports none"
+        );
         // No label that changes at every roll.
         assert!(!text.contains("file="), "{text}");
         // Every family once, with HELP and TYPE; counters end in _total, and only they.
@@ -908,7 +1128,7 @@ mod tests {
         families.sort();
         families.dedup();
         assert_eq!(families.len(), n, "a family twice");
-        assert_eq!(n, 32, "{families:?}");
+        assert_eq!(n, 40, "{families:?}");
         promtool_check(&text);
     }
 

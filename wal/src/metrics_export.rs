@@ -8,7 +8,8 @@
 //! happens. [`publish`] publishes one snapshot, for services that drive their own
 //! timer. The names, kinds and help texts are the ones
 //! [`Metrics::render_prometheus`] uses ([`FIGURES`], [`CONSUMER_FIGURES`],
-//! [`BREAKER_STATE_METRIC`]): counters are set to their absolute values, gauges to
+//! [`BREAKER_STATE_METRIC`], [`SINK_FIGURES`], [`SINK_INFO_METRIC`],
+//! [`SINK_DESTINATION_METRIC`]): counters are set to their absolute values, gauges to
 //! theirs; every series carries the label `wal_id`, per-consumer ones `consumer`,
 //! plus the labels given to the exporter.
 //!
@@ -44,7 +45,8 @@ use ::metrics::{Label, Unit};
 
 use crate::metrics::{
     FigureKind, FsyncSlot, Metrics, BREAKER_STATES, BREAKER_STATE_HELP, BREAKER_STATE_METRIC,
-    CONSUMER_FIGURES, FIGURES, FSYNC_HISTOGRAM_HELP, FSYNC_HISTOGRAM_METRIC,
+    CONSUMER_FIGURES, FIGURES, FSYNC_HISTOGRAM_HELP, FSYNC_HISTOGRAM_METRIC, SINK_DESTINATION_HELP,
+    SINK_DESTINATION_METRIC, SINK_FIGURES, SINK_INFO_HELP, SINK_INFO_METRIC,
 };
 use crate::storage::Storage;
 use crate::wal::{Inner, Wal};
@@ -66,6 +68,7 @@ pub fn describe() {
         .iter()
         .map(|f| (f.name, f.kind, f.help))
         .chain(CONSUMER_FIGURES.iter().map(|f| (f.name, f.kind, f.help)))
+        .chain(SINK_FIGURES.iter().map(|f| (f.name, f.kind, f.help)))
     {
         match (f.1, unit_of(f.0)) {
             (FigureKind::Counter, Some(u)) => ::metrics::describe_counter!(f.0, u, f.2),
@@ -75,6 +78,8 @@ pub fn describe() {
         }
     }
     ::metrics::describe_gauge!(BREAKER_STATE_METRIC, BREAKER_STATE_HELP);
+    ::metrics::describe_gauge!(SINK_INFO_METRIC, SINK_INFO_HELP);
+    ::metrics::describe_counter!(SINK_DESTINATION_METRIC, SINK_DESTINATION_HELP);
     ::metrics::describe_histogram!(FSYNC_HISTOGRAM_METRIC, Unit::Seconds, FSYNC_HISTOGRAM_HELP);
 }
 
@@ -92,7 +97,9 @@ fn base_labels<K: AsRef<str>, V: AsRef<str>>(
 }
 
 /// Publishes one snapshot through the facade: every figure of [`FIGURES`] and, per
-/// consumer, [`CONSUMER_FIGURES`] and [`BREAKER_STATE_METRIC`]; labelled `wal_id`
+/// consumer, [`CONSUMER_FIGURES`] and [`BREAKER_STATE_METRIC`], and for a consumer whose
+/// sink reports figures [`SINK_INFO_METRIC`], [`SINK_FIGURES`] and
+/// [`SINK_DESTINATION_METRIC`]; labelled `wal_id`
 /// (and `consumer`) plus `labels`. The fsync histogram is not in a snapshot: a
 /// [`MetricsExporter`] records it per fdatasync.
 pub fn publish<K: AsRef<str>, V: AsRef<str>>(
@@ -119,6 +126,25 @@ pub fn publish<K: AsRef<str>, V: AsRef<str>>(
                 ls.push(Label::new("state", st));
                 ::metrics::gauge!(BREAKER_STATE_METRIC, ls)
                     .set(f64::from(u8::from(c.breaker_state == st)));
+            }
+        }
+        if let Some(s) = &c.sink {
+            let mut li = l.clone();
+            li.push(Label::new("kind", s.kind.clone()));
+            ::metrics::gauge!(SINK_INFO_METRIC, li).set(1.0);
+            for f in &SINK_FIGURES {
+                let v = (f.value)(s);
+                match f.kind {
+                    FigureKind::Counter => {
+                        ::metrics::counter!(f.name, l.clone()).absolute(v as u64)
+                    }
+                    FigureKind::Gauge => ::metrics::gauge!(f.name, l.clone()).set(v),
+                }
+            }
+            for (d, n) in &s.per_destination {
+                let mut ld = l.clone();
+                ld.push(Label::new("destination", d.clone()));
+                ::metrics::counter!(SINK_DESTINATION_METRIC, ld).absolute(*n);
             }
         }
     }

@@ -295,6 +295,8 @@ pub(crate) struct Inner<S: Storage> {
     pub hk_tx: Mutex<Option<mpsc::Sender<HkMsg>>>,
     pub retention_hooks: Mutex<Vec<Arc<dyn RetentionHook>>>,
     pub breaker: Mutex<BTreeMap<String, String>>,
+    /// Per consumer, where its sink's figures are read ([`Hooks::set_sink_metrics`](crate::hooks::Hooks::set_sink_metrics)).
+    pub sink_metrics: Mutex<BTreeMap<String, crate::shipper::SinkMetricsSource>>,
     pub archive_status: Mutex<Option<Arc<dyn Fn() -> ArchiveStatus + Send + Sync>>>,
     pub closed: AtomicBool,
     pub writer_done: AtomicBool,
@@ -524,6 +526,7 @@ impl<S: Storage> Wal<S> {
             hk_tx: Mutex::new(None),
             retention_hooks: Mutex::new(Vec::new()),
             breaker: Mutex::new(BTreeMap::new()),
+            sink_metrics: Mutex::new(BTreeMap::new()),
             archive_status: Mutex::new(None),
             closed: AtomicBool::new(false),
             writer_done: AtomicBool::new(false),

@@ -781,3 +781,97 @@ fn shipper_builder_refuses_invalid_settings() {
     .contains("backoff"));
     assert!(Shipper::builder(c(), sink()).batch_max(1).build().is_ok());
 }
+
+/// A sink that keeps figures of its own (`Sink::metrics_source`) has them read live into
+/// the WAL's consumer metrics, the stats file's figures; a sink without them (FnSink)
+/// leaves `sink` empty. The `Box<dyn Sink>` the shipper holds forwards the source.
+#[test]
+fn sink_figures_reach_the_consumer_metrics() {
+    #[derive(Default)]
+    struct Figures {
+        in_flight: AtomicU64,
+        per_kind: Mutex<std::collections::BTreeMap<String, u64>>,
+    }
+    struct Counting(Arc<Figures>);
+    #[async_trait::async_trait]
+    impl Sink<u64> for Counting {
+        async fn send(&mut self, batch: &Batch<u64>) -> Result<(), SinkError> {
+            self.0.in_flight.store(batch.len() as u64, Ordering::SeqCst);
+            let mut per = self.0.per_kind.lock().unwrap();
+            for e in batch.entries() {
+                let dest = if e.record % 2 == 0 { "even" } else { "odd" };
+                *per.entry(dest.to_string()).or_default() += 1;
+            }
+            self.0.in_flight.store(0, Ordering::SeqCst);
+            Ok(())
+        }
+        fn metrics_source(&self) -> Option<walspool_wal::shipper::SinkMetricsSource> {
+            let f = self.0.clone();
+            Some(Arc::new(move || {
+                let per = f.per_kind.lock().unwrap().clone();
+                walspool_wal::SinkMetrics::new("counting")
+                    .in_flight(f.in_flight.load(Ordering::SeqCst))
+                    .stored(per.values().sum())
+                    .latency_us(10, 20, 30)
+                    .per_destination(per)
+            }))
+        }
+    }
+
+    let wal = open_wal();
+    let records: Vec<u64> = (1..=101).collect();
+    futures::executor::block_on(wal.append_batch(&records)).unwrap();
+    let figures = Arc::new(Figures::default());
+    let boxed: Box<dyn Sink<u64>> = Box::new(Counting(figures.clone()));
+    let counted = Shipper::builder(wal.consumer("counted").unwrap(), boxed)
+        .batch_max(16)
+        .linger(Duration::ZERO)
+        .build()
+        .unwrap()
+        .spawn_on_thread()
+        .unwrap();
+    let plain = Shipper::builder(
+        wal.consumer("plain").unwrap(),
+        FnSink::new(|_: &Batch<u64>| async { Ok(()) }),
+    )
+    .build()
+    .unwrap()
+    .spawn_on_thread()
+    .unwrap();
+    assert!(counted
+        .handle()
+        .wait_committed_timeout(101, Duration::from_secs(30)));
+    assert!(plain
+        .handle()
+        .wait_committed_timeout(101, Duration::from_secs(30)));
+    let m = wal.metrics();
+    let c = |name: &str| m.consumers.iter().find(|c| c.name == name).unwrap().clone();
+    let sink = c("counted").sink.expect("the counting sink's figures");
+    assert_eq!(sink.kind, "counting");
+    assert_eq!((sink.stored, sink.in_flight, sink.failed), (101, 0, 0));
+    assert_eq!((sink.p50_us, sink.p99_us, sink.max_us), (10, 20, 30));
+    assert_eq!(
+        sink.per_destination,
+        [("even".to_string(), 50), ("odd".to_string(), 51)].into()
+    );
+    assert_eq!(c("plain").sink, None, "FnSink keeps no figures");
+    // Live: a change in the sink shows in the next snapshot, and after shutdown the
+    // last figures stay.
+    figures.in_flight.store(7, Ordering::SeqCst);
+    assert_eq!(
+        wal.metrics().consumers[0].sink.as_ref().unwrap().in_flight,
+        7
+    );
+    counted.shutdown().unwrap();
+    plain.shutdown().unwrap();
+    let after = wal.metrics();
+    assert_eq!(after.consumers[0].sink.as_ref().unwrap().stored, 101);
+    // The figures survive the stats file's JSON, and a file written before the field
+    // existed still parses (no `sink`).
+    let json = serde_json::to_value(&after).unwrap();
+    assert_eq!(json["consumers"][0]["sink"]["per_destination"]["odd"], 51);
+    let mut old = json.clone();
+    old["consumers"][0].as_object_mut().unwrap().remove("sink");
+    let parsed: walspool_wal::Metrics = serde_json::from_value(old).unwrap();
+    assert_eq!(parsed.consumers[0].sink, None);
+}

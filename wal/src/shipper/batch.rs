@@ -218,16 +218,59 @@ impl std::error::Error for SinkError {}
 /// failure, a timeout, or a restart): dedupe by [`Batch::keys`] if duplicates matter.
 /// A call that outlasts the shipper's `send_timeout` is dropped and counts as a
 /// transient failure.
+///
+/// A sink that keeps figures of its own (records in flight, publish latency, records
+/// per destination) offers them with [`metrics_source`](Sink::metrics_source): the
+/// shipper hands that to the WAL, whose [`Wal::metrics`] (and so the stats file,
+/// `walspool status` and `walspool top`) then carries them in
+/// [`ConsumerMetrics::sink`](crate::ConsumerMetrics::sink).
 #[async_trait]
 pub trait Sink<T: Send + Sync + 'static>: Send {
     /// Delivers one batch.
     async fn send(&mut self, batch: &Batch<T>) -> Result<(), SinkError>;
+
+    /// Where the sink's own figures are read, live: a function the WAL calls at every
+    /// snapshot (so it must be cheap and must not wait on the sink's work; reading
+    /// counters the sink shares behind an `Arc` is the idea). `None` (the default):
+    /// the sink keeps no figures.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::sync::Arc;
+    /// use async_trait::async_trait;
+    /// use walspool_wal::shipper::{Batch, Sink, SinkError, SinkMetricsSource};
+    /// use walspool_wal::SinkMetrics;
+    ///
+    /// struct Counting(Arc<AtomicU64>);
+    ///
+    /// #[async_trait]
+    /// impl Sink<String> for Counting {
+    ///     async fn send(&mut self, batch: &Batch<String>) -> Result<(), SinkError> {
+    ///         self.0.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    ///         Ok(())
+    ///     }
+    ///     fn metrics_source(&self) -> Option<SinkMetricsSource> {
+    ///         let n = self.0.clone();
+    ///         Some(Arc::new(move || SinkMetrics::new("counting").stored(n.load(Ordering::Relaxed))))
+    ///     }
+    /// }
+    /// ```
+    fn metrics_source(&self) -> Option<SinkMetricsSource> {
+        None
+    }
 }
+
+/// A function that reads a sink's figures; see [`Sink::metrics_source`].
+pub type SinkMetricsSource = Arc<dyn Fn() -> crate::SinkMetrics + Send + Sync>;
 
 #[async_trait]
 impl<T: Send + Sync + 'static> Sink<T> for Box<dyn Sink<T>> {
     async fn send(&mut self, batch: &Batch<T>) -> Result<(), SinkError> {
         (**self).send(batch).await
+    }
+
+    fn metrics_source(&self) -> Option<SinkMetricsSource> {
+        (**self).metrics_source()
     }
 }
 

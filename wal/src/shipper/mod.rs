@@ -19,6 +19,10 @@
 //!   open 30 s, then lets one trial batch through — half-open) stops hammering a sink
 //!   that is down; its state is published with [`Hooks::record_breaker_state`](crate::hooks::Hooks::record_breaker_state) and shows
 //!   in [`Metrics::breaker_state`](crate::Metrics::breaker_state);
+//! * a sink that keeps figures of its own ([`Sink::metrics_source`]: records in flight,
+//!   publish latency, records per destination) has them read live into
+//!   [`ConsumerMetrics::sink`](crate::ConsumerMetrics::sink) (installed with
+//!   [`Hooks::set_sink_metrics`](crate::hooks::Hooks::set_sink_metrics) when the shipper starts);
 //! * every failed attempt counts in `ship_errors_total` ([`Hooks::record_ship_error`](crate::hooks::Hooks::record_ship_error)),
 //!   every acknowledged batch sets `last_ship_ts` ([`Hooks::record_ship_success`](crate::hooks::Hooks::record_ship_success)).
 //!
@@ -240,6 +244,12 @@ impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> Shipper<S, T> {
     pub async fn run(mut self) -> Result<ShipperStatus> {
         self.shared.update(|s| s.running = true);
         self.set_breaker(BreakerState::Closed);
+        if let Some(source) = self.sink.metrics_source() {
+            self.consumer
+                .wal()
+                .hooks()
+                .set_sink_metrics(&self.consumer_name, source);
+        }
         let r = self.run_inner().await;
         if let Err(e) = &r {
             tracing::error!(consumer = %self.consumer_name, error = %e, "shipper stopped on an error");
