@@ -32,6 +32,9 @@ const DOZE: Duration = Duration::from_millis(1);
 /// wake-up (context switch) per append.
 const SPIN: Duration = Duration::from_micros(25);
 
+/// Zero ahead only while the bytes written since the last fdatasync stay below this.
+const ZERO_AHEAD_MAX_GROUP: u64 = 64 << 10;
+
 /// Early writeback ranges end on a page boundary: the page the writer is still
 /// filling is not handed to writeback only to be dirtied again by the next write.
 const PAGE: u64 = 4096;
@@ -59,6 +62,7 @@ pub(crate) fn writer_main<S: Storage>(inner: Arc<Inner<S>>, tail: TailState) {
         writeback: inner.opts.writeback_bytes,
         zeroed: tail.offset,
         zero_ahead: inner.opts.zero_ahead_bytes,
+        synced_at: tail.offset,
         // The chain as recovery left it; from here on only this thread extends it.
         chain: lock(&inner.state).chain.clone(),
     };
@@ -381,6 +385,8 @@ struct Writer {
     /// Keep this many bytes past `offset` zeroed (`Options::zero_ahead_bytes`); 0: off
     /// (or it failed).
     zero_ahead: u64,
+    /// `offset` at the last fdatasync.
+    synced_at: u64,
     /// The HMAC chain (chained WALs): key and MAC of the last frame written.
     chain: Option<ChainState>,
 }
@@ -479,6 +485,9 @@ impl Writer {
         if self.zero_ahead == 0
             || self.zeroed >= limit
             || self.zeroed >= self.offset + self.zero_ahead / 2
+            // Large groups do without: one conversion per fdatasync is spread over
+            // many records, and zeros would double the bytes written (bench case c).
+            || self.offset.saturating_sub(self.synced_at) >= ZERO_AHEAD_MAX_GROUP
         {
             return;
         }
@@ -537,6 +546,7 @@ impl Writer {
         }
         inner.counters.record_fsync(t.elapsed().as_micros() as u64);
         self.dirty = false;
+        self.synced_at = self.offset;
         self.wb_from = self.offset & !(PAGE - 1);
         self.last_sync = Instant::now();
         Ok(())
@@ -670,6 +680,7 @@ impl Writer {
         self.cur = new_base;
         self.offset = header.data_offset() as u64;
         self.zeroed = self.offset;
+        self.synced_at = self.offset;
         self.wb_from = 0;
         self.crc = crc32fast::Hasher::new();
         self.crc.update(&header.encode());
