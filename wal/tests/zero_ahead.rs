@@ -185,7 +185,7 @@ fn large_groups_skip_zeroing() {
     assert_eq!(log.bad, Vec::<String>::new());
     // Only the first write of a segment (a group that starts right after a sync, before
     // its bytes count) can zero; none after.
-    let segments = wal.metrics().segments.len() as usize;
+    let segments = wal.metrics().segments.len();
     assert!(
         log.zeroes.len() <= segments,
         "{} zero calls for {segments} segments: {:?}",
