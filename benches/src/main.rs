@@ -135,6 +135,7 @@ fn run(args: Args) -> Res<()> {
     ));
     let mut rows: Vec<Row> = Vec::new();
     let mut footnotes: Vec<String> = Vec::new();
+    footnotes.push("Every repetition (and every child of case g) starts right after a global sync(), so that no case pays for the write-back of bytes an earlier one left dirty.".into());
     footnotes.push("Baselines: raw = pwrite+fdatasync of each record over a preallocated (zero-filled, fsynced) 64 MiB file (\"appending\": to a fresh file instead); group commit and BufWriter append to a fresh file, their \"prealloc\" twins overwrite a preallocated one (fdatasync then need not journal a size change).".into());
 
     if want("a") {
@@ -351,6 +352,9 @@ fn measure(
 ) -> Option<Row> {
     let mut samples = Vec::new();
     for rep in 0..cfg.reps {
+        // Start every repetition with nothing dirty in the page cache: the write-back of
+        // what an earlier case (or impl) left behind would otherwise land on this one.
+        nix::unistd::sync();
         let t = Instant::now();
         match f() {
             None => return None,
@@ -613,6 +617,8 @@ struct ChildOut {
 }
 
 fn run_child(mut cmd: Command) -> Res<Option<ChildOut>> {
+    // As in `measure`: nothing left dirty by earlier cases.
+    nix::unistd::sync();
     let out = cmd.output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
