@@ -10,7 +10,10 @@
 //! * every record carries an [`IdempotencyKey`] — the WAL's stable id and the record's
 //!   sequence number — so a sink can drop the duplicates at-least-once delivery makes;
 //! * the checkpoint is committed **only after the sink acknowledged** the whole batch
-//!   (or the parts of it that could never be delivered went to the dead letter);
+//!   (or the parts of it that could never be delivered went to the dead letter); with
+//!   a full batch already waiting, that checkpoint write (an fsync) overlaps reading
+//!   and sending the next batch: one in flight, committed in order, and waited for
+//!   before any retry, so a sink outage never holds back a checkpoint already earned;
 //! * a failed attempt is retried after an exponential backoff with full jitter
 //!   ([`Backoff`]: a delay drawn uniformly from `0..=min(max, initial * 2^n)`; defaults
 //!   100 ms and 30 s), or after the sink's retry-after hint when it gives one (capped by
