@@ -500,8 +500,9 @@ pub fn evict_cache(dir: &Path) -> Res<()> {
     Ok(())
 }
 
-/// Sequentially reads every file below `dir` with a 1 MiB buffer; returns bytes read.
-pub fn raw_read_dir(dir: &Path) -> Res<u64> {
+/// Sequentially reads every file below `dir` with a 1 MiB buffer, handing each chunk
+/// read to `each`; returns bytes read.
+fn read_dir_with(dir: &Path, mut each: impl FnMut(&[u8])) -> Res<u64> {
     use std::io::Read;
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
@@ -512,28 +513,23 @@ pub fn raw_read_dir(dir: &Path) -> Res<u64> {
             if n == 0 {
                 break;
             }
+            each(&buf[..n]);
             total += n as u64;
         }
     }
     Ok(total)
 }
 
+/// Sequentially reads every file below `dir` with a 1 MiB buffer; returns bytes read.
+pub fn raw_read_dir(dir: &Path) -> Res<u64> {
+    read_dir_with(dir, |_| {})
+}
+
 /// [`raw_read_dir`] plus the CRC-32 walspool checks (crc32fast) over every byte
 /// read: what reading a checksummed log costs at least.
 pub fn raw_read_crc_dir(dir: &Path) -> Res<u32> {
-    use std::io::Read;
-    let mut buf = vec![0u8; 1 << 20];
     let mut h = crc32fast::Hasher::new();
-    for p in files_under(dir) {
-        let mut f = File::open(&p)?;
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-    }
+    read_dir_with(dir, |b| h.update(b))?;
     Ok(h.finalize())
 }
 

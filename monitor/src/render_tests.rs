@@ -10,6 +10,7 @@ use walspool_wal::{ConsumerMetrics, Metrics, SegmentMetrics, SinkMetrics};
 use crate::app::{App, Event, Key, Screen, Thresholds};
 use crate::collect::{Snapshot, Writer};
 use crate::view;
+use walspool_test_support::promtool_check;
 
 const NOW: u64 = 1_795_000_000_000; // 2026-11-18 11:06:40 UTC
 
@@ -660,41 +661,4 @@ fn fleet_status_shows_sinks() {
     }
     assert!(prom.contains("# TYPE walspool_sink_destination_records_total counter\n"));
     promtool_check(&prom);
-}
-
-/// `promtool check metrics` accepts `text`; without promtool the check fails under
-/// CI=true and is skipped loudly otherwise.
-fn promtool_check(text: &str) {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = match Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            assert!(
-                std::env::var("CI").map_or(true, |v| v != "true"),
-                "promtool not found ({e}); scripts/test.sh installs it"
-            );
-            eprintln!("SKIPPED promtool check metrics: promtool not found ({e})");
-            return;
-        }
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
-    assert!(
-        o.status.success(),
-        "promtool check metrics failed:\n{}\n{}\n{text}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
 }

@@ -3,9 +3,9 @@
 //! metrics` (installed by scripts/test.sh; without it the promtool step fails under
 //! CI=true and is skipped loudly otherwise).
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
+use walspool_test_support::promtool_check;
 
 fn walspool(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_walspool"))
@@ -126,36 +126,4 @@ fn status_of_a_root_table_json_exit_code_and_prometheus() {
         1
     );
     promtool_check(&prom);
-}
-
-fn promtool_check(prom: &str) {
-    let child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("promtool not found ({e}); scripts/test.sh installs it");
-            }
-            eprintln!("SKIPPED promtool check metrics: promtool not found ({e})");
-            return;
-        }
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(prom.as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
-    assert!(
-        o.status.success(),
-        "promtool check metrics failed:\n{}\n{}\n{prom}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
 }

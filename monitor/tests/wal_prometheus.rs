@@ -6,12 +6,12 @@
 //! under CI=true and is skipped loudly otherwise).
 
 use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::executor::block_on;
 use walspool_backends::archive::{ArchiveStore, Archiver, ArchiverOptions};
 use walspool_backends::LocalDisk;
+use walspool_test_support::promtool_check;
 use walspool_wal::shipper::{Backoff, Batch, Breaker, FnSink, Shipper, SinkError};
 use walspool_wal::{Durability, Metrics, Options, Wal};
 
@@ -167,36 +167,4 @@ fn render_prometheus_of_a_live_wal_passes_promtool() {
     block_on(archiver.shutdown());
     drop(idle);
     block_on(wal.close()).unwrap();
-}
-
-fn promtool_check(prom: &str) {
-    let child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("promtool not found ({e}); scripts/test.sh installs it");
-            }
-            eprintln!("SKIPPED promtool check metrics: promtool not found ({e})");
-            return;
-        }
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(prom.as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
-    assert!(
-        o.status.success(),
-        "promtool check metrics failed:\n{}\n{}\n{prom}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
 }

@@ -918,6 +918,7 @@ pub(crate) struct PersistedCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use walspool_test_support::promtool_check;
 
     fn sample() -> Metrics {
         let c = Counters::default();
@@ -1130,43 +1131,6 @@ mod tests {
         assert_eq!(families.len(), n, "a family twice");
         assert_eq!(n, 40, "{families:?}");
         promtool_check(&text);
-    }
-
-    /// `promtool check metrics` accepts `text` (lint included). Without promtool the
-    /// check fails under CI=true and is skipped loudly otherwise.
-    fn promtool_check(text: &str) {
-        use std::io::Write;
-        use std::process::{Command, Stdio};
-        let child = Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn();
-        let mut child = match child {
-            Ok(c) => c,
-            Err(e) => {
-                assert!(
-                    std::env::var("CI").map_or(true, |v| v != "true"),
-                    "promtool not found ({e}); scripts/test.sh installs it"
-                );
-                eprintln!("SKIPPED promtool check metrics: promtool not found ({e})");
-                return;
-            }
-        };
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        let o = child.wait_with_output().unwrap();
-        assert!(
-            o.status.success(),
-            "promtool check metrics failed:\n{}\n{}\n{text}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
     }
 
     #[test]

@@ -5,12 +5,11 @@
 //! under CI=true and is skipped loudly otherwise).
 #![cfg(feature = "metrics")]
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::executor::block_on;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use walspool_test_support::promtool_check;
 use walspool_wal::metrics::{
     CONSUMER_FIGURES, FIGURES, FSYNC_BUCKETS_US, FSYNC_HISTOGRAM_METRIC, SINK_DESTINATION_METRIC,
     SINK_FIGURES, SINK_INFO_METRIC,
@@ -134,36 +133,4 @@ fn prometheus_recorder_renders_the_same_families_and_promtool_accepts_them() {
     promtool_check(&text);
     promtool_check(&own);
     block_on(wal.close()).unwrap();
-}
-
-fn promtool_check(prom: &str) {
-    let child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("promtool not found ({e}); scripts/test.sh installs it");
-            }
-            eprintln!("SKIPPED promtool check metrics: promtool not found ({e})");
-            return;
-        }
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(prom.as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
-    assert!(
-        o.status.success(),
-        "promtool check metrics failed:\n{}\n{}\n{prom}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
 }
