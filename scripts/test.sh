@@ -26,7 +26,9 @@
 # in the registries) is installed by scripts/kafka.sh if missing — `cargo install tansu
 # --locked --version 0.6.0 --features libsql`, about 12 minutes on 2 cores, once — and
 # started on 127.0.0.1:$WALSPOOL_KAFKA_PORT (default 59092), its SQLite store in a temp
-# dir, and stopped at exit; the Kafka sink's tests find it through WALSPOOL_KAFKA_BROKERS
+# dir (kafka.sh adds an index tansu 0.6's schema lacks, with python3's sqlite3 module,
+# so that reading 100,000 records back takes under a minute), and stopped at exit; the
+# Kafka sink's tests find it through WALSPOOL_KAFKA_BROKERS
 # and the binary through WALSPOOL_KAFKA_SERVER (the outage test runs its own instance on
 # another port); without them they skip loudly, and fail with CI=true.
 set -euo pipefail
