@@ -29,6 +29,9 @@
 //! of their own (the outage test's is started here, without that index: its store stays
 //! small) and read them all back.
 
+#[path = "support/sink_figures.rs"]
+mod sink_figures;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::TcpListener;
 use std::os::unix::process::ExitStatusExt;
@@ -372,28 +375,23 @@ fn hundred_thousand_records_shipped_and_read_back() {
     assert!(st.batches >= N / 2000 && st.batch_ack_p50_us > 0, "{st:?}");
     eprintln!("bulk: {N} records in {took:?}; sink {st:?}");
     // The same figures reach the WAL's metrics (the stats file, `walspool top`).
-    let wm = wal.metrics();
-    let sink_of = |name: &str| {
-        wm.consumers
-            .iter()
-            .find(|c| c.name == name)
-            .and_then(|c| c.sink.clone())
-    };
-    let s = sink_of("kafka").expect("the Kafka sink's figures in the WAL's metrics");
-    assert_eq!(
-        (s.kind.as_str(), s.stored, s.in_flight, s.failed),
-        ("kafka", N, 0, 0)
-    );
-    assert_eq!(s.per_destination, st.per_topic);
-    assert_eq!(
-        (s.p50_us, s.p99_us, s.max_us),
+    sink_figures::assert_sink_figures(
+        &wal,
+        "kafka",
+        "kafka",
+        N,
+        &st.per_topic,
         (
             st.batch_ack_p50_us,
             st.batch_ack_p99_us,
-            st.batch_ack_max_us
-        )
+            st.batch_ack_max_us,
+        ),
     );
-    assert_eq!(sink_of("again"), None, "no shipper for it yet");
+    assert_eq!(
+        sink_figures::sink_of(&wal, "again"),
+        None,
+        "no shipper for it yet"
+    );
 
     // Forced redelivery of everything: a second consumer of the same WAL ships it all
     // again into the same topics. Kafka stores the copies; a consumer that

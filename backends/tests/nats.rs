@@ -15,6 +15,9 @@
 //!   `WALSPOOL_NATS_KILL_CHILD` and `--exact nats_kill_child`) is SIGKILLed mid-stream
 //!   and restarted: every record in the stream exactly once.
 
+#[path = "support/sink_figures.rs"]
+mod sink_figures;
+
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::os::unix::process::ExitStatusExt;
@@ -246,28 +249,23 @@ fn hundred_thousand_records_land_once_in_order_with_headers_and_redelivery_adds_
     );
     assert!(st.batches >= N / 2000 && st.batch_ack_p50_us > 0, "{st:?}");
     // The same figures reach the WAL's metrics (the stats file, `walspool top`).
-    let wm = wal.metrics();
-    let sink_of = |name: &str| {
-        wm.consumers
-            .iter()
-            .find(|c| c.name == name)
-            .and_then(|c| c.sink.clone())
-    };
-    let s = sink_of("nats").expect("the NATS sink's figures in the WAL's metrics");
-    assert_eq!(
-        (s.kind.as_str(), s.stored, s.in_flight, s.failed),
-        ("nats", N, 0, 0)
-    );
-    assert_eq!(s.per_destination, st.per_subject);
-    assert_eq!(
-        (s.p50_us, s.p99_us, s.max_us),
+    sink_figures::assert_sink_figures(
+        &wal,
+        "nats",
+        "nats",
+        N,
+        &st.per_subject,
         (
             st.batch_ack_p50_us,
             st.batch_ack_p99_us,
-            st.batch_ack_max_us
-        )
+            st.batch_ack_max_us,
+        ),
     );
-    assert_eq!(sink_of("again"), None, "no shipper for it yet");
+    assert_eq!(
+        sink_figures::sink_of(&wal, "again"),
+        None,
+        "no shipper for it yet"
+    );
 
     // Forced redelivery of everything: a second consumer of the same WAL ships it all
     // again into the same stream. JetStream acknowledges each as a duplicate.
