@@ -7,69 +7,30 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use futures::executor::block_on;
-use walspool_wal::{
-    Durability, Error, Memory, Options, SegmentId, SegmentInfo, Storage, StorageExt, Tear, Wal,
-};
+use walspool_wal::{Durability, Error, Memory, Options, SegmentId, StorageExt, Tear, Wal};
 
-/// `Memory` that records every `start_writeback` call (and can fail them).
+#[path = "support/observed.rs"]
+mod observed;
+use observed::{Observed, Observer};
+
+/// Records every `start_writeback` call (and can fail them).
 #[derive(Debug, Clone)]
-struct Hinted {
-    mem: Memory,
+struct Hints {
     calls: Arc<Mutex<Vec<(SegmentId, u64, u64)>>>,
     fail: bool,
 }
 
-impl Hinted {
-    fn new(fail: bool) -> Self {
-        Hinted {
-            mem: Memory::new(),
-            calls: Arc::default(),
-            fail,
-        }
-    }
-    fn calls(&self) -> Vec<(SegmentId, u64, u64)> {
-        self.calls.lock().unwrap().clone()
-    }
-}
-
-impl Storage for Hinted {
-    fn list_segments(&self) -> io::Result<Vec<SegmentInfo>> {
-        self.mem.list_segments()
-    }
-    fn create_segment(&self, id: SegmentId) -> io::Result<()> {
-        self.mem.create_segment(id)
-    }
-    fn write_at(&self, id: SegmentId, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.mem.write_at(id, offset, data)
-    }
-    fn sync(&self, id: SegmentId) -> io::Result<()> {
-        self.mem.sync(id)
-    }
-    fn read_at(&self, id: SegmentId, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        self.mem.read_at(id, offset, buf)
-    }
-    fn truncate(&self, id: SegmentId, len: u64) -> io::Result<()> {
-        self.mem.truncate(id, len)
-    }
-    fn remove_segment(&self, id: SegmentId) -> io::Result<()> {
-        self.mem.remove_segment(id)
-    }
-    fn get_meta(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
-        self.mem.get_meta(key)
-    }
-    fn put_meta(&self, key: &str, value: &[u8]) -> io::Result<()> {
-        self.mem.put_meta(key, value)
-    }
-    fn remove_meta(&self, key: &str) -> io::Result<()> {
-        self.mem.remove_meta(key)
-    }
-    fn list_meta(&self, prefix: &str) -> io::Result<Vec<String>> {
-        self.mem.list_meta(prefix)
-    }
-    fn start_writeback(&self, id: SegmentId, offset: u64, len: u64) -> io::Result<()> {
+impl Observer for Hints {
+    fn start_writeback(
+        &self,
+        mem: &Memory,
+        id: SegmentId,
+        offset: u64,
+        len: u64,
+    ) -> io::Result<()> {
         self.calls.lock().unwrap().push((id, offset, len));
         // The range was written: it is there to be written back.
-        let have = self.mem.segment_len(id)?.unwrap_or(0);
+        let have = mem.segment_len(id)?.unwrap_or(0);
         assert!(
             offset + len <= have,
             "hint {offset}+{len} beyond the {have} bytes of segment {id}"
@@ -80,6 +41,19 @@ impl Storage for Hinted {
             Ok(())
         }
     }
+}
+
+type Hinted = Observed<Hints>;
+
+fn hinted(fail: bool) -> Hinted {
+    Observed::new(Hints {
+        calls: Arc::default(),
+        fail,
+    })
+}
+
+fn calls(s: &Hinted) -> Vec<(SegmentId, u64, u64)> {
+    s.obs.calls.lock().unwrap().clone()
 }
 
 fn opts(every: u64) -> Options {
@@ -106,10 +80,10 @@ fn fill(s: Hinted, every: u64, n: u64) -> Wal<Hinted> {
 
 #[test]
 fn hints_are_whole_pages_in_order_within_what_was_written() {
-    let s = Hinted::new(false);
+    let s = hinted(false);
     // ~3.3 MiB of frames: several 1 MiB segments.
     let wal = fill(s.clone(), 64 << 10, 12_000);
-    let calls = s.calls();
+    let calls = calls(&s);
     // One hint per write of the writer (a round of appends, up to a 1 MiB chunk) once
     // 64 KiB are pending: several per 1 MiB segment when the writer keeps up, at least
     // one per full segment when it lags (on a loaded machine a round can be a whole
@@ -153,18 +127,18 @@ fn hints_are_whole_pages_in_order_within_what_was_written() {
 
 #[test]
 fn a_failing_hint_is_ignored_and_stops_the_hints() {
-    let s = Hinted::new(true);
+    let s = hinted(true);
     let wal = fill(s.clone(), 64 << 10, 6_000);
-    assert_eq!(s.calls().len(), 1, "one failed hint, then none");
+    assert_eq!(calls(&s).len(), 1, "one failed hint, then none");
     block_on(wal.append(&rec(6_000))).expect("appends go on");
     block_on(wal.close()).expect("close");
 }
 
 #[test]
 fn zero_turns_hints_off_and_small_values_are_refused() {
-    let s = Hinted::new(false);
+    let s = hinted(false);
     let wal = fill(s.clone(), 0, 6_000);
-    assert!(s.calls().is_empty());
+    assert!(calls(&s).is_empty());
     drop(wal);
     match Wal::open(Memory::new(), opts(4096)) {
         Err(Error::Config(m)) => assert!(m.contains("writeback_bytes"), "{m}"),

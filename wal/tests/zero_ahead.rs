@@ -10,7 +10,11 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use futures::executor::block_on;
-use walspool_wal::{Error, Memory, Options, SegmentId, SegmentInfo, Storage, Tear, Wal};
+use walspool_wal::{Error, Memory, Options, SegmentId, Storage, Tear, Wal};
+
+#[path = "support/observed.rs"]
+mod observed;
+use observed::{Observed, Observer};
 
 const SEGMENT: u64 = 1 << 20;
 
@@ -24,67 +28,27 @@ struct Log {
     bad: Vec<String>,
 }
 
-/// `Memory` that writes the zeros it is asked to (as `LocalDisk` does), checks each
-/// range, and can fail.
+/// Writes the zeros it is asked to (as `LocalDisk` does), checks each range, and can
+/// fail.
 #[derive(Debug, Clone)]
-struct Zeroing {
-    mem: Memory,
+struct Zeros {
     log: Arc<Mutex<Log>>,
     fail: bool,
 }
 
-impl Zeroing {
-    fn new(fail: bool) -> Self {
-        Zeroing {
-            mem: Memory::new(),
-            log: Arc::default(),
-            fail,
-        }
-    }
-}
-
-impl Storage for Zeroing {
-    fn list_segments(&self) -> io::Result<Vec<SegmentInfo>> {
-        self.mem.list_segments()
-    }
-    fn create_segment(&self, id: SegmentId) -> io::Result<()> {
-        self.mem.create_segment(id)
-    }
-    fn write_at(&self, id: SegmentId, offset: u64, data: &[u8]) -> io::Result<()> {
+impl Observer for Zeros {
+    fn write_at(&self, id: SegmentId, offset: u64, len: u64) {
         let mut log = self.log.lock().unwrap();
         let end = log.written_end.entry(id).or_default();
-        *end = (*end).max(offset + data.len() as u64);
-        self.mem.write_at(id, offset, data)
+        *end = (*end).max(offset + len);
     }
-    fn sync(&self, id: SegmentId) -> io::Result<()> {
-        self.mem.sync(id)
-    }
-    fn read_at(&self, id: SegmentId, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        self.mem.read_at(id, offset, buf)
-    }
-    fn truncate(&self, id: SegmentId, len: u64) -> io::Result<()> {
+    fn truncate(&self, id: SegmentId, len: u64) {
         let mut log = self.log.lock().unwrap();
         if let Some(end) = log.written_end.get_mut(&id) {
             *end = (*end).min(len);
         }
-        self.mem.truncate(id, len)
     }
-    fn remove_segment(&self, id: SegmentId) -> io::Result<()> {
-        self.mem.remove_segment(id)
-    }
-    fn get_meta(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
-        self.mem.get_meta(key)
-    }
-    fn put_meta(&self, key: &str, value: &[u8]) -> io::Result<()> {
-        self.mem.put_meta(key, value)
-    }
-    fn remove_meta(&self, key: &str) -> io::Result<()> {
-        self.mem.remove_meta(key)
-    }
-    fn list_meta(&self, prefix: &str) -> io::Result<Vec<String>> {
-        self.mem.list_meta(prefix)
-    }
-    fn write_zeroes(&self, id: SegmentId, offset: u64, len: u64) -> io::Result<()> {
+    fn write_zeroes(&self, mem: &Memory, id: SegmentId, offset: u64, len: u64) -> io::Result<()> {
         let mut log = self.log.lock().unwrap();
         log.zeroes.push((id, offset, len));
         let end = log.written_end.get(&id).copied().unwrap_or(0);
@@ -102,9 +66,18 @@ impl Storage for Zeroing {
         if self.fail {
             return Err(io::Error::other("no zeroing here"));
         }
-        // Real zeros, but not counted as data: a later frame may go there.
-        self.mem.write_at(id, offset, &vec![0u8; len as usize])
+        // Real zeros, but not counted as data (straight to `mem`): a frame may go there.
+        mem.write_at(id, offset, &vec![0u8; len as usize])
     }
+}
+
+type Zeroing = Observed<Zeros>;
+
+fn zeroing(fail: bool) -> Zeroing {
+    Observed::new(Zeros {
+        log: Arc::default(),
+        fail,
+    })
 }
 
 fn opts(zero_ahead: u64) -> Options {
@@ -131,13 +104,13 @@ fn read_all<S: Storage>(wal: &Wal<S>) -> u64 {
 #[test]
 fn zeros_stay_ahead_of_every_frame_and_recovery_reads_everything() {
     const N: u64 = 12_000; // ~3.4 MiB of frames: several 1 MiB segments
-    let s = Zeroing::new(false);
+    let s = zeroing(false);
     let wal = Wal::open(s.clone(), opts(64 << 10)).expect("open");
     for i in 0..N {
         // One durable append at a time: the smallest groups there are.
         block_on(wal.append(&rec(i))).expect("append");
     }
-    let log = s.log.lock().unwrap();
+    let log = s.obs.log.lock().unwrap();
     assert_eq!(log.bad, Vec::<String>::new());
     let mut segs = std::collections::BTreeSet::new();
     let mut last: Option<(SegmentId, u64)> = None;
@@ -174,14 +147,14 @@ fn zeros_stay_ahead_of_every_frame_and_recovery_reads_everything() {
 
 #[test]
 fn large_groups_skip_zeroing() {
-    let s = Zeroing::new(false);
+    let s = zeroing(false);
     let wal = Wal::open(s.clone(), opts(1 << 20)).expect("open");
     // 1000 records of ~250 bytes per group commit: ~250 KiB per fdatasync.
     let recs: Vec<String> = (0..1000).map(rec).collect();
     for _ in 0..8 {
         block_on(wal.append_batch(&recs)).expect("append_batch");
     }
-    let log = s.log.lock().unwrap();
+    let log = s.obs.log.lock().unwrap();
     assert_eq!(log.bad, Vec::<String>::new());
     // Only the first write of a segment (a group that starts right after a sync, before
     // its bytes count) can zero; none after.
@@ -196,13 +169,13 @@ fn large_groups_skip_zeroing() {
 
 #[test]
 fn a_failing_zeroing_is_ignored_and_stops() {
-    let s = Zeroing::new(true);
+    let s = zeroing(true);
     let wal = Wal::open(s.clone(), opts(64 << 10)).expect("open");
     for i in 0..2_000 {
         block_on(wal.append(&rec(i))).expect("appends go on");
     }
     assert_eq!(
-        s.log.lock().unwrap().zeroes.len(),
+        s.obs.log.lock().unwrap().zeroes.len(),
         1,
         "one failed call, then none"
     );
@@ -213,12 +186,12 @@ fn a_failing_zeroing_is_ignored_and_stops() {
 
 #[test]
 fn zero_turns_zeroing_off_and_small_values_are_refused() {
-    let s = Zeroing::new(false);
+    let s = zeroing(false);
     let wal = Wal::open(s.clone(), opts(0)).expect("open");
     for i in 0..2_000 {
         block_on(wal.append(&rec(i))).expect("append");
     }
-    assert!(s.log.lock().unwrap().zeroes.is_empty());
+    assert!(s.obs.log.lock().unwrap().zeroes.is_empty());
     match Wal::open(Memory::new(), opts(4096)) {
         Err(Error::Config(m)) => assert!(m.contains("zero_ahead_bytes"), "{m}"),
         other => panic!("expected a config error, got {:?}", other.map(|_| ())),
