@@ -48,5 +48,7 @@ pub mod otlp;
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
 pub mod redact;
+#[cfg(any(feature = "http", feature = "otlp", feature = "postgres"))]
+mod tls;
 
 pub use local::LocalDisk;

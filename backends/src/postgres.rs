@@ -59,8 +59,48 @@
 //! `tokio-postgres` needs a tokio runtime; the sink owns one (current-thread, on a
 //! thread of its own, like the archive's) and `send` awaits its answer through a
 //! `futures` oneshot channel, so the sink works under tokio, smol or a plain
-//! `futures` executor. Connections are plain TCP or Unix sockets (no TLS in this build:
-//! `sslmode=require` is refused by the server handshake).
+//! `futures` executor.
+//!
+//! # TLS
+//!
+//! Off by default: connections are plain TCP or Unix sockets, as the URL says. With
+//! [`tls(TlsConfig)`](PgSinkBuilder::tls) every TCP connection is TLS (rustls with the
+//! *ring* provider, TLS 1.2 and 1.3): the server's certificate is verified against the
+//! [`Roots`] chosen (Mozilla's webpki roots by default, or the system's store) plus any
+//! CA certificate given as a PEM file or text, and it must name the host of the URL
+//! (`localhost`, `db.example`, or an IP address such as `127.0.0.1` in its SANs).
+//! A client certificate and key (PEM) can be presented for mTLS; the key never appears
+//! in `Debug` output. There is no way to skip the verification.
+//!
+//! * With TLS configured the connection never falls back to plain text: the URL's
+//!   `sslmode` may be absent, `prefer`, `require`, `verify-ca` or `verify-full` (all of
+//!   them mean "TLS, verified, host name included"); `sslmode=disable` is a
+//!   configuration error at [`build`](PgSinkBuilder::build).
+//! * Without it, a URL with `sslmode=require`, `verify-ca` or `verify-full` is a
+//!   configuration error at `build` that says how to enable TLS.
+//! * A CA file that cannot be read, or PEM without a certificate in it, fails `build`.
+//! * A server certificate that does not verify (unknown issuer, wrong host name,
+//!   expired) is a **permanent** error ([`SinkError::Batch`], reason naming the
+//!   certificate verification): retrying cannot fix a configuration mistake, so the
+//!   shipper sets the records aside in the dead letter after `poison_attempts`, as for
+//!   a schema mismatch. [`PgSink::check`] at startup reports it before anything ships.
+//!
+//! ```no_run
+//! use walspool_backends::postgres::{PgSink, Roots, TlsConfig};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let sink = PgSink::builder("postgres://walspool@db.internal:5432/audit?sslmode=verify-full")
+//!     .tls(TlsConfig::new().roots(Roots::None).ca_file("/etc/walspool/pg-ca.crt"))
+//!     .build()?;
+//! # let _ = sink;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The sink sets `application_name=walspool` unless the URL sets one, so its sessions
+//! are easy to find in `pg_stat_activity` (and `pg_stat_ssl`).
+//!
+//! # Example
 //!
 //! ```no_run
 //! use walspool_backends::postgres::PgSink;
@@ -84,15 +124,20 @@
 //! ```
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use futures::channel::oneshot;
 use serde::Serialize;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::types::Json;
 use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use walspool_wal::shipper::{Batch, Sink, SinkError};
 use walspool_wal::Error;
+
+pub use crate::tls::{Roots, TlsConfig};
 
 /// The default table name.
 pub const DEFAULT_TABLE: &str = "walspool_records";
@@ -122,9 +167,18 @@ pub struct PgSinkBuilder {
     create_table: bool,
     connect_timeout: Duration,
     query_timeout: Duration,
+    tls: Option<TlsConfig>,
 }
 
 impl PgSinkBuilder {
+    /// Connects over TLS, verifying the server's certificate (host name included) with
+    /// these roots / CA certificates, and presenting its client certificate if it has
+    /// one (default: no TLS). See [TLS](self#tls) in the module documentation.
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// The table, `name` or `schema.name` (lower-case letters, digits and `_`; default
     /// [`DEFAULT_TABLE`]).
     pub fn table(mut self, name: impl Into<String>) -> Self {
@@ -160,6 +214,37 @@ impl PgSinkBuilder {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(self.connect_timeout);
         }
+        if config.get_application_name().is_none() {
+            config.application_name("walspool");
+        }
+        let tls =
+            match (&self.tls, config.get_ssl_mode()) {
+                (None, SslMode::Require) => return Err(Error::Config(
+                    "PostgreSQL: the URL asks for TLS (sslmode=require, verify-ca or verify-full) \
+                     but the sink has no TLS configured: add \
+                     .tls(TlsConfig::new()) (webpki roots) or \
+                     .tls(TlsConfig::new().roots(Roots::None).ca_file(\"ca.crt\")) (a private CA) \
+                     to the PgSinkBuilder"
+                        .into(),
+                )),
+                (None, _) => None,
+                (Some(_), SslMode::Disable) => {
+                    return Err(Error::Config(
+                        "PostgreSQL: the URL says sslmode=disable but the sink is configured with \
+                     .tls(...): drop one of them"
+                            .into(),
+                    ))
+                }
+                (Some(t), _) => {
+                    // Configured TLS is never given up for plain text (`prefer` would).
+                    config.ssl_mode(SslMode::Require);
+                    let rustls = t.build().map_err(|e| match e {
+                        Error::Config(m) => Error::Config(format!("PostgreSQL sink: {m}")),
+                        e => e,
+                    })?;
+                    Some(MakeRustlsConnect::new(Arc::unwrap_or_clone(rustls)))
+                }
+            };
         let table = quote_table(&self.table)?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
         let mut worker = Worker {
@@ -167,6 +252,7 @@ impl PgSinkBuilder {
             table: table.clone(),
             create_table: self.create_table,
             query_timeout: self.query_timeout,
+            tls,
             conn: None,
         };
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -239,15 +325,18 @@ struct Rows {
 impl PgSink {
     /// Starts building a sink for the server at `url`: a `postgres://user:pass@host:port/db`
     /// URL or a `host=... user=...` string (libpq syntax, as `tokio_postgres::Config`
-    /// parses it). The password is never printed (`Debug` redacts it).
+    /// parses it). The password is never printed (`Debug` redacts it). `sslmode` may be
+    /// `disable`, `prefer`, `require`, `verify-ca` or `verify-full`; TLS itself is
+    /// configured with [`PgSinkBuilder::tls`] (see [TLS](self#tls)).
     pub fn builder(url: &str) -> PgSinkBuilder {
         PgSinkBuilder {
-            config: tokio_postgres::Config::from_str(url)
+            config: tokio_postgres::Config::from_str(&verify_as_require(url))
                 .map_err(|e| format!("PostgreSQL connection string: {e}")),
             table: DEFAULT_TABLE.into(),
             create_table: false,
             connect_timeout: Duration::from_secs(5),
             query_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 
@@ -327,6 +416,38 @@ impl<T: Serialize + Send + Sync + 'static> Sink<T> for PgSink {
     }
 }
 
+/// `url` with `sslmode=verify-ca` / `sslmode=verify-full` (libpq's names, which
+/// `tokio_postgres::Config` does not parse) written as `sslmode=require`: the sink's TLS
+/// always verifies the certificate and the host name, so all three mean the same here.
+fn verify_as_require(url: &str) -> String {
+    let mut out = String::with_capacity(url.len());
+    let mut rest = url;
+    while let Some(i) = rest.find("sslmode=verify-") {
+        let starts = i == 0 || matches!(rest.as_bytes()[i - 1], b'?' | b'&' | b' ' | b'\t');
+        let after = &rest[i + "sslmode=verify-".len()..];
+        let mode = ["full", "ca"].into_iter().find(|m| {
+            after.starts_with(m)
+                && matches!(
+                    after.as_bytes().get(m.len()),
+                    None | Some(b'&' | b' ' | b'\t')
+                )
+        });
+        out.push_str(&rest[..i]);
+        match mode {
+            Some(m) if starts => {
+                out.push_str("sslmode=require");
+                rest = &after[m.len()..];
+            }
+            _ => {
+                out.push_str("sslmode=verify-");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Validates `name` or `schema.name` and returns it quoted.
 fn quote_table(name: &str) -> Result<String, Error> {
     let ok = |p: &str| {
@@ -355,7 +476,20 @@ struct Worker {
     table: String,
     create_table: bool,
     query_timeout: Duration,
+    tls: Option<MakeRustlsConnect>,
     conn: Option<(Client, Statement)>,
+}
+
+/// Runs a connection's I/O until it ends.
+fn spawn_connection<F>(connection: F)
+where
+    F: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "PostgreSQL sink connection ended");
+        }
+    });
 }
 
 impl Worker {
@@ -365,16 +499,26 @@ impl Worker {
             self.conn = None;
         }
         if self.conn.is_none() {
-            let (client, connection) = self
-                .config
-                .connect(NoTls)
-                .await
-                .map_err(|e| classify(&e, "connect"))?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "PostgreSQL sink connection ended");
+            let client = match &self.tls {
+                None => {
+                    let (client, connection) = self
+                        .config
+                        .connect(NoTls)
+                        .await
+                        .map_err(|e| classify(&e, "connect"))?;
+                    spawn_connection(connection);
+                    client
                 }
-            });
+                Some(tls) => {
+                    let (client, connection) = self
+                        .config
+                        .connect(tls.clone())
+                        .await
+                        .map_err(|e| classify(&e, "connect"))?;
+                    spawn_connection(connection);
+                    client
+                }
+            };
             let stmt = tokio::time::timeout(self.query_timeout, self.prepare(&client))
                 .await
                 .unwrap_or_else(|_| {
@@ -534,10 +678,63 @@ fn classify(e: &tokio_postgres::Error, op: &str) -> SinkError {
     } else if let Some(src) = e.source() {
         reason = format!("{reason}: {src}");
     }
+    if let Some(tls) = find_tls_error(e) {
+        if tls_is_permanent(tls) {
+            return SinkError::batch(format!(
+                "PostgreSQL {op}: TLS: certificate verification or handshake refused: {tls} \
+                 (check the sink's CA / roots / client certificate, and that the server's \
+                 certificate names the URL's host)"
+            ));
+        }
+        return SinkError::transient(format!("PostgreSQL {op}: TLS: {tls}"));
+    }
     match e.code() {
         Some(code) if !retryable_sqlstate(code.code()) => SinkError::batch(reason),
         _ => SinkError::transient(reason),
     }
+}
+
+/// The rustls error somewhere in `e`'s chain (`io::Error::source` skips the error it
+/// wraps, so each io::Error is looked into).
+fn find_tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut cur = Some(e);
+    while let Some(x) = cur {
+        if let Some(t) = x.downcast_ref::<rustls::Error>() {
+            return Some(t);
+        }
+        if let Some(io) = x.downcast_ref::<std::io::Error>() {
+            if let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return Some(t);
+            }
+        }
+        cur = x.source();
+    }
+    None
+}
+
+/// TLS failures a retry cannot cure: the server's certificate does not verify, or the
+/// server refused ours (the same split as the HTTP sinks').
+fn tls_is_permanent(e: &rustls::Error) -> bool {
+    use rustls::AlertDescription as A;
+    matches!(
+        e,
+        rustls::Error::InvalidCertificate(_)
+            | rustls::Error::NoCertificatesPresented
+            | rustls::Error::UnsupportedNameType
+            | rustls::Error::PeerIncompatible(_)
+            | rustls::Error::AlertReceived(
+                A::BadCertificate
+                    | A::UnsupportedCertificate
+                    | A::CertificateRevoked
+                    | A::CertificateExpired
+                    | A::CertificateUnknown
+                    | A::UnknownCA
+                    | A::AccessDenied
+                    | A::CertificateRequired
+                    | A::HandshakeFailure
+                    | A::ProtocolVersion,
+            )
+    )
 }
 
 #[cfg(test)]
@@ -595,6 +792,50 @@ mod tests {
         assert_eq!(rows.text[0], vec![Some("s".to_string()), None]);
         assert_eq!(rows.text[4], vec![Some("ok".to_string()), None]);
         assert_eq!(rows.appended_at[1], UNIX_EPOCH + Duration::from_micros(6));
+    }
+
+    #[test]
+    fn libpq_verify_modes_read_as_require() {
+        assert_eq!(
+            verify_as_require("postgres://u@h/db?sslmode=verify-full"),
+            "postgres://u@h/db?sslmode=require"
+        );
+        assert_eq!(
+            verify_as_require("host=h sslmode=verify-ca user=u"),
+            "host=h sslmode=require user=u"
+        );
+        assert_eq!(
+            verify_as_require("postgres://u@h/db?a=1&sslmode=verify-ca&b=2"),
+            "postgres://u@h/db?a=1&sslmode=require&b=2"
+        );
+        for same in [
+            "postgres://u@h/db?sslmode=verify-fullx",
+            "postgres://u@h/db?xsslmode=verify-full",
+            "postgres://u@h/db",
+        ] {
+            assert_eq!(verify_as_require(same), same);
+        }
+    }
+
+    #[test]
+    fn sslmode_and_tls_must_agree_at_build() {
+        for url in [
+            "postgres://x@127.0.0.1/db?sslmode=require",
+            "postgres://x@127.0.0.1/db?sslmode=verify-full",
+        ] {
+            let e = PgSink::builder(url).build().unwrap_err().to_string();
+            assert!(e.contains(".tls(TlsConfig::new())"), "{e}");
+            assert!(PgSink::builder(url).tls(TlsConfig::new()).build().is_ok());
+        }
+        let e = PgSink::builder("postgres://x@127.0.0.1/db?sslmode=disable")
+            .tls(TlsConfig::new())
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sslmode=disable"), "{e}");
+        assert!(PgSink::builder("postgres://x@127.0.0.1/db?sslmode=disable")
+            .build()
+            .is_ok());
     }
 
     #[test]

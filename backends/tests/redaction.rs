@@ -52,6 +52,18 @@ fn postgres_sink() {
     assert_redacted("PgSinkBuilder (key=value)", &b);
     let sink = b.build().expect("build");
     assert_redacted("PgSink", &sink);
+    // A client key for mTLS, as PEM text or a file, is never shown.
+    use walspool_backends::postgres::TlsConfig;
+    let b = PgSink::builder("postgres://app@db.example:5432/audit?sslmode=require").tls(
+        TlsConfig::new().client_cert_pem(
+            "-----BEGIN CERTIFICATE-----",
+            "-----BEGIN PRIVATE KEY-----\nSECRET\n-----END PRIVATE KEY-----\n",
+        ),
+    );
+    assert_redacted("PgSinkBuilder (client key PEM)", &b);
+    let b = PgSink::builder("postgres://app@db.example:5432/audit")
+        .tls(TlsConfig::new().client_cert_files("/etc/pg/client.crt", "/etc/pg/SECRET.key"));
+    assert_redacted("PgSinkBuilder (client key file)", &b);
 }
 
 #[cfg(feature = "nats")]
