@@ -64,7 +64,7 @@
 //! # TLS
 //!
 //! Off by default: connections are plain TCP or Unix sockets, as the URL says. With
-//! [`tls(TlsConfig)`](PgSinkBuilder::tls) every TCP connection is TLS (rustls with the
+//! [`tls(TlsConfig)`](PgSinkBuilder::tls) every connection is TLS (rustls with the
 //! *ring* provider, TLS 1.2 and 1.3): the server's certificate is verified against the
 //! [`Roots`] chosen (Mozilla's webpki roots by default, or the system's store) plus any
 //! CA certificate given as a PEM file or text, and it must name the host of the URL
@@ -75,7 +75,8 @@
 //! * With TLS configured the connection never falls back to plain text: the URL's
 //!   `sslmode` may be absent, `prefer`, `require`, `verify-ca` or `verify-full` (all of
 //!   them mean "TLS, verified, host name included"); `sslmode=disable` is a
-//!   configuration error at [`build`](PgSinkBuilder::build).
+//!   configuration error at [`build`](PgSinkBuilder::build), and so is a Unix-socket
+//!   host (PostgreSQL does not speak TLS there).
 //! * Without it, a URL with `sslmode=require`, `verify-ca` or `verify-full` is a
 //!   configuration error at `build` that says how to enable TLS.
 //! * A CA file that cannot be read, or PEM without a certificate in it, fails `build`.
@@ -217,34 +218,7 @@ impl PgSinkBuilder {
         if config.get_application_name().is_none() {
             config.application_name("walspool");
         }
-        let tls =
-            match (&self.tls, config.get_ssl_mode()) {
-                (None, SslMode::Require) => return Err(Error::Config(
-                    "PostgreSQL: the URL asks for TLS (sslmode=require, verify-ca or verify-full) \
-                     but the sink has no TLS configured: add \
-                     .tls(TlsConfig::new()) (webpki roots) or \
-                     .tls(TlsConfig::new().roots(Roots::None).ca_file(\"ca.crt\")) (a private CA) \
-                     to the PgSinkBuilder"
-                        .into(),
-                )),
-                (None, _) => None,
-                (Some(_), SslMode::Disable) => {
-                    return Err(Error::Config(
-                        "PostgreSQL: the URL says sslmode=disable but the sink is configured with \
-                     .tls(...): drop one of them"
-                            .into(),
-                    ))
-                }
-                (Some(t), _) => {
-                    // Configured TLS is never given up for plain text (`prefer` would).
-                    config.ssl_mode(SslMode::Require);
-                    let rustls = t.build().map_err(|e| match e {
-                        Error::Config(m) => Error::Config(format!("PostgreSQL sink: {m}")),
-                        e => e,
-                    })?;
-                    Some(MakeRustlsConnect::new(Arc::unwrap_or_clone(rustls)))
-                }
-            };
+        let tls = connector(self.tls.as_ref(), &mut config)?;
         let table = quote_table(&self.table)?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
         let mut worker = Worker {
@@ -413,6 +387,60 @@ impl<T: Serialize + Send + Sync + 'static> Sink<T> for PgSink {
                 "the PostgreSQL sink's thread dropped the request",
             ))
         })
+    }
+}
+
+/// The TLS connector for `tls`, checked against the URL's `sslmode` and hosts; sets
+/// `sslmode=require` when TLS is configured (never given up for plain text, as `prefer`
+/// would).
+fn connector(
+    tls: Option<&TlsConfig>,
+    config: &mut tokio_postgres::Config,
+) -> Result<Option<MakeRustlsConnect>, Error> {
+    const ENABLE: &str = "add .tls(TlsConfig::new()) (webpki roots) or \
+        .tls(TlsConfig::new().roots(Roots::None).ca_file(\"ca.crt\")) (a private CA) \
+        to the PgSinkBuilder";
+    let Some(tls) = tls else {
+        if config.get_ssl_mode() == SslMode::Require {
+            return Err(Error::Config(format!(
+                "PostgreSQL: the URL asks for TLS (sslmode=require, verify-ca or \
+                 verify-full) but the sink has no TLS configured: {ENABLE}"
+            )));
+        }
+        return Ok(None);
+    };
+    if config.get_ssl_mode() == SslMode::Disable {
+        return Err(Error::Config(
+            "PostgreSQL: the URL says sslmode=disable but the sink is configured with \
+             .tls(...): drop one of them"
+                .into(),
+        ));
+    }
+    if config.get_hosts().iter().any(is_unix_socket) {
+        return Err(Error::Config(
+            "PostgreSQL: TLS does not apply to Unix sockets (the server refuses it there): \
+             give a TCP host, or drop .tls(...)"
+                .into(),
+        ));
+    }
+    config.ssl_mode(SslMode::Require);
+    let rustls = tls.build().map_err(|e| match e {
+        Error::Config(m) => Error::Config(format!("PostgreSQL sink: {m}")),
+        e => e,
+    })?;
+    Ok(Some(MakeRustlsConnect::new(Arc::unwrap_or_clone(rustls))))
+}
+
+/// True for a Unix-socket host (a `host` that is a directory path).
+fn is_unix_socket(host: &tokio_postgres::config::Host) -> bool {
+    #[cfg(unix)]
+    {
+        matches!(host, tokio_postgres::config::Host::Unix(_))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = host;
+        false
     }
 }
 
@@ -836,6 +864,12 @@ mod tests {
         assert!(PgSink::builder("postgres://x@127.0.0.1/db?sslmode=disable")
             .build()
             .is_ok());
+        let e = PgSink::builder("host=/run/postgresql user=x")
+            .tls(TlsConfig::new())
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Unix sockets"), "{e}");
     }
 
     #[test]
