@@ -17,7 +17,8 @@
 # TLS: `start` makes, with the openssl CLI (Debian's `openssl`, installed as root if
 # missing), a throwaway CA (ca.crt in the cluster's temp dir, WALSPOOL_PG_CA) and a
 # server certificate it signs for localhost and 127.0.0.1 (subjectAltName), written as
-# server.crt / server.key (0600, the cluster owner's) in the data dir, and starts the
+# server.crt and server.key (the key 0600; both the cluster owner's) in the data dir
+# (the CA's key is deleted), and starts the
 # server (and `resume` restarts it) with ssl=on and them. Plain connections still work
 # (pg_hba `host` lines match both), so sslmode=disable/prefer clients are unaffected.
 # initdb refuses to run as root: as root the cluster belongs to the `postgres` user

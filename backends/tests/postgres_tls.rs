@@ -119,8 +119,8 @@ fn records_ship_over_verified_tls() {
     futures::executor::block_on(wal.close()).unwrap();
     assert_eq!(counts(&url, &table), (N as i64, N as i64, 1, N as i64));
 
-    // Without an application_name in the URL the sink sets `walspool`; the system
-    // roots-less CA given as PEM text works as well as a file.
+    // Without an application_name in the URL the sink sets `walspool`; the CA given
+    // as PEM text works as well as a file.
     let pem = std::fs::read(&ca).unwrap();
     let mut sink = PgSink::builder(&with_params(&url, "sslmode=require"))
         .table(&table)
