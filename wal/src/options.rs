@@ -180,8 +180,10 @@ impl Options {
     /// `fdatasync` after each group commit finds blocks already written. On ext4 an
     /// fdatasync after a write into merely `fallocate`d blocks must also journal their
     /// conversion to written; zeroing ahead pays that once per `bytes` instead of once
-    /// per fdatasync (BENCHMARKS.md). The cost: each byte of a segment is written
-    /// twice (the zeros, then the records), which matters only at hundreds of MB/s.
+    /// per fdatasync (BENCHMARKS.md, "Round 3"). The cost: those bytes are written
+    /// twice (the zeros, then the records), so it runs only while group commits stay
+    /// small (under 64 KiB written per fdatasync); larger groups skip it, their one
+    /// conversion per fdatasync being spread over many records.
     /// Recovery is unaffected (the range past the end reads as zeros either way).
     /// `0` disables it; otherwise at least 64 KiB (default 1 MiB).
     pub fn zero_ahead_bytes(mut self, bytes: u64) -> Self {

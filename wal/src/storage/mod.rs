@@ -107,8 +107,8 @@ pub trait Storage: Send + Sync + 'static {
     /// write position). For a file system, so that the blocks are allocated *and
     /// written* before records go there: on ext4 and XFS an `fdatasync` after a write
     /// into `fallocate`d (unwritten) blocks must also journal their conversion to
-    /// written, which costs about twice as much as one into blocks already written
-    /// (BENCHMARKS.md). The range reads as zeros before and after, so recovery sees
+    /// written, which costs more than one into blocks already written (BENCHMARKS.md,
+    /// "Round 3"). The range reads as zeros before and after, so recovery sees
     /// nothing different; nothing needs to be durable when it returns.
     ///
     /// Optional: the default does nothing (right for storage without such blocks, as
