@@ -2,7 +2,8 @@
 //! sink to a loopback server run by this test, is SIGKILLed (once while a batch is in
 //! flight, once right after the server acknowledged one), and is restarted. Every
 //! record must reach the server, and nothing committed may be sent again: the only
-//! records sent twice are those of the one batch in flight at each kill.
+//! records sent twice are those of the one batch in flight at each kill (with
+//! `pipeline_checkpoint(false)`; the default is tested in tests/ship_kill_sinks.rs).
 //!
 //! The child is this test binary itself, re-executed with `WALSPOOL_SHIP_KILL_CHILD`
 //! set and `--exact ship_kill_child`.
@@ -48,6 +49,10 @@ fn ship_kill_child() {
     let shipper = Shipper::<_, u64>::builder(wal.consumer(CONSUMER).unwrap(), sink)
         .batch_max(BATCH)
         .linger(Duration::ZERO)
+        // Each batch committed before the next is sent: the strict bound checked
+        // below (only the batch in flight is resent). tests/ship_kill_sinks.rs runs the
+        // default, pipelined checkpoints.
+        .pipeline_checkpoint(false)
         .send_timeout(Duration::from_secs(60))
         .build()
         .expect("valid shipper configuration");

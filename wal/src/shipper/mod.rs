@@ -13,7 +13,9 @@
 //!   (or the parts of it that could never be delivered went to the dead letter); with
 //!   a full batch already waiting, that checkpoint write (an fsync) overlaps reading
 //!   and sending the next batch: one in flight, committed in order, and waited for
-//!   before any retry, so a sink outage never holds back a checkpoint already earned;
+//!   before any retry, so a sink outage never holds back a checkpoint already earned
+//!   (after a crash, up to one acknowledged batch more may be resent; see
+//!   [`ShipperBuilder::pipeline_checkpoint`]);
 //! * a failed attempt is retried after an exponential backoff with full jitter
 //!   ([`Backoff`]: a delay drawn uniformly from `0..=min(max, initial * 2^n)`; defaults
 //!   100 ms and 30 s), or after the sink's retry-after hint when it gives one (capped by
@@ -215,6 +217,7 @@ impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> Shipper<S, T> {
                 backoff: Backoff::default(),
                 breaker: Breaker::default(),
                 poison_attempts: DEFAULT_POISON_ATTEMPTS,
+                pipeline_checkpoint: true,
             },
         }
     }
@@ -314,7 +317,7 @@ impl<S: Storage, T: DeserializeOwned + Send + Sync + 'static> Shipper<S, T> {
                 .durable_seq
                 .load(Ordering::Acquire)
                 .saturating_sub(through);
-            if backlog >= self.cfg.batch_max as u64 {
+            if self.cfg.pipeline_checkpoint && backlog >= self.cfg.batch_max as u64 {
                 *pending = Some((through, Box::pin(done)));
             } else if !settle(&self.shared, Some((through, Box::pin(done)))).await? {
                 return Ok(());
