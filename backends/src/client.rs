@@ -24,7 +24,6 @@
 //! sends them again once the configuration is fixed). Other connection failures and
 //! timeouts are transient.
 
-use std::error::Error as StdError;
 use std::io::{Read, Write};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime};
@@ -311,48 +310,11 @@ pub(crate) fn parse_retry_after(v: &str) -> Option<Duration> {
     )
 }
 
-/// The rustls error somewhere in `e`'s chain. `io::Error::source` skips the error it
-/// wraps, so each io::Error is looked into.
-fn find_tls_error<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
-    let mut cur = Some(e);
-    while let Some(x) = cur {
-        if let Some(t) = x.downcast_ref::<rustls::Error>() {
-            return Some(t);
-        }
-        if let Some(io) = x.downcast_ref::<std::io::Error>() {
-            if let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                return Some(t);
-            }
-        }
-        cur = x.source();
-    }
-    None
-}
-
 /// Classifies a failure to talk to the server: TLS configuration mistakes are
 /// permanent, the rest (refused, reset, timeout, DNS) transient.
 fn transport_error(url: &str, t: &ureq::Transport) -> SinkError {
-    use rustls::AlertDescription as A;
-    if let Some(tls) = find_tls_error(t) {
-        let permanent = match tls {
-            rustls::Error::InvalidCertificate(_)
-            | rustls::Error::NoCertificatesPresented
-            | rustls::Error::UnsupportedNameType
-            | rustls::Error::PeerIncompatible(_) => Some("the server's certificate or TLS setup"),
-            rustls::Error::AlertReceived(
-                A::BadCertificate
-                | A::UnsupportedCertificate
-                | A::CertificateRevoked
-                | A::CertificateExpired
-                | A::CertificateUnknown
-                | A::UnknownCA
-                | A::AccessDenied
-                | A::CertificateRequired
-                | A::HandshakeFailure
-                | A::ProtocolVersion,
-            ) => Some("the server refused the handshake (client certificate?)"),
-            _ => None,
-        };
+    if let Some(tls) = crate::tls::find_tls_error(t) {
+        let permanent = crate::tls::permanent_tls_failure(tls);
         if let Some(what) = permanent {
             return SinkError::batch(format!(
                 "TLS: POST {url}: {what}: {tls} (check the CA / roots / client certificate)"

@@ -706,8 +706,8 @@ fn classify(e: &tokio_postgres::Error, op: &str) -> SinkError {
     } else if let Some(src) = e.source() {
         reason = format!("{reason}: {src}");
     }
-    if let Some(tls) = find_tls_error(e) {
-        if tls_is_permanent(tls) {
+    if let Some(tls) = crate::tls::find_tls_error(e) {
+        if crate::tls::permanent_tls_failure(tls).is_some() {
             return SinkError::batch(format!(
                 "PostgreSQL {op}: TLS: certificate verification or handshake refused: {tls} \
                  (check the sink's CA / roots / client certificate, and that the server's \
@@ -720,49 +720,6 @@ fn classify(e: &tokio_postgres::Error, op: &str) -> SinkError {
         Some(code) if !retryable_sqlstate(code.code()) => SinkError::batch(reason),
         _ => SinkError::transient(reason),
     }
-}
-
-/// The rustls error somewhere in `e`'s chain (`io::Error::source` skips the error it
-/// wraps, so each io::Error is looked into).
-fn find_tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    let mut cur = Some(e);
-    while let Some(x) = cur {
-        if let Some(t) = x.downcast_ref::<rustls::Error>() {
-            return Some(t);
-        }
-        if let Some(io) = x.downcast_ref::<std::io::Error>() {
-            if let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                return Some(t);
-            }
-        }
-        cur = x.source();
-    }
-    None
-}
-
-/// TLS failures a retry cannot cure: the server's certificate does not verify, or the
-/// server refused ours (the same split as the HTTP sinks').
-fn tls_is_permanent(e: &rustls::Error) -> bool {
-    use rustls::AlertDescription as A;
-    matches!(
-        e,
-        rustls::Error::InvalidCertificate(_)
-            | rustls::Error::NoCertificatesPresented
-            | rustls::Error::UnsupportedNameType
-            | rustls::Error::PeerIncompatible(_)
-            | rustls::Error::AlertReceived(
-                A::BadCertificate
-                    | A::UnsupportedCertificate
-                    | A::CertificateRevoked
-                    | A::CertificateExpired
-                    | A::CertificateUnknown
-                    | A::UnknownCA
-                    | A::AccessDenied
-                    | A::CertificateRequired
-                    | A::HandshakeFailure
-                    | A::ProtocolVersion,
-            )
-    )
 }
 
 #[cfg(test)]

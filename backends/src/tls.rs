@@ -202,3 +202,48 @@ impl TlsConfig {
         Ok(Arc::new(config))
     }
 }
+
+/// The rustls error somewhere in `e`'s chain (`io::Error::source` skips the error it
+/// wraps, so each io::Error is looked into).
+pub(crate) fn find_tls_error<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a rustls::Error> {
+    let mut cur = Some(e);
+    while let Some(x) = cur {
+        if let Some(t) = x.downcast_ref::<rustls::Error>() {
+            return Some(t);
+        }
+        if let Some(io) = x.downcast_ref::<std::io::Error>() {
+            if let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return Some(t);
+            }
+        }
+        cur = x.source();
+    }
+    None
+}
+
+/// For a TLS failure a retry cannot cure (a configuration mistake), what it is about;
+/// `None` when a retry may help. The sinks make the former a permanent error.
+pub(crate) fn permanent_tls_failure(e: &rustls::Error) -> Option<&'static str> {
+    use rustls::AlertDescription as A;
+    match e {
+        rustls::Error::InvalidCertificate(_)
+        | rustls::Error::NoCertificatesPresented
+        | rustls::Error::UnsupportedNameType
+        | rustls::Error::PeerIncompatible(_) => Some("the server's certificate or TLS setup"),
+        rustls::Error::AlertReceived(
+            A::BadCertificate
+            | A::UnsupportedCertificate
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::CertificateUnknown
+            | A::UnknownCA
+            | A::AccessDenied
+            | A::CertificateRequired
+            | A::HandshakeFailure
+            | A::ProtocolVersion,
+        ) => Some("the server refused the handshake (client certificate?)"),
+        _ => None,
+    }
+}
