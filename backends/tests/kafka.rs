@@ -29,21 +29,23 @@
 //! of their own (the outage test's is started here, without that index: its store stays
 //! small) and read them all back.
 
+#[path = "support/broker.rs"]
+mod broker;
 #[path = "support/sink_figures.rs"]
 mod sink_figures;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::TcpListener;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use broker::Broker;
 use rskafka::client::partition::{OffsetAt, UnknownTopicHandling};
 use rskafka::client::ClientBuilder;
 use serde::{Deserialize, Serialize};
 use walspool_backends::kafka::{Compression, Encoding, KafkaSink, Partitioning};
 use walspool_backends::LocalDisk;
-use walspool_wal::shipper::{Backoff, Batch, Breaker, Shipper, Sink, SinkError};
+use walspool_wal::shipper::{Batch, Shipper, Sink, SinkError};
 use walspool_wal::{Durability, Entry, Memory, Options, Wal};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -436,8 +438,8 @@ fn key_partitioning_postcard_and_compression() {
     let Some(bin) = server_bin() else { return };
     // A broker and store of its own: tansu's fetch slows with the store's size.
     let store = tempfile::tempdir().unwrap();
-    let server = Server::start(&bin, store.path());
-    let brokers = server.brokers();
+    let server = tansu(&bin, store.path());
+    let brokers = brokers_of(&server);
     let prefix = prefix("codec");
     let wal_id = "w-codec";
     let mut n = 0u64;
@@ -592,7 +594,7 @@ fn topics_are_created_or_checked_and_errors_classified() {
     let e = futures::executor::block_on(s.send(&one(3, big))).unwrap_err();
     assert!(matches!(e, SinkError::Record { seq: 3, .. }), "{e}");
     // Nothing listens: transient, from check() and send().
-    let port = free_port();
+    let port = broker::free_port();
     let mut s = KafkaSink::builder(format!("127.0.0.1:{port}"))
         .connect_timeout(Duration::from_millis(500))
         .build()
@@ -603,74 +605,29 @@ fn topics_are_created_or_checked_and_errors_classified() {
     assert!(e.is_transient(), "{e}");
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A tansu broker of this test's own, its SQLite store in `dir`.
-struct Server {
-    bin: String,
-    port: u16,
-    dir: std::path::PathBuf,
-    child: Option<Child>,
-}
-
-impl Server {
-    fn start(bin: &str, dir: &std::path::Path) -> Server {
-        let mut s = Server {
-            bin: bin.into(),
-            port: free_port(),
-            dir: dir.into(),
-            child: None,
-        };
-        s.restart();
-        s
-    }
-
-    fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn restart(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
+fn tansu(bin: &str, dir: &std::path::Path) -> Broker {
+    let (bin, dir) = (bin.to_string(), dir.to_path_buf());
+    Broker::start("tansu", move |port| {
+        let url = format!("tcp://127.0.0.1:{port}");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join("broker.log"))
+            .open(dir.join("broker.log"))
             .unwrap();
-        let child = Command::new(&self.bin)
-            .arg("broker")
+        let mut c = Command::new(&bin);
+        c.arg("broker")
             .args(["--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", "sqlite://tansu.db"])
-            .current_dir(&self.dir)
+            .current_dir(&dir)
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let t = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(20), "tansu did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap(); // SIGKILL
-            c.wait().unwrap();
-        }
-    }
+            .stderr(log);
+        c
+    })
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
+fn brokers_of(b: &Broker) -> String {
+    format!("127.0.0.1:{}", b.port())
 }
 
 #[test]
@@ -679,8 +636,8 @@ fn broker_sigkilled_mid_stream_and_restarted_loses_nothing() {
     // 10,000 records, a store of its own: tansu's fetch slows with the store's size.
     const N: u64 = 10_000;
     let store = tempfile::tempdir().unwrap();
-    let mut server = Server::start(&bin, store.path());
-    let brokers = server.brokers();
+    let mut server = tansu(&bin, store.path());
+    let brokers = brokers_of(&server);
     let prefix = prefix("outage");
     let since = now_us();
     let wal = Wal::open(Memory::new(), Options::default()).unwrap();
@@ -692,56 +649,31 @@ fn broker_sigkilled_mid_stream_and_restarted_loses_nothing() {
         .build()
         .unwrap();
     let metrics = sink.metrics();
-    let running = Shipper::<_, Rec>::builder(wal.consumer("kafka").unwrap(), sink)
-        .batch_max(500)
-        .send_timeout(Duration::from_secs(5))
-        .backoff(Backoff {
-            initial: Duration::from_millis(50),
-            max: Duration::from_millis(500),
-            ..Backoff::default()
-        })
-        .breaker(Breaker {
-            failure_threshold: 3,
-            open_for: Duration::from_millis(700),
-        })
-        .build()
-        .expect("valid shipper config")
-        .spawn_on_thread()
-        .unwrap();
+    let running = broker::outage_settings(Shipper::<_, Rec>::builder(
+        wal.consumer("kafka").unwrap(),
+        sink,
+    ))
+    .build()
+    .expect("valid shipper config")
+    .spawn_on_thread()
+    .unwrap();
     let handle = running.handle().clone();
     // Appends in the background, in chunks, during the whole test.
-    let appender = {
-        let wal = wal.clone();
-        std::thread::spawn(move || {
-            for chunk in (1..=N).collect::<Vec<u64>>().chunks(250) {
-                let recs: Vec<Rec> = chunk.iter().copied().map(rec).collect();
-                futures::executor::block_on(wal.append_batch(&recs)).unwrap();
-                std::thread::sleep(Duration::from_millis(60));
-            }
-        })
-    };
+    let appender = broker::spawn_appender(&wal, N, rec, Duration::from_millis(60));
     // Kill the broker once a part is acknowledged.
-    let t = Instant::now();
-    while handle.status().committed_seq < N / 5 {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "{:?}",
-            handle.status()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    broker::wait_until(
+        Duration::from_millis(5),
+        || handle.status().committed_seq >= N / 5,
+        || handle.status(),
+    );
     let acked_before = handle.status().committed_seq;
     server.kill();
     // Down: the shipper fails, backs off, and the breaker opens.
-    let t = Instant::now();
-    while handle.status().breaker_opened == 0 {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "{:?}",
-            handle.status()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    broker::wait_until(
+        Duration::from_millis(20),
+        || handle.status().breaker_opened > 0,
+        || handle.status(),
+    );
     std::thread::sleep(Duration::from_secs(1));
     let down = wal.metrics();
     assert!(down.ship_errors_total >= 3, "{down:?}");
@@ -834,8 +766,8 @@ fn shipper_sigkilled_mid_stream_and_restarted_loses_nothing() {
     let Some(bin) = server_bin() else { return };
     // A broker and store of its own: tansu's fetch slows with the store's size.
     let store = tempfile::tempdir().unwrap();
-    let _server = Server::start(&bin, store.path());
-    let brokers = _server.brokers();
+    let server = tansu(&bin, store.path());
+    let brokers = brokers_of(&server);
     let topic = format!("{}.all", prefix("crash"));
     let since = now_us();
     let dir = tempfile::tempdir().unwrap();

@@ -15,22 +15,24 @@
 //!   `WALSPOOL_NATS_KILL_CHILD` and `--exact nats_kill_child`) is SIGKILLed mid-stream
 //!   and restarted: every record in the stream exactly once.
 
+#[path = "support/broker.rs"]
+mod broker;
 #[path = "support/sink_figures.rs"]
 mod sink_figures;
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::stream::Config as StreamConfig;
+use broker::Broker;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use walspool_backends::nats::NatsSink;
 use walspool_backends::LocalDisk;
-use walspool_wal::shipper::{Backoff, Batch, Breaker, Shipper, Sink, SinkError};
+use walspool_wal::shipper::{Batch, Shipper, Sink, SinkError};
 use walspool_wal::{Durability, Entry, Memory, Options, Wal};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -368,7 +370,7 @@ fn the_stream_is_created_or_checked() {
         SinkError::record(2, "kind \"a.b\" is not a NATS subject token")
     );
     // Nothing listens: transient.
-    let port = free_port();
+    let port = broker::free_port();
     let mut s = NatsSink::builder(format!("nats://127.0.0.1:{port}"))
         .connect_timeout(Duration::from_millis(500))
         .build()
@@ -377,71 +379,18 @@ fn the_stream_is_created_or_checked() {
     assert!(e.is_transient(), "{e}");
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A nats-server of this test's own.
-struct Server {
-    bin: String,
-    port: u16,
-    store: std::path::PathBuf,
-    child: Option<Child>,
-}
-
-impl Server {
-    fn start(bin: &str, store: &std::path::Path) -> Server {
-        let mut s = Server {
-            bin: bin.into(),
-            port: free_port(),
-            store: store.into(),
-            child: None,
-        };
-        s.restart();
-        s
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn restart(&mut self) {
-        let port = self.port.to_string();
-        let child = Command::new(&self.bin)
-            .args(["-js", "-sd"])
-            .arg(&self.store)
-            .args(["-a", "127.0.0.1", "-p", &port])
+/// A nats-server of this test's own, with JetStream, its store in `store`.
+fn nats_server(bin: &str, store: &std::path::Path) -> Broker {
+    let (bin, store) = (bin.to_string(), store.to_path_buf());
+    Broker::start("nats-server", move |port| {
+        let mut c = Command::new(&bin);
+        c.args(["-js", "-sd"])
+            .arg(&store)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let t = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "nats-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap(); // SIGKILL
-            c.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
+            .stderr(Stdio::null());
+        c
+    })
 }
 
 #[test]
@@ -449,8 +398,8 @@ fn broker_sigkilled_mid_stream_and_restarted_loses_nothing() {
     let Some(bin) = server_bin() else { return };
     const N: u64 = 40_000;
     let store = tempfile::tempdir().unwrap();
-    let mut server = Server::start(&bin, store.path());
-    let url = server.url();
+    let mut server = nats_server(&bin, store.path());
+    let url = format!("nats://127.0.0.1:{}", server.port());
     let (stream, prefix) = names("outage");
     let since = now_us();
     let wal = Wal::open(Memory::new(), Options::default()).unwrap();
@@ -463,56 +412,31 @@ fn broker_sigkilled_mid_stream_and_restarted_loses_nothing() {
         .build()
         .unwrap();
     let metrics = sink.metrics();
-    let running = Shipper::<_, Rec>::builder(wal.consumer("nats").unwrap(), sink)
-        .batch_max(500)
-        .send_timeout(Duration::from_secs(5))
-        .backoff(Backoff {
-            initial: Duration::from_millis(50),
-            max: Duration::from_millis(500),
-            ..Backoff::default()
-        })
-        .breaker(Breaker {
-            failure_threshold: 3,
-            open_for: Duration::from_millis(700),
-        })
-        .build()
-        .expect("valid shipper configuration")
-        .spawn_on_thread()
-        .unwrap();
+    let running = broker::outage_settings(Shipper::<_, Rec>::builder(
+        wal.consumer("nats").unwrap(),
+        sink,
+    ))
+    .build()
+    .expect("valid shipper configuration")
+    .spawn_on_thread()
+    .unwrap();
     let handle = running.handle().clone();
     // Appends in the background, in chunks, during the whole test.
-    let appender = {
-        let wal = wal.clone();
-        std::thread::spawn(move || {
-            for chunk in (1..=N).collect::<Vec<u64>>().chunks(250) {
-                let recs: Vec<Rec> = chunk.iter().copied().map(rec).collect();
-                futures::executor::block_on(wal.append_batch(&recs)).unwrap();
-                std::thread::sleep(Duration::from_millis(15));
-            }
-        })
-    };
+    let appender = broker::spawn_appender(&wal, N, rec, Duration::from_millis(15));
     // Kill the broker once a part is acknowledged.
-    let t = Instant::now();
-    while handle.status().committed_seq < N / 5 {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "{:?}",
-            handle.status()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    broker::wait_until(
+        Duration::from_millis(5),
+        || handle.status().committed_seq >= N / 5,
+        || handle.status(),
+    );
     let acked_before = handle.status().committed_seq;
     server.kill();
     // Down: the shipper fails, backs off, and the breaker opens.
-    let t = Instant::now();
-    while handle.status().breaker_opened == 0 {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "{:?}",
-            handle.status()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    broker::wait_until(
+        Duration::from_millis(20),
+        || handle.status().breaker_opened > 0,
+        || handle.status(),
+    );
     std::thread::sleep(Duration::from_secs(1));
     let down = wal.metrics();
     assert!(down.ship_errors_total >= 3, "{down:?}");
