@@ -8,6 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use walspool_wal::shipper::SinkError;
+use walspool_wal::SinkMetrics;
 
 /// How many of the latest batch latencies the percentiles are taken over.
 const WINDOW: usize = 1024;
@@ -62,6 +63,40 @@ impl StoredCounts {
 
     pub(crate) fn per_destination(&self) -> BTreeMap<String, u64> {
         lock(&self.per).clone()
+    }
+}
+
+/// The counters both broker sinks keep; each sink's metrics add their own.
+#[derive(Debug, Default)]
+pub(crate) struct BrokerCounters {
+    /// Records (messages) the broker stored, in total and per destination.
+    pub(crate) stored: StoredCounts,
+    pub(crate) failed: AtomicU64,
+    pub(crate) batches: AtomicU64,
+    pub(crate) batches_failed: AtomicU64,
+    pub(crate) in_flight: AtomicU64,
+    pub(crate) connects: AtomicU64,
+    pub(crate) disconnects: AtomicU64,
+    pub(crate) latency_us: LatencyWindow,
+}
+
+impl BrokerCounters {
+    /// The figures the WAL's metrics carry for the consumer the sink ships
+    /// ([`ConsumerMetrics::sink`](walspool_wal::ConsumerMetrics::sink)).
+    pub(crate) fn sink_metrics(&self, kind: &str) -> SinkMetrics {
+        let (p50, p99, max) = self.latency_us.p50_p99_max();
+        SinkMetrics::new(kind)
+            .in_flight(self.in_flight.load(Ordering::Relaxed))
+            .stored(self.stored.total())
+            .failed(self.failed.load(Ordering::Relaxed))
+            .latency_us(p50, p99, max)
+            .per_destination(self.stored.per_destination())
+    }
+
+    /// A batch acknowledged in full after `d`.
+    pub(crate) fn batch_acked(&self, d: Duration) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.latency_us.record(d);
     }
 }
 

@@ -141,7 +141,7 @@
 //! # }
 //! ```
 
-use crate::broker_stats::{round_trip, LatencyWindow, StoredCounts};
+use crate::broker_stats::{round_trip, BrokerCounters};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -905,7 +905,10 @@ struct PartOutcome {
 impl Worker {
     fn forget(&mut self) {
         if self.client.take().is_some() {
-            self.metrics.disconnects.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .common
+                .disconnects
+                .fetch_add(1, Ordering::Relaxed);
         }
         self.topics.clear();
         self.partitions.clear();
@@ -959,7 +962,7 @@ impl Worker {
                     cfg.brokers.join(",")
                 ))
             })?;
-        self.metrics.connects.fetch_add(1, Ordering::Relaxed);
+        self.metrics.common.connects.fetch_add(1, Ordering::Relaxed);
         let client = Arc::new(client);
         self.client = Some(client.clone());
         Ok(client)
@@ -1083,11 +1086,13 @@ impl Worker {
         let r = self.produce_all(msgs).await;
         match &r {
             Ok(()) => {
-                self.metrics.batches.fetch_add(1, Ordering::Relaxed);
-                self.metrics.record_latency(started.elapsed());
+                self.metrics.common.batch_acked(started.elapsed());
             }
             Err(_) => {
-                self.metrics.batches_failed.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .common
+                    .batches_failed
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
         r
@@ -1162,7 +1167,7 @@ impl Worker {
         }
         // Records stored count even when the batch as a whole failed (they are in the
         // topic; their redelivery will store them again).
-        self.metrics.add_stored(stored);
+        self.metrics.common.stored.add(stored);
         if reconnect {
             self.forget();
         }
@@ -1208,14 +1213,14 @@ async fn produce_partition(
     while let Some(chunk) = queue.pop_front() {
         let n = chunk.len() as u64;
         let records: Vec<Record> = chunk.iter().map(|m| m.record.clone()).collect();
-        metrics.in_flight.fetch_add(n, Ordering::Relaxed);
+        metrics.common.in_flight.fetch_add(n, Ordering::Relaxed);
         metrics.requests.fetch_add(1, Ordering::Relaxed);
         let r = tokio::time::timeout(
             cfg.ack_timeout + Duration::from_secs(1),
             pc.produce(records, cfg.compression.client()),
         )
         .await;
-        metrics.in_flight.fetch_sub(n, Ordering::Relaxed);
+        metrics.common.in_flight.fetch_sub(n, Ordering::Relaxed);
         let failure = match r {
             Ok(Ok(_offsets)) => {
                 out.stored += n;
@@ -1250,12 +1255,12 @@ async fn produce_partition(
                 queue.push_front(first);
             }
             Failure::Record(reason) => {
-                metrics.failed.fetch_add(n, Ordering::Relaxed);
+                metrics.common.failed.fetch_add(n, Ordering::Relaxed);
                 out.error = Some((SinkError::record(chunk[0].seq, reason), false));
                 break;
             }
             Failure::Transient { reason, reconnect } => {
-                metrics.failed.fetch_add(n, Ordering::Relaxed);
+                metrics.common.failed.fetch_add(n, Ordering::Relaxed);
                 out.error = Some((SinkError::transient(reason), reconnect));
                 break;
             }
@@ -1267,17 +1272,10 @@ async fn produce_partition(
 /// The Kafka sink's counters; see [`KafkaMetrics::snapshot`].
 #[derive(Debug, Default)]
 pub struct KafkaMetrics {
-    stored: StoredCounts,
+    common: BrokerCounters,
     stored_bytes: AtomicU64,
-    failed: AtomicU64,
-    batches: AtomicU64,
-    batches_failed: AtomicU64,
     requests: AtomicU64,
     splits: AtomicU64,
-    in_flight: AtomicU64,
-    connects: AtomicU64,
-    disconnects: AtomicU64,
-    latency_us: LatencyWindow,
 }
 
 /// A copy of a [`KafkaMetrics`] at one moment.
@@ -1317,22 +1315,22 @@ pub struct KafkaStats {
 impl KafkaMetrics {
     /// The counters now.
     pub fn snapshot(&self) -> KafkaStats {
-        let (p50, p99, max) = self.latency_us.p50_p99_max();
+        let (p50, p99, max) = self.common.latency_us.p50_p99_max();
         KafkaStats {
-            stored: self.stored.total(),
+            stored: self.common.stored.total(),
             stored_bytes: self.stored_bytes.load(Ordering::Relaxed),
-            failed: self.failed.load(Ordering::Relaxed),
-            batches: self.batches.load(Ordering::Relaxed),
-            batches_failed: self.batches_failed.load(Ordering::Relaxed),
+            failed: self.common.failed.load(Ordering::Relaxed),
+            batches: self.common.batches.load(Ordering::Relaxed),
+            batches_failed: self.common.batches_failed.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
             splits: self.splits.load(Ordering::Relaxed),
-            in_flight: self.in_flight.load(Ordering::Relaxed),
-            connects: self.connects.load(Ordering::Relaxed),
-            disconnects: self.disconnects.load(Ordering::Relaxed),
+            in_flight: self.common.in_flight.load(Ordering::Relaxed),
+            connects: self.common.connects.load(Ordering::Relaxed),
+            disconnects: self.common.disconnects.load(Ordering::Relaxed),
             batch_ack_p50_us: p50,
             batch_ack_p99_us: p99,
             batch_ack_max_us: max,
-            per_topic: self.stored.per_destination(),
+            per_topic: self.common.stored.per_destination(),
         }
     }
 
@@ -1341,21 +1339,7 @@ impl KafkaMetrics {
     /// records in flight, acknowledged and failed, batch acknowledgement latency and
     /// records acknowledged per topic.
     pub fn sink_metrics(&self) -> SinkMetrics {
-        let (p50, p99, max) = self.latency_us.p50_p99_max();
-        SinkMetrics::new("kafka")
-            .in_flight(self.in_flight.load(Ordering::Relaxed))
-            .stored(self.stored.total())
-            .failed(self.failed.load(Ordering::Relaxed))
-            .latency_us(p50, p99, max)
-            .per_destination(self.stored.per_destination())
-    }
-
-    fn record_latency(&self, d: Duration) {
-        self.latency_us.record(d);
-    }
-
-    fn add_stored(&self, stored: BTreeMap<String, u64>) {
-        self.stored.add(stored);
+        self.common.sink_metrics("kafka")
     }
 }
 

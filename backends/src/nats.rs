@@ -115,7 +115,7 @@
 //! # }
 //! ```
 
-use crate::broker_stats::{round_trip, LatencyWindow, StoredCounts};
+use crate::broker_stats::{round_trip, BrokerCounters};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -605,10 +605,10 @@ impl Worker {
             async move {
                 match ev {
                     async_nats::Event::Connected => {
-                        m.connects.fetch_add(1, Ordering::Relaxed);
+                        m.common.connects.fetch_add(1, Ordering::Relaxed);
                     }
                     async_nats::Event::Disconnected => {
-                        m.disconnects.fetch_add(1, Ordering::Relaxed);
+                        m.common.disconnects.fetch_add(1, Ordering::Relaxed);
                     }
                     other => tracing::debug!(event = %other, "NATS sink connection event"),
                 }
@@ -628,7 +628,7 @@ impl Worker {
             .await
             .map_err(|_| SinkError::transient("NATS: connect timed out"))?
             .map_err(|e| SinkError::transient(format!("NATS: connect: {e}")))?;
-            self.metrics.connects.fetch_add(1, Ordering::Relaxed);
+            self.metrics.common.connects.fetch_add(1, Ordering::Relaxed);
             let js = async_nats::jetstream::ContextBuilder::new()
                 .timeout(self.cfg.ack_timeout)
                 .max_ack_inflight(self.cfg.max_in_flight + 64)
@@ -729,14 +729,16 @@ impl Worker {
         };
         let started = Instant::now();
         let r = self.publish_all(&js, msgs).await;
-        self.metrics.in_flight.store(0, Ordering::Relaxed);
+        self.metrics.common.in_flight.store(0, Ordering::Relaxed);
         match &r {
             Ok(()) => {
-                self.metrics.batches.fetch_add(1, Ordering::Relaxed);
-                self.metrics.record_latency(started.elapsed());
+                self.metrics.common.batch_acked(started.elapsed());
             }
             Err(_) => {
-                self.metrics.batches_failed.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .common
+                    .batches_failed
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
         r
@@ -776,11 +778,12 @@ impl Worker {
                     let seq = m.seq;
                     pending.push(async move { (seq, idx, ack.await) });
                     self.metrics
+                        .common
                         .in_flight
                         .store(pending.len() as u64, Ordering::Relaxed);
                 }
                 Err(e) => {
-                    self.metrics.failed.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.common.failed.fetch_add(1, Ordering::Relaxed);
                     result = Err(self.classify(&e, m.seq));
                     break;
                 }
@@ -789,6 +792,7 @@ impl Worker {
         if result.is_ok() {
             while let Some(r) = pending.next().await {
                 self.metrics
+                    .common
                     .in_flight
                     .store(pending.len() as u64, Ordering::Relaxed);
                 if let Err(e) = self.acked(r, &subjects, &mut stored) {
@@ -799,7 +803,7 @@ impl Worker {
         }
         // Messages stored count even when the batch as a whole failed (they are in the
         // stream; their redelivery will be acknowledged as duplicates).
-        self.metrics.add_stored(stored);
+        self.metrics.common.stored.add(stored);
         result
     }
 
@@ -824,7 +828,7 @@ impl Worker {
                 Ok(())
             }
             Err(e) => {
-                self.metrics.failed.fetch_add(1, Ordering::Relaxed);
+                self.metrics.common.failed.fetch_add(1, Ordering::Relaxed);
                 Err(self.classify(&e, seq))
             }
         }
@@ -859,15 +863,8 @@ impl Worker {
 /// The NATS sink's counters; see [`NatsMetrics::snapshot`].
 #[derive(Debug, Default)]
 pub struct NatsMetrics {
-    stored: StoredCounts,
+    common: BrokerCounters,
     duplicates: AtomicU64,
-    failed: AtomicU64,
-    batches: AtomicU64,
-    batches_failed: AtomicU64,
-    in_flight: AtomicU64,
-    connects: AtomicU64,
-    disconnects: AtomicU64,
-    latency_us: LatencyWindow,
 }
 
 /// A copy of a [`NatsMetrics`] at one moment.
@@ -904,20 +901,20 @@ pub struct NatsStats {
 impl NatsMetrics {
     /// The counters now.
     pub fn snapshot(&self) -> NatsStats {
-        let (p50, p99, max) = self.latency_us.p50_p99_max();
+        let (p50, p99, max) = self.common.latency_us.p50_p99_max();
         NatsStats {
-            stored: self.stored.total(),
+            stored: self.common.stored.total(),
             duplicates: self.duplicates.load(Ordering::Relaxed),
-            failed: self.failed.load(Ordering::Relaxed),
-            batches: self.batches.load(Ordering::Relaxed),
-            batches_failed: self.batches_failed.load(Ordering::Relaxed),
-            in_flight: self.in_flight.load(Ordering::Relaxed),
-            connects: self.connects.load(Ordering::Relaxed),
-            disconnects: self.disconnects.load(Ordering::Relaxed),
+            failed: self.common.failed.load(Ordering::Relaxed),
+            batches: self.common.batches.load(Ordering::Relaxed),
+            batches_failed: self.common.batches_failed.load(Ordering::Relaxed),
+            in_flight: self.common.in_flight.load(Ordering::Relaxed),
+            connects: self.common.connects.load(Ordering::Relaxed),
+            disconnects: self.common.disconnects.load(Ordering::Relaxed),
             batch_ack_p50_us: p50,
             batch_ack_p99_us: p99,
             batch_ack_max_us: max,
-            per_subject: self.stored.per_destination(),
+            per_subject: self.common.stored.per_destination(),
         }
     }
 
@@ -926,21 +923,7 @@ impl NatsMetrics {
     /// publishes in flight, messages stored and failed publishes, batch acknowledgement
     /// latency and messages stored per subject (duplicates are not counted as stored).
     pub fn sink_metrics(&self) -> SinkMetrics {
-        let (p50, p99, max) = self.latency_us.p50_p99_max();
-        SinkMetrics::new("nats")
-            .in_flight(self.in_flight.load(Ordering::Relaxed))
-            .stored(self.stored.total())
-            .failed(self.failed.load(Ordering::Relaxed))
-            .latency_us(p50, p99, max)
-            .per_destination(self.stored.per_destination())
-    }
-
-    fn record_latency(&self, d: Duration) {
-        self.latency_us.record(d);
-    }
-
-    fn add_stored(&self, stored: BTreeMap<String, u64>) {
-        self.stored.add(stored);
+        self.common.sink_metrics("nats")
     }
 }
 
