@@ -30,6 +30,9 @@
 
 TANSU_VERSION=0.6.0
 
+# shellcheck source=bg.sh
+. "$(dirname "${BASH_SOURCE[0]}")/bg.sh"
+
 _kafka_main() {
     local cmd port state_pid state_dir brokers bin dir i root
     cmd="${1:-start}"
@@ -118,11 +121,7 @@ PY
             </dev/null >"$dir/broker.log" 2>&1) &
         echo $! >"$state_pid"
         echo "$dir" >"$state_dir"
-        for i in $(seq 1 150); do
-            _kafka_answers && break
-            sleep 0.1
-        done
-        if ! _kafka_answers; then
+        if ! _bg_wait 150 _kafka_answers; then
             echo "kafka.sh: tansu did not start; log:" >&2
             tail -30 "$dir/broker.log" >&2 2>/dev/null
             return 1
@@ -131,19 +130,7 @@ PY
         _kafka_export
         ;;
     stop)
-        if [ -f "$state_pid" ]; then
-            kill "$(cat "$state_pid")" 2>/dev/null || true
-            for i in $(seq 1 50); do
-                kill -0 "$(cat "$state_pid")" 2>/dev/null || break
-                sleep 0.1
-            done
-            kill -9 "$(cat "$state_pid")" 2>/dev/null || true
-            rm -f "$state_pid"
-        fi
-        if [ -f "$state_dir" ]; then
-            rm -rf "$(cat "$state_dir")" "$state_dir"
-        fi
-        return 0
+        _bg_stop "$state_pid" "$state_dir"
         ;;
     status)
         _kafka_answers

@@ -13,6 +13,9 @@
 # which the outage test runs itself on another port) are exported into the calling shell.
 # The server's pid and store dir are remembered in ${TMPDIR:-/tmp}/walspool-nats-PORT.{pid,dir}.
 
+# shellcheck source=bg.sh
+. "$(dirname "${BASH_SOURCE[0]}")/bg.sh"
+
 _nats_main() {
     local cmd port state_pid state_dir url bin dir i
     cmd="${1:-start}"
@@ -63,11 +66,7 @@ _nats_main() {
         "$bin" -js -sd "$dir/store" -a 127.0.0.1 -p "$port" -l "$dir/server.log" </dev/null >/dev/null 2>&1 &
         echo $! >"$state_pid"
         echo "$dir" >"$state_dir"
-        for i in $(seq 1 100); do
-            _nats_answers && break
-            sleep 0.1
-        done
-        if ! _nats_answers; then
+        if ! _bg_wait 100 _nats_answers; then
             echo "nats.sh: nats-server did not start; log:" >&2
             cat "$dir/server.log" >&2 2>/dev/null
             return 1
@@ -75,19 +74,7 @@ _nats_main() {
         _nats_export
         ;;
     stop)
-        if [ -f "$state_pid" ]; then
-            kill "$(cat "$state_pid")" 2>/dev/null || true
-            for i in $(seq 1 50); do
-                kill -0 "$(cat "$state_pid")" 2>/dev/null || break
-                sleep 0.1
-            done
-            kill -9 "$(cat "$state_pid")" 2>/dev/null || true
-            rm -f "$state_pid"
-        fi
-        if [ -f "$state_dir" ]; then
-            rm -rf "$(cat "$state_dir")" "$state_dir"
-        fi
-        return 0
+        _bg_stop "$state_pid" "$state_dir"
         ;;
     status)
         _nats_answers
