@@ -31,11 +31,12 @@
 
 #[path = "support/broker.rs"]
 mod broker;
+#[path = "support/kill.rs"]
+mod kill;
 #[path = "support/sink_figures.rs"]
 mod sink_figures;
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -46,7 +47,7 @@ use serde::{Deserialize, Serialize};
 use walspool_backends::kafka::{Compression, Encoding, KafkaSink, Partitioning};
 use walspool_backends::LocalDisk;
 use walspool_wal::shipper::{Batch, Shipper, Sink, SinkError};
-use walspool_wal::{Durability, Entry, Memory, Options, Wal};
+use walspool_wal::{Entry, Memory, Options, Wal};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Rec {
@@ -745,13 +746,7 @@ fn kafka_kill_child() {
 }
 
 fn spawn_child(dir: &std::path::Path, brokers: &str, topic: &str) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "kafka_kill_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    kill::self_command("kafka_kill_child")
         .env("WALSPOOL_KAFKA_KILL_CHILD", "1")
         .env("WALSPOOL_KAFKA_KILL_DIR", dir)
         .env("WALSPOOL_KAFKA_KILL_TOPIC", topic)
@@ -771,22 +766,8 @@ fn shipper_sigkilled_mid_stream_and_restarted_loses_nothing() {
     let topic = format!("{}.all", prefix("crash"));
     let since = now_us();
     let dir = tempfile::tempdir().unwrap();
-    let wal_id = {
-        let wal = Wal::open(
-            LocalDisk::open(dir.path()).unwrap(),
-            Options::default().durability(Durability::Sync),
-        )
-        .unwrap();
-        let recs: Vec<Rec> = (1..=KILL_TOTAL).map(rec).collect();
-        futures::executor::block_on(async {
-            for c in recs.chunks(5000) {
-                wal.append_batch(c).await.unwrap();
-            }
-            wal.consumer("kafka").unwrap();
-            wal.close().await.unwrap();
-        });
-        wal.id().to_string()
-    };
+    let recs: Vec<Rec> = (1..=KILL_TOTAL).map(rec).collect();
+    let wal_id = kill::seed_wal(dir.path(), &recs, "kafka");
     // The topic exists before the child starts, so the test can watch it fill.
     let mut s = KafkaSink::builder(&brokers).topic(&topic).build().unwrap();
     futures::executor::block_on(s.check()).unwrap();
@@ -799,43 +780,18 @@ fn shipper_sigkilled_mid_stream_and_restarted_loses_nothing() {
             .await
             .unwrap()
     });
-    let mut child = spawn_child(dir.path(), &brokers, &topic);
-    let t = Instant::now();
-    loop {
-        let n = watch_rt.block_on(topic_len(&watcher, &topic)) as u64;
-        if n >= KILL_TOTAL / 10 {
-            break;
-        }
-        assert!(child.try_wait().unwrap().is_none(), "the child ended early");
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "the topic does not fill"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap(); // SIGKILL
-    let status = child.wait().unwrap();
-    assert_eq!(
-        status.signal(),
-        Some(9),
-        "the child was not killed mid-stream"
+    // SIGKILLed mid-stream (kill_when fails if the child ended first).
+    kill::kill_when(
+        spawn_child(dir.path(), &brokers, &topic),
+        Duration::from_millis(2),
+        || watch_rt.block_on(topic_len(&watcher, &topic)) as u64 >= KILL_TOTAL / 10,
+        || "the topic does not fill".to_string(),
     );
     let at_kill = watch_rt.block_on(topic_len(&watcher, &topic)) as u64;
     assert!(at_kill < KILL_TOTAL, "the child finished before the kill");
 
-    let mut child = spawn_child(dir.path(), &brokers, &topic);
-    let t = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if t.elapsed() > Duration::from_secs(180) {
-            child.kill().unwrap();
-            panic!("the restarted child did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "restarted child: {status:?}");
+    let child = spawn_child(dir.path(), &brokers, &topic);
+    kill::finish(child);
     let got = read_all(&brokers, std::slice::from_ref(&topic));
     let dups = assert_complete(&got, &wal_id, |_| topic.clone(), KILL_TOTAL, since);
     eprintln!(

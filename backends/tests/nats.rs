@@ -17,13 +17,14 @@
 
 #[path = "support/broker.rs"]
 mod broker;
+#[path = "support/kill.rs"]
+mod kill;
 #[path = "support/sink_figures.rs"]
 mod sink_figures;
 
 use std::collections::BTreeMap;
-use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::stream::Config as StreamConfig;
@@ -33,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use walspool_backends::nats::NatsSink;
 use walspool_backends::LocalDisk;
 use walspool_wal::shipper::{Batch, Shipper, Sink, SinkError};
-use walspool_wal::{Durability, Entry, Memory, Options, Wal};
+use walspool_wal::{Entry, Memory, Options, Wal};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Rec {
@@ -495,13 +496,7 @@ fn nats_kill_child() {
 }
 
 fn spawn_child(dir: &std::path::Path, stream: &str, prefix: &str) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "nats_kill_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    kill::self_command("nats_kill_child")
         .env("WALSPOOL_NATS_KILL_CHILD", "1")
         .env("WALSPOOL_NATS_KILL_DIR", dir)
         .env("WALSPOOL_NATS_KILL_STREAM", stream)
@@ -517,22 +512,8 @@ fn shipper_sigkilled_mid_stream_and_restarted_loses_nothing() {
     let (stream, prefix) = names("crash");
     let since = now_us();
     let dir = tempfile::tempdir().unwrap();
-    let wal_id = {
-        let wal = Wal::open(
-            LocalDisk::open(dir.path()).unwrap(),
-            Options::default().durability(Durability::Sync),
-        )
-        .unwrap();
-        let recs: Vec<Rec> = (1..=KILL_TOTAL).map(rec).collect();
-        futures::executor::block_on(async {
-            for c in recs.chunks(5000) {
-                wal.append_batch(c).await.unwrap();
-            }
-            wal.consumer("nats").unwrap();
-            wal.close().await.unwrap();
-        });
-        wal.id().to_string()
-    };
+    let recs: Vec<Rec> = (1..=KILL_TOTAL).map(rec).collect();
+    let wal_id = kill::seed_wal(dir.path(), &recs, "nats");
     // The stream exists before the child starts, so the test can watch it fill.
     let mut s = NatsSink::builder(&url)
         .stream(&stream)
@@ -542,7 +523,7 @@ fn shipper_sigkilled_mid_stream_and_restarted_loses_nothing() {
     futures::executor::block_on(s.check()).unwrap();
     drop(s);
 
-    let mut child = spawn_child(dir.path(), &stream, &prefix);
+    let child = spawn_child(dir.path(), &stream, &prefix);
     let (js_rt, mut info) = {
         let r = rt();
         let st = r.block_on(async {
@@ -551,42 +532,18 @@ fn shipper_sigkilled_mid_stream_and_restarted_loses_nothing() {
         });
         (r, st)
     };
-    let t = Instant::now();
-    loop {
-        let n = js_rt.block_on(info.info()).unwrap().state.messages;
-        if n >= KILL_TOTAL / 10 {
-            break;
-        }
-        assert!(child.try_wait().unwrap().is_none(), "the child ended early");
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "the stream does not fill"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap(); // SIGKILL
-    let status = child.wait().unwrap();
-    assert_eq!(
-        status.signal(),
-        Some(9),
-        "the child was not killed mid-stream"
+    // SIGKILLed mid-stream (kill_when fails if the child ended first).
+    kill::kill_when(
+        child,
+        Duration::from_millis(2),
+        || js_rt.block_on(info.info()).unwrap().state.messages >= KILL_TOTAL / 10,
+        || "the stream does not fill".to_string(),
     );
     let at_kill = js_rt.block_on(info.info()).unwrap().state.messages;
     assert!(at_kill < KILL_TOTAL, "the child finished before the kill");
 
-    let mut child = spawn_child(dir.path(), &stream, &prefix);
-    let t = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if t.elapsed() > Duration::from_secs(180) {
-            child.kill().unwrap();
-            panic!("the restarted child did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "restarted child: {status:?}");
+    let child = spawn_child(dir.path(), &stream, &prefix);
+    kill::finish(child);
     eprintln!("shipper crash: killed with {at_kill} of {KILL_TOTAL} in the stream");
     let got = read_all(&url, &stream);
     assert_complete(&got, &wal_id, &prefix, KILL_TOTAL, since);

@@ -28,8 +28,8 @@ pub fn self_command(test: &str) -> Command {
 }
 
 /// Creates the WAL in `dir` (`Durability::Sync`, 256 KiB segments) holding `records`
-/// (appended in batches of 5000) and consumer `consumer` at 0.
-pub fn seed_wal<T: Serialize>(dir: &Path, records: &[T], consumer: &str) {
+/// (appended in batches of 5000) and consumer `consumer` at 0; returns its WAL id.
+pub fn seed_wal<T: Serialize>(dir: &Path, records: &[T], consumer: &str) -> String {
     let wal = Wal::open(
         LocalDisk::open(dir).unwrap(),
         Options::default()
@@ -44,6 +44,7 @@ pub fn seed_wal<T: Serialize>(dir: &Path, records: &[T], consumer: &str) {
         wal.consumer(consumer).unwrap();
         wal.close().await.unwrap();
     });
+    wal.id().to_string()
 }
 
 /// The checkpoint of consumer `consumer` of the WAL in `dir` (0 if it has none).
